@@ -1,0 +1,80 @@
+"""Preprocessing configuration shared by export (to record it) and runtime (to apply it).
+
+Pure data: no numpy, no Pillow, no torch. Mirrors open_clip's ``PreprocessCfg`` idea: the
+transform is described by a frozen dataclass that travels inside every bundle.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, Optional, Tuple
+
+OPENAI_CLIP_MEAN: Tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD: Tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN: Tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: Tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+RESIZE_MODES = ("shortest", "none")
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
+RESOLUTIONS = ("224", "512", "native")
+
+
+@dataclass(frozen=True)
+class PreprocessCfg:
+    """How an image becomes the encoder's input tensor.
+
+    Order (as open_clip / the QUASAR reference): resize the shortest side to ``size``
+    (``resize_mode="shortest"``; torchvision ``Resize(int)`` semantics, long side truncated),
+    centre crop to ``crop`` if set, convert to RGB, scale to [0, 1], normalise.
+    ``resize_mode="none"`` keeps the native resolution.
+    """
+
+    resize_mode: str = "shortest"
+    size: Optional[int] = 224
+    crop: Optional[int] = 224
+    interpolation: str = "bicubic"
+    mean: Tuple[float, float, float] = OPENAI_CLIP_MEAN
+    std: Tuple[float, float, float] = OPENAI_CLIP_STD
+
+    def __post_init__(self) -> None:
+        if self.resize_mode not in RESIZE_MODES:
+            raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
+        if self.resize_mode == "shortest" and (self.size is None or self.size <= 0):
+            raise ValueError("resize_mode='shortest' needs a positive size")
+        if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):
+            raise ValueError("mean and std need three values each, std > 0")
+
+    @property
+    def fixed_size(self) -> Optional[Tuple[int, int]]:
+        """(H, W) every output has, or None when the output size follows the image."""
+        if self.crop is not None:
+            return (self.crop, self.crop)
+        return None
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        d["mean"] = list(self.mean)
+        d["std"] = list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "PreprocessCfg":
+        known = {k: d[k] for k in ("resize_mode", "size", "crop", "interpolation") if k in d}
+        return cls(mean=tuple(d["mean"]), std=tuple(d["std"]), **known)
+
+
+def clip_eval_cfg(size: int = 224, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD) -> PreprocessCfg:
+    """open_clip's eval transform: shortest side to ``size`` (bicubic), centre crop."""
+    return PreprocessCfg("shortest", size, size, "bicubic", tuple(mean), tuple(std))
+
+
+def resolution_cfg(resolution: str, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD) -> PreprocessCfg:
+    """The three resolutions of the QUASAR reference (``generate_embeddigs.py``)."""
+    if resolution == "224":
+        return clip_eval_cfg(224, mean, std)
+    if resolution == "512":
+        return PreprocessCfg("shortest", 512, None, "bicubic", tuple(mean), tuple(std))
+    if resolution == "native":
+        return PreprocessCfg("none", None, None, "bicubic", tuple(mean), tuple(std))
+    raise ValueError(f"resolution must be one of {RESOLUTIONS}, got {resolution!r}")

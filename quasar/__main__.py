@@ -1,0 +1,3 @@
+from quasar.cli import main
+
+main()
