@@ -1,0 +1,409 @@
+"""Image anchors: embeddings of prompt data -> two L2-normalised centroids (good, bad),
+and the bundle's ``anchors.safetensors`` (read / write / add a named set atomically).
+
+NumPy + scikit-learn only (no torch): the embeddings come from the runtime.
+
+Index selection reproduces the QUASAR reference (``aggregation/fr.py``, ``aggregation/nr.py``)
+draw for draw. The reference seeds the global streams once (``seed_everything(seed)``:
+Python ``random``, NumPy's legacy global ``RandomState``, torch) and then
+
+* full-reference split (KADIS700k, PIPAL): one ``np.random.permutation(n_references)``;
+* median split, ``mean``: ``random.shuffle`` of the good list, then of the bad list;
+* median split, ``clustering``: ``np.random.permutation`` of the good, then the bad indices;
+* target folds (``main.py``): ``np.random.permutation(n_targets)``, after the anchors.
+
+:class:`ReferenceRandom` holds those two streams explicitly, so the same seed selects the
+same images and the same folds as the reference.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from quasar.errors import BundleError, DatasetError
+from quasar.models.manifest import ANCHORS_FILE, BUNDLE_JSON
+
+log = logging.getLogger(__name__)
+
+FULL_REFERENCE = "full_reference"
+MEDIAN = "median"
+SPLITS = (FULL_REFERENCE, MEDIAN)
+AGGREGATIONS = ("mean", "clustering")
+# prompt data as the paper names it -> how it is split into good / bad
+PROMPT_DATA_SPLIT = {"KADIS700k": FULL_REFERENCE, "PIPAL": FULL_REFERENCE, "AVA": MEDIAN}
+# The reference leaves the number of k-means clusters to a config key it never sets
+# (and its faiss code is commented out); 10 per side is our documented default.
+DEFAULT_N_CLUSTERS = 10
+DEFAULT_SEED = 42  # the reference's --seed default
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+class ReferenceRandom:
+    """The reference's two seeded global streams, made explicit.
+
+    ``np``: NumPy's legacy ``RandomState`` (what ``np.random.seed`` + ``np.random.permutation``
+    use); ``py``: Python's ``random.Random`` (``random.seed`` + ``random.shuffle``).
+    Pass one instance through anchor building and then the fold split, in that order.
+    """
+
+    def __init__(self, seed: int = DEFAULT_SEED) -> None:
+        self.seed = int(seed)
+        self.np = np.random.RandomState(self.seed)
+        self.py = random.Random(self.seed)
+
+
+def _check_ratio(name: str, value, low_open: bool = True) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    ok = (0.0 < v <= 1.0) if low_open else (0.0 <= v < 1.0)
+    if not ok:
+        interval = "(0, 1]" if low_open else "[0, 1)"
+        raise ValueError(f"{name} must be in {interval}, got {v}")
+    return v
+
+
+def _stem(p) -> str:
+    return os.path.splitext(os.path.basename(str(p)))[0]
+
+
+def split_full_reference(paths: Sequence, prompt_ratio: float = 1.0,
+                         rng: Optional[ReferenceRandom] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """Good = reference images, bad = their distortions (KADIS700k, PIPAL).
+
+    A reference is a file whose stem has no ``_``; its distortions are the files whose stem
+    starts with ``<reference>_``. ``prompt_ratio`` of the references are sampled
+    (``round(n_ref * ratio)`` after one permutation) and all their distortions kept.
+    Distortions whose reference is absent are ignored (the reference code would crash).
+    Returns (good indices, bad indices) into ``paths``.
+    """
+    ratio = _check_ratio("prompt_ratio", prompt_ratio)
+    rng = rng if rng is not None else ReferenceRandom()
+    stems = [_stem(p) for p in paths]
+    ref_idx = [i for i, s in enumerate(stems) if "_" not in s]
+    if not ref_idx:
+        raise DatasetError("full-reference split: no reference image (a file name without '_') "
+                           "among the prompt images; check the dataset folder holds the "
+                           "reference images next to the distorted ones")
+    dists: Dict[str, List[int]] = {stems[i]: [] for i in ref_idx}
+    orphans = 0
+    for i, s in enumerate(stems):
+        if "_" in s:
+            lst = dists.get(s.split("_")[0])
+            if lst is None:
+                orphans += 1
+            else:
+                lst.append(i)
+    if orphans:
+        log.warning("full-reference split: %d distorted images without their reference "
+                    "image were ignored", orphans)
+    ref_idx_arr = np.asarray(ref_idx, dtype=np.int64)
+    limit = round(len(ref_idx_arr) * ratio)
+    chosen = ref_idx_arr[rng.np.permutation(len(ref_idx_arr))][:limit]
+    bad: List[int] = []
+    for i in chosen:
+        bad.extend(dists[stems[i]])
+    if len(chosen) == 0 or not bad:
+        raise DatasetError(f"full-reference split: {len(chosen)} references and {len(bad)} "
+                           "distorted images selected; raise prompt_ratio or check that the "
+                           "distorted files are named '<reference>_*'")
+    return chosen, np.asarray(bad, dtype=np.int64)
+
+
+def split_median(scores, prompt_ratio: float = 1.0, median_offset_ratio: Optional[float] = None,
+                 aggregation_type: str = "mean", rng: Optional[ReferenceRandom] = None,
+                 paths: Optional[Sequence] = None) -> Tuple[np.ndarray, np.ndarray, float]:
+    """Good = score above the median, bad = the rest (AVA). Returns (good, bad, median).
+
+    As the reference: the median is taken over unique paths (when ``paths`` is given);
+    ``median_offset_ratio`` sorts each side away from the median and keeps the first
+    ``n_good - int(n_good * offset)`` of *both* sides (the count comes from the good side,
+    as in ``aggregation/nr.py``); then ``round(n * prompt_ratio)`` of each side are drawn —
+    with ``random.shuffle`` for ``mean`` and ``np.random.permutation`` of the unsorted
+    indices for ``clustering``. (The reference's clustering path ignores the offset; here
+    it applies to both, identical when the offset is unset.)
+    """
+    ratio = _check_ratio("prompt_ratio", prompt_ratio)
+    offset = None
+    if median_offset_ratio is not None and float(median_offset_ratio) != 0:
+        offset = _check_ratio("median_offset_ratio", median_offset_ratio, low_open=False)
+    if aggregation_type not in AGGREGATIONS:
+        raise ValueError(f"aggregation_type must be one of {AGGREGATIONS}, got {aggregation_type!r}")
+    rng = rng if rng is not None else ReferenceRandom()
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if s.size == 0 or not np.all(np.isfinite(s)):
+        raise DatasetError("median split needs a finite score for every prompt image "
+                           f"({int(np.sum(~np.isfinite(s)))} of {s.size} are missing)")
+    if paths is not None:
+        uniq = {str(p): float(v) for p, v in zip(paths, s)}
+        median = float(np.median(list(uniq.values())))
+    else:
+        median = float(np.median(s))
+    high = [i for i in range(s.size) if s[i] > median]
+    low = [i for i in range(s.size) if not s[i] > median]
+
+    if aggregation_type == "mean" or offset is not None:
+        high_sorted = sorted(high, key=lambda i: s[i], reverse=True)  # stable, as the reference
+        low_sorted = sorted(low, key=lambda i: s[i])
+        if offset is not None:
+            keep = len(high_sorted) - int(len(high_sorted) * offset)
+            high_sorted, low_sorted = high_sorted[:keep], low_sorted[:keep]
+        if aggregation_type == "mean":
+            high, low = high_sorted, low_sorted
+        else:  # clustering keeps the original order of the survivors
+            kept_h, kept_l = set(high_sorted), set(low_sorted)
+            high = [i for i in high if i in kept_h]
+            low = [i for i in low if i in kept_l]
+
+    if aggregation_type == "mean":
+        high_lim, low_lim = round(len(high) * ratio), round(len(low) * ratio)
+        rng.py.shuffle(high)
+        good = high[:high_lim]
+        rng.py.shuffle(low)
+        bad = low[:low_lim]
+    else:
+        h = np.asarray(high, dtype=np.int64)
+        lo = np.asarray(low, dtype=np.int64)
+        good = h[rng.np.permutation(len(h))][:round(len(h) * ratio)]
+        bad = lo[rng.np.permutation(len(lo))][:round(len(lo) * ratio)]
+    good, bad = np.asarray(good, dtype=np.int64), np.asarray(bad, dtype=np.int64)
+    if good.size == 0 or bad.size == 0:
+        raise DatasetError(f"median split selected {good.size} good and {bad.size} bad images; "
+                           "lower median_offset_ratio, raise prompt_ratio or use more images")
+    return good, bad, median
+
+
+def aggregate(embeddings: np.ndarray, aggregation_type: str = "mean",
+              n_clusters: int = DEFAULT_N_CLUSTERS, seed: int = DEFAULT_SEED) -> Tuple[np.ndarray, int]:
+    """One centroid [D] (float64) of raw embeddings, and the number of clusters used.
+
+    ``mean``: the mean embedding. ``clustering``: scikit-learn k-means (k-means++, one
+    init, ``random_state=seed``; ``n_clusters`` capped at the number of embeddings), each
+    cluster's centroid = mean of its members, result = unweighted mean of the centroids —
+    the reference's procedure with faiss swapped for scikit-learn.
+    """
+    e = np.asarray(embeddings, dtype=np.float64)
+    if e.ndim != 2 or e.shape[0] == 0:
+        raise ValueError(f"need a non-empty [N, D] array of embeddings, got shape {e.shape}")
+    if aggregation_type == "mean":
+        return e.mean(axis=0), 1
+    if aggregation_type != "clustering":
+        raise ValueError(f"aggregation_type must be one of {AGGREGATIONS}, got {aggregation_type!r}")
+    if int(n_clusters) < 1:
+        raise ValueError(f"n_clusters must be a positive integer, got {n_clusters}")
+    from sklearn.cluster import KMeans
+
+    k = min(int(n_clusters), e.shape[0])
+    labels = KMeans(n_clusters=k, n_init=1, random_state=int(seed)).fit(e).labels_
+    centroids = [e[labels == c].mean(axis=0) for c in np.unique(labels)]
+    return np.mean(centroids, axis=0), len(centroids)
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    n = np.linalg.norm(x, axis=-1, keepdims=True)
+    if np.any(n == 0) or not np.all(np.isfinite(n)):
+        raise ValueError("cannot L2-normalise a zero or non-finite anchor vector")
+    return x / n
+
+
+@dataclass(frozen=True)
+class AnchorSet:
+    """A [2, D] float32 anchor pair (row 0 good, row 1 bad, unit rows) and its recipe."""
+
+    anchors: np.ndarray
+    recipe: Dict[str, Any] = field(default_factory=dict)
+    good_idx: Optional[np.ndarray] = None
+    bad_idx: Optional[np.ndarray] = None
+
+
+def build_anchor_set(embeddings: np.ndarray, paths: Sequence, scores=None, *,
+                     prompt_data: str, split: Optional[str] = None,
+                     aggregation_type: str = "mean", prompt_ratio: float = 1.0,
+                     median_offset_ratio: Optional[float] = None,
+                     n_clusters: int = DEFAULT_N_CLUSTERS, seed: int = DEFAULT_SEED,
+                     rng: Optional[ReferenceRandom] = None) -> AnchorSet:
+    """Anchors from prompt-data embeddings [N, D] (raw, as the encoder returns them).
+
+    ``split`` defaults from ``prompt_data`` (KADIS700k / PIPAL: full reference, AVA:
+    median). ``rng`` defaults to a fresh :class:`ReferenceRandom` of ``seed``; pass your own
+    to continue its streams afterwards (the fold split of ``quasar evaluate``).
+    """
+    split = split or PROMPT_DATA_SPLIT.get(prompt_data)
+    if split not in SPLITS:
+        raise ValueError(f"unknown prompt data {prompt_data!r}: use one of "
+                         f"{sorted(PROMPT_DATA_SPLIT)} or pass split={SPLITS}")
+    if aggregation_type not in AGGREGATIONS:
+        raise ValueError(f"aggregation_type must be one of {AGGREGATIONS}, got {aggregation_type!r}")
+    emb = np.asarray(embeddings)
+    if emb.ndim != 2 or emb.shape[0] != len(paths):
+        raise ValueError(f"embeddings {emb.shape} do not match {len(paths)} paths")
+    prompt_ratio = _check_ratio("prompt_ratio", prompt_ratio)
+    rng = rng if rng is not None else ReferenceRandom(seed)
+    recipe: Dict[str, Any] = {
+        "source": "images", "prompt_data": prompt_data, "split": split,
+        "aggregation_type": aggregation_type, "prompt_ratio": float(prompt_ratio),
+        "median_offset_ratio": None if median_offset_ratio is None else float(median_offset_ratio),
+        "seed": int(rng.seed), "n_images": int(emb.shape[0]),
+    }
+    if split == FULL_REFERENCE:
+        good, bad = split_full_reference(paths, prompt_ratio, rng)
+    else:
+        if scores is None:
+            raise ValueError("the median split needs scores")
+        good, bad, median = split_median(scores, prompt_ratio, median_offset_ratio,
+                                         aggregation_type, rng, paths=paths)
+        recipe["median"] = median
+    g, kg = aggregate(emb[good], aggregation_type, n_clusters, rng.seed)
+    b, kb = aggregate(emb[bad], aggregation_type, n_clusters, rng.seed)
+    recipe.update(n_good=int(good.size), n_bad=int(bad.size))
+    if aggregation_type == "clustering":
+        recipe.update(n_clusters=int(n_clusters), n_clusters_good=kg, n_clusters_bad=kb,
+                      kmeans="sklearn k-means++ n_init=1 random_state=seed")
+    anchors = l2_normalise(np.stack([g, b])).astype(np.float32)
+    return AnchorSet(anchors=anchors, recipe=recipe, good_idx=good, bad_idx=bad)
+
+
+# --- anchors.safetensors ------------------------------------------------------------------
+
+def read_anchor_file(path) -> Tuple[Dict[str, np.ndarray], Dict[str, Dict[str, Any]]]:
+    """(set name -> [2, D] float32, set name -> recipe dict) of an anchors.safetensors."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise BundleError(f"{path}: anchors file is missing; re-export the bundle")
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta = f.metadata() or {}
+            sets = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types
+        raise BundleError(f"{path}: cannot read anchors ({e}); re-export the bundle") from e
+    recipes = {}
+    for k in sets:
+        try:
+            recipes[k] = json.loads(meta[k]) if k in meta else {}
+        except json.JSONDecodeError:
+            recipes[k] = {"raw": meta[k]}
+    return sets, recipes
+
+
+def write_anchor_file(path, sets: Dict[str, np.ndarray], recipes: Dict[str, Dict[str, Any]]) -> None:
+    """Write anchors.safetensors (temp file in the same folder + rename)."""
+    from safetensors.numpy import save_file
+
+    path = Path(path)
+    tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in sets.items()}
+    meta = {k: json.dumps(recipes.get(k, {}), sort_keys=True) for k in tensors}
+    fd, tmp = tempfile.mkstemp(prefix=".anchors-", suffix=".tmp", dir=str(path.parent))
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def sha256_file(path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def add_anchor_set(bundle_dir, name: str, anchors: np.ndarray, recipe: Dict[str, Any]) -> Path:
+    """Add (or replace) the anchor set ``name`` in a bundle, atomically.
+
+    The new ``anchors.safetensors`` and ``bundle.json`` (``anchors`` list, ``files`` sha256)
+    are written into a sibling copy of the bundle (other files hard-linked), which then
+    takes the bundle's place by rename; a failure leaves the bundle untouched. Refuses an
+    anchors file that no longer matches its recorded checksum and a dimension mismatch.
+    """
+    bundle_dir = Path(bundle_dir)
+    if not name or not _NAME_RE.match(name):
+        raise ValueError(f"anchor set name {name!r}: use letters, digits, '_', '-', '.'")
+    mpath = bundle_dir / BUNDLE_JSON
+    if not mpath.is_file():
+        raise BundleError(f"{bundle_dir}: no {BUNDLE_JSON}; is this a QUASAR bundle directory?")
+    try:
+        manifest = json.loads(mpath.read_text())
+        dim = int(manifest["encoder"]["embed_dim"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise BundleError(f"{mpath}: unreadable manifest ({e}); re-export the bundle") from e
+    a = np.asarray(anchors, dtype=np.float64)
+    if a.shape != (2, dim):
+        raise BundleError(f"anchor set {name!r} has shape {tuple(a.shape)} but the bundle "
+                          f"{bundle_dir} embeds into {dim} dimensions (need [2, {dim}]); build "
+                          "the anchors with this bundle's encoder")
+    a = l2_normalise(a).astype(np.float32)
+    apath = bundle_dir / ANCHORS_FILE
+    files = dict(manifest.get("files", {}))
+    if apath.is_file():
+        recorded = files.get(ANCHORS_FILE)
+        if recorded is not None and recorded != sha256_file(apath):
+            raise BundleError(f"{apath} does not match the sha256 in {mpath}; the bundle was "
+                              "modified — re-export it before adding anchors")
+        sets, recipes = read_anchor_file(apath)
+    else:
+        sets, recipes = {}, {}
+    for k, v in sets.items():
+        if v.shape[-1] != dim:
+            raise BundleError(f"{apath}: existing set {k!r} has dim {v.shape[-1]} != {dim}")
+    if name in sets:
+        log.info("replacing anchor set %r in %s", name, bundle_dir)
+    sets[name] = a
+    recipes[name] = dict(recipe)
+
+    parent = bundle_dir.resolve().parent
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{bundle_dir.name}.new-", dir=str(parent)))
+    old_dir = parent / f".{bundle_dir.name}.old-{os.getpid()}-{tmp_dir.name[-8:]}"
+    try:
+        os.chmod(tmp_dir, os.stat(bundle_dir).st_mode & 0o7777)
+        for item in bundle_dir.iterdir():
+            if item.name in (ANCHORS_FILE, BUNDLE_JSON):
+                continue
+            if item.is_dir():
+                shutil.copytree(item, tmp_dir / item.name, copy_function=_link_or_copy)
+            else:
+                _link_or_copy(item, tmp_dir / item.name)
+        write_anchor_file(tmp_dir / ANCHORS_FILE, sets, recipes)
+        files[ANCHORS_FILE] = sha256_file(tmp_dir / ANCHORS_FILE)
+        manifest["files"] = files
+        names = list(manifest.get("anchors", []))
+        if name not in names:
+            names.append(name)
+        manifest["anchors"] = names
+        (tmp_dir / BUNDLE_JSON).write_text(json.dumps(manifest, indent=2) + "\n")
+        real = bundle_dir.resolve()
+        os.rename(real, old_dir)
+        try:
+            os.rename(tmp_dir, real)
+        except OSError:
+            os.rename(old_dir, real)
+            raise
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    shutil.rmtree(old_dir, ignore_errors=True)
+    return bundle_dir
