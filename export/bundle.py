@@ -1,0 +1,274 @@
+"""Write a bundle directory atomically: encoder.onnx (+ external data), anchors.safetensors,
+bundle.json. Everything is built in a temporary directory next to ``out_dir`` and renamed
+into place at the end; on any failure nothing is left at ``out_dir``.
+
+Helpers for later edits of a bundle (e.g. adding image anchor sets): :func:`write_anchors`,
+:func:`read_anchors`, :func:`add_anchor_sets`, :func:`file_checksums`,
+:func:`refresh_checksums`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
+
+import numpy as np
+
+from quasar.errors import BundleError, QuasarError
+from quasar.models.catalog import ModelSpec, get_model_spec
+from quasar.models.manifest import (ANCHORS_FILE, BUNDLE_JSON, BundleManifest, EncoderInfo)
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, Path]
+AnchorSets = Mapping[str, Tuple[np.ndarray, Mapping[str, Any]]]
+
+
+class BundleExistsError(QuasarError, FileExistsError):
+    """The output directory of an export already exists."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _sha256(path: Path) -> str:
+    from .encoders import sha256_file
+
+    return sha256_file(path)
+
+
+def file_checksums(bundle_dir: PathLike) -> Dict[str, str]:
+    """sha256 of every file in ``bundle_dir`` except bundle.json (relative names, sorted)."""
+    import hashlib
+
+    bundle_dir = Path(bundle_dir)
+    out = {}
+    for p in sorted(bundle_dir.rglob("*")):
+        if p.is_file() and p.name != BUNDLE_JSON:
+            h = hashlib.sha256()
+            with open(p, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            out[p.relative_to(bundle_dir).as_posix()] = h.hexdigest()
+    return out
+
+
+def read_manifest(bundle_dir: PathLike) -> BundleManifest:
+    path = Path(bundle_dir) / BUNDLE_JSON
+    try:
+        return BundleManifest.from_dict(json.loads(path.read_text()))
+    except FileNotFoundError as err:
+        raise BundleError(f"{path} not found: not a bundle directory") from err
+    except (ValueError, KeyError, TypeError) as err:
+        raise BundleError(f"{path} is not a valid bundle manifest: {err}") from err
+
+
+def write_manifest(bundle_dir: PathLike, manifest: BundleManifest) -> Path:
+    """Write bundle.json atomically (temp file + replace)."""
+    path = Path(bundle_dir) / BUNDLE_JSON
+    tmp = path.with_name(f".{BUNDLE_JSON}.tmp")
+    tmp.write_text(manifest.to_json())
+    os.replace(tmp, path)
+    return path
+
+
+def refresh_checksums(bundle_dir: PathLike) -> BundleManifest:
+    """Recompute ``files`` and ``anchors`` of bundle.json after files of the bundle changed."""
+    manifest = read_manifest(bundle_dir)
+    anchors_path = Path(bundle_dir) / ANCHORS_FILE
+    names = list(read_anchors(anchors_path)[0]) if anchors_path.exists() else []
+    d = manifest.to_dict()
+    d["files"] = file_checksums(bundle_dir)
+    d["anchors"] = names
+    manifest = BundleManifest.from_dict(d)
+    write_manifest(bundle_dir, manifest)
+    return manifest
+
+
+def write_anchors(path: PathLike, sets: AnchorSets) -> Path:
+    """Write anchor sets ``{name: (float32 [2, D] array, recipe dict)}`` to safetensors.
+
+    Rows are L2-normalised here (row 0 good, row 1 bad); metadata[name] = JSON recipe.
+    """
+    from safetensors.numpy import save_file
+
+    tensors, meta = {}, {}
+    dim = None
+    for name, (arr, recipe) in sets.items():
+        arr = np.asarray(arr, dtype=np.float32)
+        if arr.ndim != 2 or arr.shape[0] != 2:
+            raise BundleError(f"anchor set {name!r} must be [2, D], got {arr.shape}")
+        if dim is not None and arr.shape[1] != dim:
+            raise BundleError(f"anchor set {name!r} has dim {arr.shape[1]}, others {dim}")
+        dim = arr.shape[1]
+        norms = np.linalg.norm(arr, axis=1, keepdims=True)
+        if not np.all(np.isfinite(arr)) or np.any(norms == 0):
+            raise BundleError(f"anchor set {name!r} has zero or non-finite rows")
+        tensors[name] = np.ascontiguousarray(arr / norms, dtype=np.float32)
+        meta[name] = json.dumps(dict(recipe), sort_keys=True)
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    return path
+
+
+def read_anchors(path: PathLike) -> Tuple[Dict[str, np.ndarray], Dict[str, Dict[str, Any]]]:
+    """(arrays, recipes) of an anchors.safetensors file."""
+    from safetensors import safe_open
+
+    arrays, recipes = {}, {}
+    with safe_open(str(path), framework="numpy") as f:
+        meta = f.metadata() or {}
+        for name in f.keys():
+            arrays[name] = f.get_tensor(name)
+            recipes[name] = json.loads(meta.get(name, "{}"))
+    return arrays, recipes
+
+
+def add_anchor_sets(bundle_dir: PathLike, sets: AnchorSets, *, replace: bool = False
+                    ) -> BundleManifest:
+    """Add (or with ``replace`` overwrite) anchor sets in a bundle; updates bundle.json."""
+    bundle_dir = Path(bundle_dir)
+    manifest = read_manifest(bundle_dir)
+    path = bundle_dir / ANCHORS_FILE
+    arrays, recipes = read_anchors(path) if path.exists() else ({}, {})
+    for name, (arr, recipe) in sets.items():
+        if name in arrays and not replace:
+            raise BundleError(f"anchor set {name!r} already in {path}; pass replace=True")
+        arr = np.asarray(arr, dtype=np.float32)
+        if arr.ndim != 2 or arr.shape[1] != manifest.encoder.embed_dim:
+            raise BundleError(f"anchor set {name!r} has shape {arr.shape}; the encoder of "
+                              f"{manifest.model} embeds to {manifest.encoder.embed_dim}")
+        arrays[name], recipes[name] = arr, dict(recipe)
+    write_anchors(path, {n: (arrays[n], recipes[n]) for n in arrays})
+    return refresh_checksums(bundle_dir)
+
+
+def _versions() -> Dict[str, Optional[str]]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for mod, dist in (("torch", "torch"), ("open_clip", "open_clip_torch"), ("timm", "timm"),
+                      ("onnx", "onnx"), ("onnxruntime", "onnxruntime"),
+                      ("onnxscript", "onnxscript"), ("quasar", "quasar")):
+        try:
+            out[mod] = md.version(dist)
+        except md.PackageNotFoundError:
+            out[mod] = None
+    return out
+
+
+# ---------------------------------------------------------------------------- export
+
+
+def export_bundle(model_id: Union[str, ModelSpec], out_dir: PathLike, *,
+                  checkpoint: Optional[PathLike] = None, random_init: bool = False,
+                  seed: int = 0, overwrite: bool = False, exporter: str = "auto") -> Path:
+    """Export ``model_id`` to a verified bundle at ``out_dir``; returns ``out_dir``.
+
+    Raises UnknownModelError, CheckpointError, ExportError (parity), BundleExistsError
+    (``out_dir`` exists and not ``overwrite``). On failure nothing is left at ``out_dir``.
+    """
+    spec = model_id if isinstance(model_id, ModelSpec) else get_model_spec(model_id)
+    out_dir = Path(out_dir).expanduser().absolute()
+    if out_dir.exists() and not overwrite:
+        raise BundleExistsError(
+            f"Output directory {str(out_dir)!r} already exists. Pass --overwrite to replace "
+            "it or choose another --out."
+        )
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        _build_bundle(spec, tmp, checkpoint=checkpoint, random_init=random_init, seed=seed,
+                      exporter=exporter)
+        _set_permissions(tmp)
+        _move_into_place(tmp, out_dir, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("bundle written: %s", out_dir)
+    return out_dir
+
+
+def _set_permissions(root: Path) -> None:
+    """mkdtemp makes 0700 dirs: give the bundle ordinary permissions (umask applied)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(root, 0o777 & ~umask)
+    for p in root.rglob("*"):
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
+
+
+def _move_into_place(tmp: Path, out_dir: Path, overwrite: bool) -> None:
+    if not out_dir.exists():
+        os.rename(tmp, out_dir)
+        return
+    if not overwrite:
+        raise BundleExistsError(f"Output directory {str(out_dir)!r} appeared during export; "
+                                "pass --overwrite or choose another --out.")
+    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+    os.rmdir(old)
+    os.rename(out_dir, old)
+    try:
+        os.rename(tmp, out_dir)
+    except BaseException:
+        os.rename(old, out_dir)
+        raise
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        old.unlink()
+
+
+def _build_bundle(spec: ModelSpec, work: Path, *, checkpoint, random_init: bool, seed: int,
+                  exporter: str) -> None:
+    from .encoders import build_encoder
+    from .onnx import check_parity, export_onnx
+    from .text_anchors import TEXT_SET, text_anchors
+
+    t0 = time.perf_counter()
+    built = build_encoder(spec, checkpoint=checkpoint, random_init=random_init, seed=seed)
+    input_size = spec.input_size or 224
+    exp = export_onnx(built.image_tower, work, dynamic_hw=spec.dynamic_hw,
+                      input_size=input_size, exporter=exporter)
+    parity = check_parity(built.image_tower, exp.path, dynamic_hw=spec.dynamic_hw,
+                          input_size=input_size)
+    anchor_sets = {}
+    if spec.has_text_tower:
+        anchor_sets[TEXT_SET] = text_anchors(spec, built.model)
+    anchors = []
+    if anchor_sets:
+        write_anchors(work / ANCHORS_FILE, anchor_sets)
+        anchors = list(anchor_sets)
+    provenance = dict(built.provenance)
+    del built
+    provenance.update(
+        exporter=exp.exporter,
+        opset=exp.opset,
+        onnx_export_seconds=round(exp.seconds, 2),
+        versions=_versions(),
+        exported_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
+    manifest = BundleManifest(
+        model=spec.id,
+        family=spec.family,
+        encoder=EncoderInfo(embed_dim=spec.embed_dim, dynamic_hw=spec.dynamic_hw,
+                            input_size=spec.input_size, precision="fp32", opset=exp.opset,
+                            external_data=exp.external_data),
+        preprocess={r: spec.preprocess(r) for r in spec.resolutions},
+        default_resolution=spec.default_resolution,
+        anchors=anchors,
+        provenance=provenance,
+        parity=parity,
+        files=file_checksums(work),
+    )
+    manifest.provenance["export_seconds"] = round(time.perf_counter() - t0, 2)
+    write_manifest(work, manifest)

@@ -1,0 +1,71 @@
+"""``quasar models`` and ``quasar export`` (Fire functions).
+
+No torch at module level: ``quasar/cli.py`` imports this module for every command.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import List, Optional
+
+from quasar.home import bundle_cache_dir
+from quasar.models.catalog import CATALOG, list_models
+from quasar.models.manifest import BUNDLE_JSON
+
+log = logging.getLogger("quasar.export")
+
+
+def _table(rows: List[List[str]], header: List[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+    fmt = "  ".join("{:<%d}" % w for w in widths)
+    lines = [fmt.format(*header), fmt.format(*["-" * w for w in widths])]
+    lines += [fmt.format(*[str(c) for c in r]) for r in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def models(heavy: bool = True) -> str:
+    """List the model catalogue: id, embedding dim, resolutions, heavy, local bundle."""
+    rows = []
+    for mid in list_models(include_heavy=heavy):
+        spec = CATALOG[mid]
+        cached = (bundle_cache_dir(mid) / BUNDLE_JSON).is_file()
+        rows.append([mid, spec.family, spec.embed_dim, ",".join(spec.resolutions),
+                     "yes" if spec.heavy else "", "yes" if cached else ""])
+    table = _table(rows, ["model", "family", "dim", "resolutions", "heavy", "bundle"])
+    print(table)
+    return None  # printed; returning the string would make Fire print it twice
+
+
+def export(model: str, out: Optional[str] = None, checkpoint: Optional[str] = None,
+           random_init: bool = False, seed: int = 0, overwrite: bool = False,
+           exporter: str = "auto", quiet: bool = False) -> None:
+    """Export MODEL to a verified ONNX bundle (default: the QUASAR bundle cache).
+
+    Args:
+        model: catalogue id, e.g. clip-rn50-nopos.openai (see `quasar models`).
+        out: output directory; default $QUASAR_HOME/bundles/<model>.
+        checkpoint: local weights file (open_clip state dict / DINOv2 hub .pth).
+        random_init: random weights (tests only: scores carry no meaning).
+        seed: seed of the random weights.
+        overwrite: replace an existing bundle at OUT.
+        exporter: auto | torchscript | dynamo.
+        quiet: only print the bundle path.
+    """
+    from quasar.errors import QuasarError
+    from quasar.models.catalog import get_model_spec
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("quasar").setLevel(logging.WARNING if quiet else logging.INFO)
+    try:
+        spec = get_model_spec(model)  # fail fast on unknown ids, before importing torch
+        target = Path(out).expanduser() if out else bundle_cache_dir(spec.id)
+        log.info("exporting %s -> %s", spec.id, target)
+        from .bundle import export_bundle
+
+        path = export_bundle(spec.id, target, checkpoint=checkpoint,
+                             random_init=bool(random_init), seed=int(seed),
+                             overwrite=bool(overwrite), exporter=exporter)
+    except QuasarError as err:
+        raise SystemExit(f"quasar export: error: {err}") from None
+    print(path)
