@@ -1,0 +1,140 @@
+"""Enumerate the images a ``quasar score`` run is asked to score, lazily.
+
+An input spec is one of:
+
+* a file: used as given (whatever its extension; a missing file still becomes an input, so
+  that it gets a ``not_found`` row instead of silently vanishing);
+* a directory: walked recursively in sorted order, files with an image extension only
+  (case-insensitive), hidden files and hidden directories (name starting with ``.``)
+  skipped, symlinked directories not followed (no loops);
+* a glob (``*``, ``?``, ``[``; ``**`` recursive): matching image files in sorted order,
+  matching directories walked as above;
+* ``@list.txt``: a text file with one path per line (blank lines and lines starting with
+  ``#`` ignored), each taken literally;
+* ``-``: paths on standard input, one per line, taken literally.
+
+Everything is a generator: ten million files are never held in memory at once (only one
+directory listing at a time).
+"""
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import sys
+from typing import Callable, Iterable, Iterator, Optional, Sequence, TextIO
+
+from quasar.errors import QuasarError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset({
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".dib", ".tif", ".tiff",
+    ".gif", ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico", ".jp2", ".j2k", ".avif",
+    ".heic", ".heif",
+})
+GLOB_CHARS = ("*", "?", "[")
+
+
+class InputError(QuasarError, ValueError):
+    """An input spec that cannot be read (e.g. a missing ``@list`` file)."""
+
+
+def is_image_name(name: str) -> bool:
+    """True when ``name`` ends with a known image extension (any case)."""
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def walk_images(root: str, on_error: Optional[Callable[[str, OSError], None]] = None) -> Iterator[str]:
+    """Image files under ``root``, depth first, entries sorted by name at every level."""
+    try:
+        with os.scandir(root) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError as exc:
+        (on_error or _warn_walk)(root, exc)
+        return
+    for entry in entries:
+        if _hidden(entry.name):
+            continue
+        path = os.path.join(root, entry.name)
+        try:
+            is_dir = entry.is_dir(follow_symlinks=False)
+            is_file = not is_dir and entry.is_file(follow_symlinks=True)
+        except OSError:
+            is_dir, is_file = False, True  # let decoding report the problem
+        if is_dir:
+            yield from walk_images(path, on_error)
+        elif is_file and is_image_name(entry.name):
+            yield path
+
+
+def _warn_walk(path: str, exc: OSError) -> None:
+    log.warning("cannot list directory %s: %s (skipped)", path, exc)
+
+
+def read_path_lines(stream: Iterable[str]) -> Iterator[str]:
+    """Paths of a list file / stdin: one per line, blank and ``#`` lines ignored."""
+    for line in stream:
+        path = line.rstrip("\r\n")
+        if path.strip() and not path.lstrip().startswith("#"):
+            yield path
+
+
+def _expand_glob(pattern: str) -> Iterator[str]:
+    matched = False
+    for path in sorted(glob.iglob(pattern, recursive=True)):
+        matched = True
+        if os.path.isdir(path):
+            yield from walk_images(path)
+        elif is_image_name(path):
+            yield path
+    if not matched:
+        log.warning("no file matches %r", pattern)
+
+
+def iter_inputs(specs: Sequence[str], stdin: Optional[TextIO] = None) -> Iterator[str]:
+    """Every image path the specs name, in order, lazily (see the module docstring).
+
+    Raises InputError for a ``@list`` file that cannot be opened (at the point the
+    generator reaches it) or for ``-`` given twice.
+    """
+    if sum(1 for s in specs if s == "-") > 1:
+        raise InputError("'-' (paths on stdin) can be given only once")
+    for spec in specs:
+        if spec == "-":
+            yield from read_path_lines(stdin if stdin is not None else sys.stdin)
+        elif spec.startswith("@") and len(spec) > 1 and not os.path.exists(spec):
+            yield from _read_list(spec[1:])
+        elif os.path.isdir(spec):
+            yield from walk_images(spec)
+        elif os.path.lexists(spec) or not any(c in spec for c in GLOB_CHARS):
+            yield spec
+        else:
+            yield from _expand_glob(spec)
+
+
+def _read_list(list_path: str) -> Iterator[str]:
+    try:
+        f = open(list_path, encoding="utf-8", errors="surrogateescape")
+    except OSError as exc:
+        raise InputError(
+            f"cannot read the list of inputs @{list_path}: {exc.strerror or exc}; "
+            "give a text file with one image path per line"
+        ) from exc
+    with f:
+        yield from read_path_lines(f)
+
+
+def check_specs(specs: Sequence[str]) -> None:
+    """Fail early (before a model is loaded) on specs that cannot work."""
+    if not specs:
+        raise InputError("no inputs: give image files, directories, globs, @list.txt or '-'")
+    if sum(1 for s in specs if s == "-") > 1:
+        raise InputError("'-' (paths on stdin) can be given only once")
+    for s in specs:
+        if s.startswith("@") and len(s) > 1 and not os.path.exists(s) and not os.path.isfile(s[1:]):
+            raise InputError(f"list of inputs {s} not found: {s[1:]} is not a file")
