@@ -1,0 +1,136 @@
+"""The scoring pipeline on a fake scorer: order, errors, batching, bounded look-ahead."""
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+import hostile  # noqa: E402
+
+from quasar.runtime.pipeline import PipelineConfig, error_status, run_pipeline  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    root = tmp_path_factory.mktemp("imgs")
+    good = hostile.write_good_tree(root / "good")
+    bad = hostile.write_hostile(root / "hostile")
+    return good, bad
+
+
+def _collect(scorer, paths, cfg):
+    rows, embs = [], []
+
+    def sink(r, e):
+        assert e.shape == (sum(x.status == "ok" for x in r), scorer.embed_dim)
+        rows.extend(r)
+        embs.append(e)
+    stats = run_pipeline(scorer, paths, sink, cfg)
+    return rows, np.concatenate(embs) if embs else None, stats
+
+
+@pytest.mark.parametrize("shape", [(8, 8), None])
+def test_every_input_gets_a_row_in_order(images, shape):
+    good, bad = images
+    paths = [str(p) for p in good] + [str(p) for p in bad.values()] + ["/no/such/file.png"]
+    paths = paths[::2] + paths[1::2]  # mix good and bad
+    scorer = hostile.FakeScorer(shape=shape, max_pixels=1_000_000)
+    rows, emb, stats = _collect(scorer, iter(paths), PipelineConfig(batch_size=3, workers=3,
+                                                                     variable_shapes=shape is None,
+                                                                     group_factor=2))
+    assert [r.path for r in rows] == paths
+    for r in rows:
+        name = os.path.basename(r.path)
+        if name in hostile.BAD_HOSTILE:
+            assert r.status in hostile.BAD_HOSTILE[name] and r.path in r.error, (name, r)
+            assert all(np.isnan(v) for v in r.scores.values())
+        elif name == "file.png":
+            assert r.status == "not_found"
+        else:
+            assert r.status == "ok", r
+            ref = hostile.fake_reference(r.path, shape)
+            for a in ("text", "second"):
+                assert r.scores[a] == pytest.approx(ref[a], abs=1e-6)
+    assert stats.failed == len(hostile.BAD_HOSTILE) + 1 and stats.scored == len(paths) - stats.failed
+    assert all(b[0] <= 3 for b in scorer.batches)
+    assert all(len(set(map(tuple, [b[2:]]))) == 1 for b in scorer.batches)
+    assert emb.shape == (stats.scored, scorer.embed_dim)
+
+
+def test_variable_shapes_are_grouped_into_full_batches(tmp_path):
+    from PIL import Image
+    paths = []
+    for i in range(24):  # two shapes alternating
+        p = tmp_path / f"{i:02d}.png"
+        Image.fromarray(hostile._noise(32 if i % 2 else 48, 40, i)).save(p)
+        paths.append(str(p))
+    scorer = hostile.FakeScorer(shape=None)
+    rows, _, _ = _collect(scorer, paths, PipelineConfig(batch_size=4, workers=2, variable_shapes=True,
+                                                         group_factor=2))
+    assert [r.path for r in rows] == paths
+    assert sorted(b[0] for b in scorer.batches) == [4] * 6  # grouped: no ragged batches
+    ungrouped = hostile.FakeScorer(shape=None)
+    _collect(ungrouped, paths, PipelineConfig(batch_size=4, workers=2, variable_shapes=False))
+    assert max(b[0] for b in ungrouped.batches) <= 2  # without a window, shapes fragment batches
+
+
+def test_inference_failure_is_isolated(tmp_path):
+    from PIL import Image
+    paths = []
+    for i in range(10):
+        p = tmp_path / f"{i}.png"
+        Image.fromarray(hostile._noise(16 if i in (2, 7) else 40, 40, i)).save(p)
+        paths.append(str(p))
+    scorer = hostile.FakeScorer(shape=None, fail_embed_shape=(2, 5))  # 16x40 // 8
+    rows, _, stats = _collect(scorer, paths, PipelineConfig(batch_size=4, variable_shapes=True))
+    assert [r.status for r in rows] == ["inference_error" if i in (2, 7) else "ok" for i in range(10)]
+    assert "fake inference failure" in rows[2].error
+
+
+def test_lookahead_is_bounded_and_input_is_streamed():
+    pulled = [0]
+
+    def endless():
+        for i in itertools.count():
+            pulled[0] += 1
+            yield f"/no/such/{i}.png"
+    cfg = PipelineConfig(batch_size=8, workers=2)
+    seen = []
+
+    def sink(rows, emb):
+        seen.append(len(rows))
+        assert pulled[0] - sum(seen) <= cfg.in_flight + cfg.window
+        if sum(seen) >= 400:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(hostile.FakeScorer(), endless(), sink, cfg)
+    assert sum(seen) == 400
+
+
+def test_decoding_runs_in_worker_threads(images):
+    good, _ = images
+    scorer = hostile.FakeScorer()
+    _collect(scorer, [str(p) for p in good] * 4, PipelineConfig(batch_size=2, workers=3))
+    import threading
+    assert threading.get_ident() not in scorer.threads_seen and len(scorer.threads_seen) >= 2
+
+
+def test_error_status_of_exception_classes():
+    from quasar import errors
+    assert error_status(errors.ImageTooLargeError("x")) == "too_large"
+    assert error_status(errors.ImageDecodeError("x")) == "decode_error"
+    assert error_status(PermissionError("x")) == "read_error"
+    assert error_status(ValueError("x")) == "decode_error"
+    if hasattr(errors, "TruncatedImageError"):
+        assert error_status(errors.TruncatedImageError("x")) == "truncated"
+
+
+def test_config_validation():
+    with pytest.raises(ValueError):
+        PipelineConfig(batch_size=0)
+    with pytest.raises(ValueError):
+        PipelineConfig(workers=0)
