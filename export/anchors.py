@@ -80,28 +80,43 @@ def _stem(p) -> str:
 
 
 def split_full_reference(paths: Sequence, prompt_ratio: float = 1.0,
-                         rng: Optional[ReferenceRandom] = None) -> Tuple[np.ndarray, np.ndarray]:
+                         rng: Optional[ReferenceRandom] = None, *,
+                         is_reference: Optional[Sequence[bool]] = None,
+                         groups: Optional[Sequence[str]] = None) -> Tuple[np.ndarray, np.ndarray]:
     """Good = reference images, bad = their distortions (KADIS700k, PIPAL).
 
-    A reference is a file whose stem has no ``_``; its distortions are the files whose stem
-    starts with ``<reference>_``. ``prompt_ratio`` of the references are sampled
-    (``round(n_ref * ratio)`` after one permutation) and all their distortions kept.
+    As the reference: a reference is a file whose stem has no ``_``; its distortions are the
+    files whose stem starts with ``<reference>_``. A dataset reader may instead give
+    ``is_reference`` and ``groups`` (each image's reference key), which also handles
+    reference names containing ``_``; both rules agree wherever the stem rule works.
+    ``prompt_ratio`` of the references are sampled (``round(n_ref * ratio)`` after one
+    permutation of the references in path order) and all their distortions kept.
     Distortions whose reference is absent are ignored (the reference code would crash).
     Returns (good indices, bad indices) into ``paths``.
     """
     ratio = _check_ratio("prompt_ratio", prompt_ratio)
     rng = rng if rng is not None else ReferenceRandom()
-    stems = [_stem(p) for p in paths]
-    ref_idx = [i for i, s in enumerate(stems) if "_" not in s]
+    if (is_reference is None) != (groups is None):
+        raise ValueError("give both is_reference and groups, or neither")
+    if groups is not None:
+        if len(groups) != len(paths) or len(is_reference) != len(paths):
+            raise ValueError(f"is_reference/groups must have one entry per path ({len(paths)})")
+        keys = [str(g) for g in groups]
+        is_ref = [bool(r) for r in is_reference]
+    else:
+        stems = [_stem(p) for p in paths]
+        is_ref = ["_" not in s for s in stems]
+        keys = [s if r else s.split("_")[0] for s, r in zip(stems, is_ref)]
+    ref_idx = [i for i, r in enumerate(is_ref) if r]
     if not ref_idx:
         raise DatasetError("full-reference split: no reference image (a file name without '_') "
                            "among the prompt images; check the dataset folder holds the "
                            "reference images next to the distorted ones")
-    dists: Dict[str, List[int]] = {stems[i]: [] for i in ref_idx}
+    dists: Dict[str, List[int]] = {keys[i]: [] for i in ref_idx}
     orphans = 0
-    for i, s in enumerate(stems):
-        if "_" in s:
-            lst = dists.get(s.split("_")[0])
+    for i, r in enumerate(is_ref):
+        if not r:
+            lst = dists.get(keys[i])
             if lst is None:
                 orphans += 1
             else:
@@ -114,7 +129,7 @@ def split_full_reference(paths: Sequence, prompt_ratio: float = 1.0,
     chosen = ref_idx_arr[rng.np.permutation(len(ref_idx_arr))][:limit]
     bad: List[int] = []
     for i in chosen:
-        bad.extend(dists[stems[i]])
+        bad.extend(dists[keys[i]])
     if len(chosen) == 0 or not bad:
         raise DatasetError(f"full-reference split: {len(chosen)} references and {len(bad)} "
                            "distorted images selected; raise prompt_ratio or check that the "
@@ -234,12 +249,15 @@ def build_anchor_set(embeddings: np.ndarray, paths: Sequence, scores=None, *,
                      aggregation_type: str = "mean", prompt_ratio: float = 1.0,
                      median_offset_ratio: Optional[float] = None,
                      n_clusters: int = DEFAULT_N_CLUSTERS, seed: int = DEFAULT_SEED,
-                     rng: Optional[ReferenceRandom] = None) -> AnchorSet:
+                     rng: Optional[ReferenceRandom] = None,
+                     is_reference: Optional[Sequence[bool]] = None,
+                     groups: Optional[Sequence[str]] = None) -> AnchorSet:
     """Anchors from prompt-data embeddings [N, D] (raw, as the encoder returns them).
 
     ``split`` defaults from ``prompt_data`` (KADIS700k / PIPAL: full reference, AVA:
-    median). ``rng`` defaults to a fresh :class:`ReferenceRandom` of ``seed``; pass your own
-    to continue its streams afterwards (the fold split of ``quasar evaluate``).
+    median; ``is_reference`` / ``groups`` as in :func:`split_full_reference`). ``rng``
+    defaults to a fresh :class:`ReferenceRandom` of ``seed``; pass your own to continue
+    its streams afterwards (the fold split of ``quasar evaluate``).
     """
     split = split or PROMPT_DATA_SPLIT.get(prompt_data)
     if split not in SPLITS:
@@ -259,7 +277,8 @@ def build_anchor_set(embeddings: np.ndarray, paths: Sequence, scores=None, *,
         "seed": int(rng.seed), "n_images": int(emb.shape[0]),
     }
     if split == FULL_REFERENCE:
-        good, bad = split_full_reference(paths, prompt_ratio, rng)
+        good, bad = split_full_reference(paths, prompt_ratio, rng, is_reference=is_reference,
+                                         groups=groups)
     else:
         if scores is None:
             raise ValueError("the median split needs scores")
@@ -311,6 +330,9 @@ def write_anchor_file(path, sets: Dict[str, np.ndarray], recipes: Dict[str, Dict
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=meta)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

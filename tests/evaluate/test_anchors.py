@@ -273,3 +273,20 @@ def test_add_anchor_set_failure_leaves_bundle(tmp_path, monkeypatch):
         A.add_anchor_set(b, "ava", np.ones((2, D)), {})
     assert {p.name: p.read_bytes() for p in b.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+
+
+def test_full_reference_groups_agree_with_stem_rule_and_handle_underscores():
+    emb, paths = fr_data(n_ref=9)
+    stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+    is_ref = ["_" not in s for s in stems]
+    groups = [s.split("_")[0] for s in stems]
+    a = A.build_anchor_set(emb, paths, prompt_data="KADIS700k", prompt_ratio=0.5, seed=3)
+    b = A.build_anchor_set(emb, paths, prompt_data="KADIS700k", prompt_ratio=0.5, seed=3,
+                           is_reference=is_ref, groups=groups)
+    np.testing.assert_array_equal(a.anchors, b.anchors)
+    # a reference named with '_' (KADIS has some): the stem rule cannot group it, groups can
+    p2 = ["/r/old_town.png", "/r/plant.png", "/d/old_town_01_02.bmp", "/d/plant_03_01.bmp"]
+    e2 = np.eye(4, D, dtype=np.float32) + 0.1
+    c = A.build_anchor_set(e2, p2, prompt_data="KADIS700k", is_reference=[1, 1, 0, 0],
+                           groups=["old_town", "plant", "old_town", "plant"])
+    np.testing.assert_allclose(c.anchors, _unit([e2[:2].mean(0), e2[2:].mean(0)]), atol=1e-6)

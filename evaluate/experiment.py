@@ -1,0 +1,204 @@
+"""One QUASAR experiment (the reference's ``main.py``): anchors from prompt data (or text),
+scores of a target dataset, SRCC / KRCC / PLCC per fold.
+
+Random streams follow the reference run of one seed: a fresh :class:`ReferenceRandom`
+per experiment; the anchors draw first, then the fold permutation.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+
+from quasar.errors import BundleError, DatasetError
+from quasar.export.anchors import (AGGREGATIONS, DEFAULT_N_CLUSTERS, DEFAULT_SEED,
+                                   PROMPT_DATA_SPLIT, ReferenceRandom, build_anchor_set,
+                                   read_anchor_file)
+from quasar.models.manifest import ANCHORS_FILE
+
+from .datasets.base import DatasetSamples
+from .metrics import CVMetrics, cross_validated, fmt
+
+log = logging.getLogger(__name__)
+
+LOGIT_SCALE = 1.0 / 0.07  # the reference's fixed scale
+PROMPT_CHOICES = ("text",) + tuple(PROMPT_DATA_SPLIT)
+TARGET_CHOICES = ("TID2013", "KonIQ10k", "KADID10k", "LIVEitW", "SPAQ", "TAD66k", "AADB", "PieAPP")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """The reference's ``main.py`` flags (plus ``n_clusters``, ``resolution``, ``anchor_set``).
+
+    ``anchor_set`` names a set stored in the bundle (e.g. one added by ``quasar anchors``) and
+    then replaces ``prompt_data``'s anchors.
+    """
+
+    prompt_data: str = "text"
+    target_data: str = "KonIQ10k"
+    target_data_subset: Optional[str] = None
+    target_cv_folds: Optional[int] = None
+    aggregation_type: str = "mean"
+    prompt_ratio: float = 1.0
+    median_offset_ratio: Optional[float] = None
+    n_clusters: int = DEFAULT_N_CLUSTERS
+    resolution: Optional[str] = None
+    seed: int = DEFAULT_SEED
+    prompt_data_subset: Optional[str] = None
+    anchor_set: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.anchor_set is None and self.prompt_data not in PROMPT_CHOICES:
+            raise ValueError(f"prompt_data must be one of {PROMPT_CHOICES}, got {self.prompt_data!r}")
+        if self.aggregation_type not in AGGREGATIONS:
+            raise ValueError(f"aggregation_type must be one of {AGGREGATIONS}, "
+                             f"got {self.aggregation_type!r}")
+
+
+@dataclass(frozen=True)
+class ExperimentResult:
+    """Scores' agreement with the subjective scores of one target dataset."""
+
+    prompt_data: str
+    target_data: str
+    target_subset: str
+    model: str
+    resolution: str
+    n_images: int
+    cv_folds: Optional[int]
+    seed: int
+    higher_is_better: bool
+    anchors: Dict[str, Any]
+    metrics: CVMetrics
+    predictions: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = {k: v for k, v in asdict(self).items() if k not in ("metrics", "predictions")}
+        d["metrics"] = self.metrics.to_dict()
+        return d
+
+    def report(self) -> str:
+        """Human-readable report: one line per fold, then mean ± std."""
+        m = self.metrics
+        head = (f"prompt {self.prompt_data} -> target {self.target_data} ({self.target_subset}, "
+                f"{self.n_images} images), model {self.model} @ {self.resolution}, "
+                f"seed {self.seed}, folds {self.cv_folds or 1}")
+        cols = ("srcc", "abs_srcc", "krcc", "plcc", "plcc_logistic")
+        names = ("SRCC", "|SRCC|", "KRCC", "PLCC", "PLCC-logistic")
+        lines = [head, "fold      n  " + "  ".join(f"{n:>13}" for n in names)]
+        for i, f in enumerate(m.folds, 1):
+            lines.append(f"{i:>4} {f.n:>6}  " + "  ".join(f"{fmt(getattr(f, c)):>13}" for c in cols))
+        lines.append("mean±std     " + "  ".join(
+            f"{fmt(m.mean[c]) + '±' + fmt(m.std[c], 3):>13}" for c in cols))
+        if not self.higher_is_better:
+            lines.append("(lower subjective scores mean better images here: expect a negative "
+                         "signed correlation)")
+        return "\n".join(lines)
+
+
+def scores_from_anchors(embeddings: np.ndarray, anchors: np.ndarray) -> np.ndarray:
+    """softmax(cos(embedding, anchors) / 0.07)[good] for raw embeddings [N, D]."""
+    e = np.asarray(embeddings, dtype=np.float64)
+    e = e / np.linalg.norm(e, axis=1, keepdims=True)
+    a = np.asarray(anchors, dtype=np.float64)
+    logits = LOGIT_SCALE * e @ a.T
+    return 1.0 / (1.0 + np.exp(logits[:, 1] - logits[:, 0]))
+
+
+def bundle_anchor_set(bundle_dir, name: str) -> Tuple[np.ndarray, Dict[str, Any]]:
+    sets, recipes = read_anchor_file(Path(bundle_dir) / ANCHORS_FILE)
+    if name not in sets:
+        raise BundleError(f"{bundle_dir}: no anchor set {name!r} (has {sorted(sets)}); "
+                          + ("this model has no text tower — use image prompt data"
+                             if name == "text" else "add it with `quasar anchors`"))
+    return sets[name].astype(np.float32), dict(recipes.get(name, {}))
+
+
+class EmbeddingSource:
+    """Embeddings of datasets: through the runtime (cached), or the authors' released files.
+    Keeps what it computed in memory for reuse within a run (``quasar reproduce``)."""
+
+    def __init__(self, scorer, *, cache: bool = True, cache_root=None,
+                 progress: Optional[bool] = None, chunk_size: Optional[int] = None) -> None:
+        self.scorer = scorer
+        self.cache, self.cache_root, self.progress = cache, cache_root, progress
+        self.chunk_size = chunk_size
+        self._memo: Dict[Tuple[str, str, str], np.ndarray] = {}
+
+    def __call__(self, samples: DatasetSamples, reference_file=None) -> np.ndarray:
+        key = (samples.name, samples.subset, str(reference_file or ""))
+        if key not in self._memo:
+            if reference_file is not None:
+                from .reference_embeddings import align, load_reference_embeddings
+
+                ref = load_reference_embeddings(reference_file)
+                self._memo[key] = ref.embeddings[align(ref, samples.paths)]
+            else:
+                from .embeddings import DEFAULT_CHUNK, dataset_embeddings
+
+                self._memo[key] = dataset_embeddings(
+                    self.scorer, samples, cache=self.cache, cache_root=self.cache_root,
+                    chunk_size=self.chunk_size or DEFAULT_CHUNK, progress=self.progress)
+        return self._memo[key]
+
+
+def make_anchors(cfg: ExperimentConfig, rng: ReferenceRandom, *, bundle_dir,
+                 prompt_samples: Optional[DatasetSamples], embed: Optional[EmbeddingSource],
+                 prompt_embeddings=None) -> Tuple[np.ndarray, Dict[str, Any]]:
+    """Anchors [2, D] and their recipe for ``cfg`` (drawing from ``rng`` as the reference)."""
+    if cfg.anchor_set is not None:
+        return bundle_anchor_set(bundle_dir, cfg.anchor_set)
+    if cfg.prompt_data == "text":
+        return bundle_anchor_set(bundle_dir, "text")
+    if prompt_embeddings is not None:  # the authors' file, in its own order (as the reference)
+        from .reference_embeddings import load_reference_embeddings
+
+        ref = load_reference_embeddings(prompt_embeddings)
+        emb, paths, scores = ref.embeddings, ref.paths, ref.scores
+        is_ref = groups = None
+    else:
+        if prompt_samples is None or embed is None:
+            raise ValueError("image prompt data needs its samples and an embedding source")
+        emb = embed(prompt_samples)
+        paths, scores = prompt_samples.paths, prompt_samples.scores
+        is_ref = prompt_samples.extra.get("is_reference")
+        groups = prompt_samples.extra.get("reference")
+        if is_ref is None or groups is None:
+            is_ref = groups = None
+    aset = build_anchor_set(emb, paths, scores, prompt_data=cfg.prompt_data,
+                            aggregation_type=cfg.aggregation_type, prompt_ratio=cfg.prompt_ratio,
+                            median_offset_ratio=cfg.median_offset_ratio,
+                            n_clusters=cfg.n_clusters, rng=rng, is_reference=is_ref,
+                            groups=groups)
+    return aset.anchors, aset.recipe
+
+
+def run_experiment(cfg: ExperimentConfig, *, bundle_dir, scorer, target_samples: DatasetSamples,
+                   prompt_samples: Optional[DatasetSamples] = None,
+                   embed: Optional[EmbeddingSource] = None, prompt_embeddings=None,
+                   target_embeddings=None) -> ExperimentResult:
+    """Run one prompt × target experiment on already-read datasets."""
+    embed = embed or EmbeddingSource(scorer)
+    rng = ReferenceRandom(cfg.seed)
+    anchors, recipe = make_anchors(cfg, rng, bundle_dir=bundle_dir, prompt_samples=prompt_samples,
+                                   embed=embed, prompt_embeddings=prompt_embeddings)
+    if anchors.shape[1] != scorer.embed_dim:
+        raise BundleError(f"anchors have dim {anchors.shape[1]} but {scorer.manifest.model} "
+                          f"embeds to {scorer.embed_dim}")
+    emb = embed(target_samples, target_embeddings)
+    pred = scores_from_anchors(emb, anchors)
+    target = np.asarray(target_samples.scores, dtype=np.float64)
+    ok = np.isfinite(target)
+    if not ok.all():
+        raise DatasetError(f"{target_samples.name}: {int((~ok).sum())} images without a score")
+    metrics = cross_validated(pred, target, cfg.target_cv_folds, rng.np)
+    return ExperimentResult(
+        prompt_data=cfg.anchor_set or cfg.prompt_data, target_data=target_samples.name,
+        target_subset=target_samples.subset, model=scorer.manifest.model,
+        resolution=scorer.resolution, n_images=len(target_samples),
+        cv_folds=cfg.target_cv_folds, seed=cfg.seed,
+        higher_is_better=bool(target_samples.higher_is_better), anchors=recipe,
+        metrics=metrics, predictions=pred)

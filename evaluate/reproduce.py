@@ -1,0 +1,150 @@
+"""The paper's grid: every prompt data × every target dataset -> CSV, JSON and a markdown table.
+
+Each cell is an independent reference run of the same seed (fresh random streams: anchors
+draw first, then the folds). Embeddings are computed once per dataset (and cached on disk);
+a dataset that is missing or unreadable is reported and its cells skipped.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+from quasar.errors import QuasarError
+
+from .experiment import (PROMPT_CHOICES, TARGET_CHOICES, EmbeddingSource, ExperimentConfig,
+                         ExperimentResult, run_experiment)
+from .metrics import fmt
+
+log = logging.getLogger(__name__)
+
+CSV_FIELDS = ("prompt_data", "target_data", "target_subset", "status", "n_images", "folds",
+              "srcc_mean", "srcc_std", "abs_srcc_mean", "abs_srcc_std", "krcc_mean", "krcc_std",
+              "plcc_mean", "plcc_std", "plcc_logistic_mean", "plcc_logistic_std", "model",
+              "resolution", "seed", "message")
+
+
+@dataclass
+class Cell:
+    prompt_data: str
+    target_data: str
+    status: str = "ok"  # ok | missing | error
+    message: str = ""
+    result: Optional[ExperimentResult] = None
+
+    def row(self) -> Dict[str, object]:
+        r: Dict[str, object] = {k: "" for k in CSV_FIELDS}
+        r.update(prompt_data=self.prompt_data, target_data=self.target_data, status=self.status,
+                 message=self.message)
+        if self.result is not None:
+            res, m = self.result, self.result.metrics
+            r.update(target_subset=res.target_subset, n_images=res.n_images,
+                     folds=res.cv_folds or 1, model=res.model, resolution=res.resolution,
+                     seed=res.seed)
+            for k in ("srcc", "abs_srcc", "krcc", "plcc", "plcc_logistic"):
+                r[f"{k}_mean"], r[f"{k}_std"] = m.mean[k], m.std[k]
+        return r
+
+
+@dataclass
+class Grid:
+    cells: List[Cell] = field(default_factory=list)
+    missing: Dict[str, str] = field(default_factory=dict)  # dataset -> reason
+
+    def markdown(self, prompts: Sequence[str], targets: Sequence[str]) -> str:
+        """Signed SRCC mean ± std (population std over folds), targets × prompts."""
+        by = {(c.prompt_data, c.target_data): c for c in self.cells}
+        lines = ["| target | " + " | ".join(prompts) + " |",
+                 "|---|" + "---|" * len(prompts)]
+        for t in targets:
+            row = []
+            for p in prompts:
+                c = by.get((p, t))
+                if c is None or c.result is None:
+                    row.append("—" if c is None or c.status == "missing" else "error")
+                else:
+                    m = c.result.metrics
+                    cell = fmt(m.mean["srcc"], 3)
+                    if len(m.folds) > 1:
+                        cell += " ± " + fmt(m.std["srcc"], 3)
+                    row.append(cell)
+            lines.append(f"| {t} | " + " | ".join(row) + " |")
+        if self.missing:
+            lines.append("")
+            lines.append("Skipped (— above): " + "; ".join(
+                f"{k}: {v}" for k, v in sorted(self.missing.items())))
+        return "\n".join(lines) + "\n"
+
+
+def run_grid(base: ExperimentConfig, *, prompts: Sequence[str], targets: Sequence[str],
+             load: Callable[[str], object], bundle_dir, scorer, embed: EmbeddingSource,
+             progress: Optional[bool] = None) -> Grid:
+    """Run every prompt × target cell; ``load(name)`` returns DatasetSamples or raises."""
+    from tqdm.auto import tqdm
+
+    grid = Grid()
+    samples: Dict[str, object] = {}
+
+    def get(name: str):
+        if name in grid.missing:
+            return None
+        if name not in samples:
+            try:
+                samples[name] = load(name)
+            except (QuasarError, FileNotFoundError, NotADirectoryError, OSError) as e:
+                grid.missing[name] = str(e).splitlines()[0][:300]
+                log.warning("skipping %s: %s", name, grid.missing[name])
+                return None
+        return samples[name]
+
+    disable = (not sys.stderr.isatty()) if progress is None else not progress
+    cells = [(p, t) for p in prompts for t in targets]
+    for p, t in tqdm(cells, desc="reproduce", unit="cell", disable=disable):
+        prompt_samples = None
+        if p != "text":
+            prompt_samples = get(p)
+            if prompt_samples is None:
+                grid.cells.append(Cell(p, t, "missing", f"prompt data {p}: {grid.missing[p]}"))
+                continue
+        target_samples = get(t)
+        if target_samples is None:
+            grid.cells.append(Cell(p, t, "missing", f"target {t}: {grid.missing[t]}"))
+            continue
+        cfg = replace(base, prompt_data=p, target_data=t)
+        try:
+            res = run_experiment(cfg, bundle_dir=bundle_dir, scorer=scorer,
+                                 target_samples=target_samples, prompt_samples=prompt_samples,
+                                 embed=embed)
+        except QuasarError as e:
+            log.warning("cell %s -> %s failed: %s", p, t, e)
+            grid.cells.append(Cell(p, t, "error", str(e).splitlines()[0][:300]))
+            continue
+        grid.cells.append(Cell(p, t, "ok", "", res))
+    return grid
+
+
+def write_outputs(grid: Grid, out_dir, prompts: Sequence[str], targets: Sequence[str],
+                  header: str = "") -> Dict[str, Path]:
+    """results.csv, results.json and results.md in ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"csv": out / "results.csv", "json": out / "results.json", "md": out / "results.md"}
+    with open(paths["csv"], "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(CSV_FIELDS))
+        w.writeheader()
+        for c in grid.cells:
+            w.writerow(c.row())
+    paths["json"].write_text(json.dumps({
+        "cells": [dict(c.row(), result=c.result.to_dict() if c.result else None)
+                  for c in grid.cells],
+        "missing": grid.missing}, indent=2, default=str) + "\n")
+    md = (header + "\n\n" if header else "") + grid.markdown(prompts, targets)
+    paths["md"].write_text(md)
+    return paths
+
+
+__all__ = ["Cell", "Grid", "run_grid", "write_outputs", "PROMPT_CHOICES", "TARGET_CHOICES"]
