@@ -39,3 +39,27 @@ class DeviceError(QuasarError, RuntimeError):
 
 class DatasetError(QuasarError, ValueError):
     """A dataset file that is missing or malformed."""
+
+
+class ImageNotFoundError(ImageDecodeError, FileNotFoundError):
+    """An image path that does not exist (or is not a regular file)."""
+
+
+class EmptyImageError(ImageDecodeError):
+    """A zero-byte file or empty ``bytes`` input."""
+
+
+class TruncatedImageError(ImageDecodeError):
+    """An image file whose data ends early (partial download, interrupted copy)."""
+
+
+class NotAnImageError(ImageDecodeError):
+    """A file that Pillow does not recognise as any image format."""
+
+
+class MissingDependencyError(QuasarError, ImportError):
+    """An optional dependency (onnxruntime, torch, ...) that is not installed."""
+
+
+class InferenceError(QuasarError, RuntimeError):
+    """ONNX Runtime failed on an input (e.g. an image too small for the encoder)."""

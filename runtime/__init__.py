@@ -1,1 +1,28 @@
-"""runtime"""
+"""The lean QUASAR runtime: score images from a bundle with ONNX Runtime, numpy and Pillow.
+
+Never imports torch. Submodules load lazily: ``from quasar.runtime import Scorer``.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "Scorer": ("scorer", "Scorer"),
+    "ScoreResult": ("scorer", "ScoreResult"),
+    "quasar_scores": ("scorer", "quasar_scores"),
+    "Bundle": ("bundle", "Bundle"),
+    "load_bundle": ("bundle", "load_bundle"),
+    "ImageLoader": ("images", "ImageLoader"),
+    "open_image": ("images", "open_image"),
+    "resolve_bundle": ("default_bundle", "resolve_bundle"),
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(f"{__name__}.{module}"), attr)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,309 @@
+"""Decode any image input and preprocess it in numpy/Pillow exactly like the reference.
+
+The reference (QUASAR ``generate_embeddigs.py``) opens files with ``PIL.Image.open`` (no EXIF
+orientation) and applies, at 224, open_clip's eval transform
+(``open_clip.image_transform(224, is_train=False)``): torchvision ``Resize(224, bicubic)`` on the
+PIL image (shortest side to 224, long side ``int(224 * long / short)``), ``CenterCrop(224)``,
+``convert("RGB")``, ``ToTensor`` (``/255``), ``Normalize``. At 512 it resizes the shortest side
+to 512 without cropping; at native resolution it only converts and normalises. The steps run in
+that order (resize and crop in the image's own mode, *then* RGB) with the same Pillow calls, and
+the ``/255``, ``-mean``, ``/std`` arithmetic runs in float32 in the same order as torch, so the
+result is bit-for-bit the tensor open_clip produces.
+"""
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Tuple, Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from quasar.errors import (
+    EmptyImageError,
+    ImageDecodeError,
+    ImageNotFoundError,
+    ImageTooLargeError,
+    NotAnImageError,
+    TruncatedImageError,
+)
+from quasar.models.preprocess import PreprocessCfg
+
+ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray]
+
+#: Pillow's own decompression-bomb limit (89,478,485 pixels, ~ 9459 x 9459); the default here.
+DEFAULT_MAX_PIXELS = 89_478_485
+
+_RESAMPLE = {
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "nearest": Image.Resampling.NEAREST,
+}
+
+
+def describe_source(src: Any) -> str:
+    """A short name of an input for error messages (its path, or its type and size)."""
+    if isinstance(src, (str, os.PathLike)):
+        return str(src)
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        return f"<{len(src)} bytes>"
+    if isinstance(src, Image.Image):
+        name = getattr(src, "filename", "") or ""
+        return name or f"<PIL image {src.mode} {src.width}x{src.height}>"
+    if isinstance(src, np.ndarray):
+        return f"<array {src.dtype} {tuple(src.shape)}>"
+    return f"<{type(src).__name__}>"
+
+
+# --------------------------------------------------------------------------- decoding
+
+def _raise_pillow_limit(max_pixels: Optional[int]) -> None:
+    """Pillow refuses images over 2x ``Image.MAX_IMAGE_PIXELS`` inside ``Image.open``; lift its
+    global limit when the caller allows more (it is never lowered: our own check is per call)."""
+    if max_pixels is None:
+        return
+    current = Image.MAX_IMAGE_PIXELS
+    if current is not None and max_pixels > current:
+        Image.MAX_IMAGE_PIXELS = int(max_pixels)
+
+
+def _too_large(name: str, w: int, h: int, max_pixels: int) -> ImageTooLargeError:
+    return ImageTooLargeError(
+        f"{name}: {w}x{h} = {w * h:,} pixels is over the limit of {max_pixels:,} pixels "
+        "(decompression-bomb guard). If you trust this file, raise the limit: "
+        "max_pixels=... (CLI: --max_pixels)."
+    )
+
+
+def _check_size(name: str, img: Image.Image, max_pixels: Optional[int]) -> None:
+    if max_pixels is not None and img.width * img.height > max_pixels:
+        raise _too_large(name, img.width, img.height, max_pixels)
+
+
+def array_to_pil(arr: np.ndarray, name: str = "<array>") -> Image.Image:
+    """An HWC uint8 array (C = 1, 3 or 4) or an HW uint8 grayscale array as a PIL image."""
+    if not isinstance(arr, np.ndarray) or arr.dtype != np.uint8:
+        raise ImageDecodeError(
+            f"{name}: arrays must be uint8 (HxW grayscale or HxWxC with C in 1, 3, 4), got "
+            f"{getattr(arr, 'dtype', type(arr))}; convert with np.clip(x, 0, 255).astype(np.uint8)"
+        )
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim == 2:
+        mode = "L"
+    elif arr.ndim == 3 and arr.shape[2] in (3, 4):
+        mode = "RGB" if arr.shape[2] == 3 else "RGBA"
+    else:
+        raise ImageDecodeError(
+            f"{name}: expected an HxW or HxWxC array with C in 1, 3, 4 (channels last), got "
+            f"shape {tuple(arr.shape)}; for CHW data use arr.transpose(1, 2, 0)"
+        )
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise EmptyImageError(f"{name}: the array has no pixels (shape {tuple(arr.shape)})")
+    return Image.fromarray(np.ascontiguousarray(arr), mode=mode)
+
+
+def _decode_error(name: str, exc: BaseException) -> ImageDecodeError:
+    msg = str(exc) or type(exc).__name__
+    if "truncated" in msg.lower() or isinstance(exc, EOFError):
+        return TruncatedImageError(
+            f"{name}: the image data ends early ({msg}); the file is truncated - "
+            "re-download or re-copy it"
+        )
+    return ImageDecodeError(f"{name}: cannot decode the image ({type(exc).__name__}: {msg}); "
+                            "the file is corrupt or in an unsupported variant of its format")
+
+
+def open_image(src: ImageInput, *, apply_exif: bool = False,
+               max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode ``src`` into a loaded PIL image in its own mode (first frame of animations).
+
+    Raises an :class:`ImageDecodeError` subclass that names the input and the reason:
+    :class:`ImageNotFoundError`, :class:`EmptyImageError`, :class:`NotAnImageError`,
+    :class:`TruncatedImageError`, :class:`ImageTooLargeError` (over ``max_pixels``;
+    None disables the check).
+    """
+    name = describe_source(src)
+    if isinstance(src, Image.Image):
+        img = src
+        _check_size(name, img, max_pixels)
+        try:
+            img.load()
+        except Exception as exc:  # a lazily opened image handed to us
+            raise _decode_error(name, exc) from exc
+    elif isinstance(src, np.ndarray):
+        img = array_to_pil(src, name)
+        _check_size(name, img, max_pixels)
+    else:
+        if isinstance(src, (str, os.PathLike)):
+            path = Path(src)
+            if not path.exists():
+                raise ImageNotFoundError(f"{name}: no such file; check the path")
+            if not path.is_file():
+                raise ImageNotFoundError(f"{name}: not a regular file (a directory?); "
+                                         "pass image files")
+            if path.stat().st_size == 0:
+                raise EmptyImageError(f"{name}: the file is empty (0 bytes); re-download or "
+                                      "re-copy it")
+            fp: Any = path
+        elif isinstance(src, (bytes, bytearray, memoryview)):
+            if len(src) == 0:
+                raise EmptyImageError(f"{name}: empty bytes input; pass the encoded image file")
+            fp = io.BytesIO(bytes(src))
+        else:
+            raise ImageDecodeError(
+                f"{name}: unsupported input type; pass a path, encoded bytes, a PIL image or "
+                "an HxWxC uint8 numpy array"
+            )
+        _raise_pillow_limit(max_pixels)
+        try:
+            img = Image.open(fp)
+        except Image.DecompressionBombError as exc:
+            raise ImageTooLargeError(
+                f"{name}: {exc}. If you trust this file, raise the limit: max_pixels=... "
+                "(CLI: --max_pixels)."
+            ) from exc
+        except UnidentifiedImageError as exc:
+            raise NotAnImageError(
+                f"{name}: not an image (Pillow recognises no image format in it); check that "
+                "the file is really an image and not text, HTML or a partial download"
+            ) from exc
+        except OSError as exc:
+            raise ImageDecodeError(f"{name}: cannot read the file ({exc}); check permissions "
+                                   "and that the file is an image") from exc
+        try:
+            _check_size(name, img, max_pixels)
+            img.load()
+        except ImageDecodeError:
+            img.close()
+            raise
+        except Exception as exc:  # OSError (truncated), SyntaxError (broken PNG), ...
+            img.close()
+            raise _decode_error(name, exc) from exc
+    if apply_exif:
+        try:
+            img = ImageOps.exif_transpose(img)
+        except Exception as exc:
+            raise ImageDecodeError(f"{name}: cannot apply the EXIF orientation ({exc}); "
+                                   "retry with apply_exif=False") from exc
+    if img.width == 0 or img.height == 0:
+        raise EmptyImageError(f"{name}: the image has no pixels ({img.width}x{img.height})")
+    return img
+
+
+# --------------------------------------------------------------------------- preprocessing
+
+def resized_size(width: int, height: int, size: int) -> Tuple[int, int]:
+    """(W, H) after torchvision ``Resize(size)`` (shortest side to ``size``, long side
+    ``int(size * long / short)``)."""
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = size, int(size * long / short)
+    return (new_short, new_long) if width <= height else (new_long, new_short)
+
+
+def resize_shortest(img: Image.Image, size: int, interpolation: str = "bicubic") -> Image.Image:
+    """torchvision ``Resize(size)`` of a PIL image: untouched when already that size."""
+    new_w, new_h = resized_size(img.width, img.height, size)
+    if (new_w, new_h) == (img.width, img.height):
+        return img
+    return img.resize((new_w, new_h), _RESAMPLE[interpolation])
+
+
+def center_crop(img: Image.Image, crop_h: int, crop_w: int) -> Image.Image:
+    """torchvision ``CenterCrop`` of a PIL image, including its zero padding of small images."""
+    w, h = img.size
+    if crop_w > w or crop_h > h:
+        border = (
+            (crop_w - w) // 2 if crop_w > w else 0,
+            (crop_h - h) // 2 if crop_h > h else 0,
+            (crop_w - w + 1) // 2 if crop_w > w else 0,
+            (crop_h - h + 1) // 2 if crop_h > h else 0,
+        )
+        bands = len(img.getbands())
+        fill: Any = 0.0 if img.mode == "F" else 0
+        if bands > 1:
+            fill = tuple([fill] * bands)
+        palette = img.getpalette() if img.mode == "P" else None
+        img = ImageOps.expand(img, border=border, fill=fill)
+        if palette is not None:
+            img.putpalette(palette)
+        w, h = img.size
+        if (w, h) == (crop_w, crop_h):
+            return img
+    top = int(round((h - crop_h) / 2.0))
+    left = int(round((w - crop_w) / 2.0))
+    return img.crop((left, top, left + crop_w, top + crop_h))
+
+
+def _lut(mean: Tuple[float, ...], std: Tuple[float, ...]) -> np.ndarray:
+    """[3, 256] float32: ((v / 255) - mean) / std, each step in float32 as torch does it."""
+    v = np.arange(256, dtype=np.float32) / np.float32(255)
+    m = np.asarray(mean, dtype=np.float32)[:, None]
+    s = np.asarray(std, dtype=np.float32)[:, None]
+    return ((v[None, :] - m) / s).astype(np.float32)
+
+
+def to_normalized_chw(rgb: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """HxWx3 uint8 -> 3xHxW float32 normalised (ToTensor + Normalize) via a lookup table."""
+    out = np.empty((3,) + rgb.shape[:2], dtype=np.float32)
+    for c in range(3):
+        np.take(lut[c], rgb[:, :, c], out=out[c])
+    return out
+
+
+def preprocess_pil(img: Image.Image, cfg: PreprocessCfg, lut: Optional[np.ndarray] = None
+                   ) -> np.ndarray:
+    """Resize, crop (in the image's own mode), convert to RGB, normalise -> [3, H, W] float32."""
+    if cfg.resize_mode == "shortest":
+        img = resize_shortest(img, int(cfg.size), cfg.interpolation)
+    if cfg.crop is not None:
+        img = center_crop(img, int(cfg.crop), int(cfg.crop))
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    rgb = np.asarray(img)
+    return to_normalized_chw(rgb, _lut(cfg.mean, cfg.std) if lut is None else lut)
+
+
+@dataclass(frozen=True)
+class ImageLoader:
+    """Decode + preprocess one input into the encoder's [3, H, W] float32 tensor.
+
+    Thread-safe (no shared mutable state); ``max_pixels=None`` uses
+    :data:`DEFAULT_MAX_PIXELS`, ``max_pixels=0`` disables the limit.
+    """
+
+    cfg: PreprocessCfg
+    apply_exif: bool = False
+    max_pixels: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_lut", _lut(self.cfg.mean, self.cfg.std))
+        _raise_pillow_limit(self.limit)
+
+    @property
+    def limit(self) -> Optional[int]:
+        if self.max_pixels is None:
+            return DEFAULT_MAX_PIXELS
+        return None if self.max_pixels <= 0 else int(self.max_pixels)
+
+    def open(self, src: ImageInput) -> Image.Image:
+        if self.limit is None:
+            Image.MAX_IMAGE_PIXELS = None  # the caller disabled the guard explicitly
+        return open_image(src, apply_exif=self.apply_exif, max_pixels=self.limit)
+
+    def __call__(self, src: ImageInput) -> np.ndarray:
+        img = self.open(src)
+        try:
+            return preprocess_pil(img, self.cfg, self._lut)  # type: ignore[attr-defined]
+        except ImageDecodeError:
+            raise
+        except Exception as exc:
+            raise ImageDecodeError(
+                f"{describe_source(src)}: cannot convert the image (mode {img.mode}, "
+                f"{img.width}x{img.height}) to RGB: {type(exc).__name__}: {exc}"
+            ) from exc
+        finally:
+            if img is not src:
+                img.close()

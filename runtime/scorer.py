@@ -1,0 +1,318 @@
+"""Scorer: images -> embeddings (ONNX Runtime) -> QUASAR scores against anchor sets.
+
+Score of an image for an anchor set (good, bad) is, exactly as the reference ``main.py``::
+
+    x = e / ||e||;  logits = (1 / 0.07) * x @ anchors.T;  score = softmax(logits)[0]
+
+computed in float64 (the reference works in float32; the two agree to ~1e-7, and float64
+keeps scores of near-identical images distinguishable). Fixed-size inputs are batched;
+native-resolution inputs are grouped by H×W and each group batched - nothing is padded or
+resized behind your back. Results always come back in input order.
+"""
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from quasar.errors import BundleError, ImageDecodeError, InferenceError, QuasarError
+from quasar.models.manifest import BundleManifest
+
+from .bundle import Bundle, load_bundle
+from .images import ImageInput, ImageLoader, describe_source
+from .session import SessionConfig, active_device, create_session
+
+log = logging.getLogger(__name__)
+
+LOGIT_SCALE = 1.0 / 0.07  # the reference's fixed scale (not CLIP's learned 100)
+ERRORS = ("raise", "collect")
+
+
+@dataclass
+class ScoreResult:
+    """``errors="collect"`` result: ``values`` (array, or dict of arrays) with NaN rows where
+    an input failed, and ``errors`` aligned with the inputs (None where it worked)."""
+
+    values: Any
+    errors: List[Optional[Exception]]
+
+    @property
+    def ok(self) -> np.ndarray:
+        return np.array([e is None for e in self.errors], dtype=bool)
+
+
+def quasar_scores(embeddings: np.ndarray, anchors: np.ndarray,
+                  logit_scale: float = LOGIT_SCALE) -> np.ndarray:
+    """softmax(scale * cos(embedding, [good, bad]))[good] for every row, in float64."""
+    x = np.asarray(embeddings, dtype=np.float64)
+    x = x / np.linalg.norm(x, axis=-1, keepdims=True)
+    logits = logit_scale * (x @ np.asarray(anchors, dtype=np.float64).T)  # [N, 2]
+    # softmax over 2 = logistic of the difference: stable for any logit range
+    return 1.0 / (1.0 + np.exp(logits[:, 1] - logits[:, 0]))
+
+
+def select_anchors(bundle: Bundle, anchors: Union[str, Sequence[str], None]) -> List[str]:
+    """Anchor set names from ``"name"``, ``"a,b"``, a list, ``"all"`` or None (first set).
+
+    The default ``"text"`` falls back to the bundle's first set when the bundle has no text
+    anchors (DINOv2); other missing names raise :class:`BundleError`.
+    """
+    available = bundle.anchor_names
+    if anchors is None:
+        return available[:1]
+    if isinstance(anchors, str):
+        if anchors.strip().lower() == "all":
+            return list(available)
+        names = [a.strip() for a in anchors.split(",") if a.strip()]
+    else:
+        names = [str(a) for a in anchors]
+    if names == ["text"] and "text" not in available:
+        if available:
+            log.warning("bundle %s has no text anchors; using anchor set %r", bundle.path,
+                        available[0])
+        return available[:1]
+    missing = [n for n in names if n not in available]
+    if missing:
+        raise BundleError(
+            f"{bundle.anchors_path}: no anchor set {missing} in this bundle; available: "
+            f"{available or 'none'} (add sets with `quasar anchors`)"
+        )
+    return list(dict.fromkeys(names))
+
+
+def _as_list(images: Any) -> List[Any]:
+    if isinstance(images, (str, Path, bytes, bytearray, memoryview)):
+        return [images]
+    if isinstance(images, np.ndarray):
+        return list(images) if images.ndim == 4 else [images]
+    try:
+        from PIL import Image
+        if isinstance(images, Image.Image):
+            return [images]
+    except ImportError:  # pragma: no cover
+        pass
+    return list(images)
+
+
+class Scorer:
+    """Score images with a bundle. Build with :meth:`from_bundle`."""
+
+    def __init__(self, bundle: Bundle, *, device: str = "auto", device_id: int = 0,
+                 anchors: Union[str, Sequence[str], None] = "text",
+                 resolution: Optional[str] = None, batch_size: int = 16,
+                 threads: Optional[int] = None, apply_exif: bool = False,
+                 max_pixels: Optional[int] = None, decode_workers: Optional[int] = None):
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.bundle = bundle
+        self.anchor_names: List[str] = select_anchors(bundle, anchors)
+        self.resolution: str = str(resolution if resolution is not None
+                                   else bundle.manifest.default_resolution)
+        self.preprocess_cfg = bundle.preprocess(self.resolution)
+        self.batch_size = int(batch_size)
+        self.loader = ImageLoader(self.preprocess_cfg, apply_exif=apply_exif,
+                                  max_pixels=max_pixels)
+        self.session = create_session(
+            bundle.encoder_path,
+            SessionConfig(device=device, device_id=device_id, intra_op_threads=threads),
+        )
+        self.device = active_device(self.session)
+        enc = bundle.manifest.encoder
+        self._input = enc.input_name
+        self._output = enc.output_name
+        names_in = [i.name for i in self.session.get_inputs()]
+        names_out = [o.name for o in self.session.get_outputs()]
+        if self._input not in names_in or self._output not in names_out:
+            raise BundleError(
+                f"{bundle.encoder_path}: graph inputs {names_in} / outputs {names_out} do not "
+                f"match bundle.json ({self._input!r} -> {self._output!r}); re-export the bundle"
+            )
+        self._anchor_mats = {n: bundle.anchors[n] for n in self.anchor_names}
+        self.decode_workers = decode_workers if decode_workers is not None else 2
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_bundle(cls, path: Union[str, Path, None] = None, *, model: Optional[str] = None,
+                    device: str = "auto", device_id: int = 0,
+                    anchors: Union[str, Sequence[str], None] = "text",
+                    resolution: Optional[str] = None, batch_size: int = 16,
+                    threads: Optional[int] = None, apply_exif: bool = False,
+                    max_pixels: Optional[int] = None, verify: bool = True,
+                    decode_workers: Optional[int] = None) -> "Scorer":
+        """Scorer for the bundle in ``path`` (None: the cached bundle of ``model``, default
+        ``clip-rn50-nopos.openai``; see :func:`quasar.runtime.default_bundle.resolve_bundle`)."""
+        from .default_bundle import resolve_bundle
+
+        bundle_dir = resolve_bundle(path, model=model)
+        bundle = load_bundle(bundle_dir, verify=verify)
+        if model is not None and path is not None and bundle.model != model:
+            log.warning("bundle %s holds %s, not the requested %s", bundle_dir, bundle.model,
+                        model)
+        return cls(bundle, device=device, device_id=device_id, anchors=anchors,
+                   resolution=resolution, batch_size=batch_size, threads=threads,
+                   apply_exif=apply_exif, max_pixels=max_pixels, decode_workers=decode_workers)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def manifest(self) -> BundleManifest:
+        return self.bundle.manifest
+
+    @property
+    def embed_dim(self) -> int:
+        return self.bundle.embed_dim
+
+    @property
+    def fixed_size(self) -> Optional[Tuple[int, int]]:
+        """(H, W) of every input, None for native / 512 (dynamic H×W)."""
+        return self.preprocess_cfg.fixed_size
+
+    def __repr__(self) -> str:
+        return (f"Scorer(model={self.bundle.model!r}, resolution={self.resolution!r}, "
+                f"anchors={self.anchor_names}, device={self.device!r})")
+
+    # ------------------------------------------------------------------ steps
+    def load_image(self, src: ImageInput) -> np.ndarray:
+        """Decode + preprocess one input -> float32 [3, H, W]. Thread-safe."""
+        return self.loader(src)
+
+    def embed_pixels(self, batch: np.ndarray) -> np.ndarray:
+        """Encoder only: float32 [N, 3, H, W] (one H×W) -> float32 [N, D] (unnormalised)."""
+        x = np.asarray(batch)
+        if x.ndim == 3:
+            x = x[None]
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"embed_pixels needs [N, 3, H, W], got shape {list(x.shape)}")
+        enc = self.bundle.manifest.encoder
+        if not enc.dynamic_hw and enc.input_size and x.shape[2:] != (enc.input_size,) * 2:
+            raise ValueError(
+                f"{self.bundle.model} takes {enc.input_size}x{enc.input_size} inputs, got "
+                f"{x.shape[2]}x{x.shape[3]}; preprocess with load_image()"
+            )
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        outs = []
+        for i in range(0, len(x), self.batch_size):
+            chunk = x[i:i + self.batch_size]
+            try:
+                out = self.session.run([self._output], {self._input: chunk})[0]
+            except Exception as exc:
+                raise InferenceError(
+                    f"ONNX Runtime failed on a batch of shape {list(chunk.shape)} with "
+                    f"{self.bundle.encoder_path}: {exc}"
+                ) from exc
+            outs.append(np.asarray(out, dtype=np.float32))
+        if not outs:
+            return np.zeros((0, self.embed_dim), dtype=np.float32)
+        return np.concatenate(outs, axis=0)
+
+    def scores_from_embeddings(self, emb: np.ndarray) -> Dict[str, np.ndarray]:
+        """Anchor set name -> float64 [N] scores of embeddings [N, D]."""
+        e = np.asarray(emb)
+        if e.ndim == 1:
+            e = e[None]
+        if e.ndim != 2 or e.shape[1] != self.embed_dim:
+            raise ValueError(f"embeddings must be [N, {self.embed_dim}], got {list(e.shape)}")
+        if not self.anchor_names:
+            raise BundleError(f"{self.bundle.anchors_path}: the bundle has no anchor sets; build "
+                              "some with `quasar anchors` (embeddings still work)")
+        return {n: quasar_scores(e, a) for n, a in self._anchor_mats.items()}
+
+    # ------------------------------------------------------------------ many images
+    def _embed_many(self, images: Any, errors: str) -> Tuple[np.ndarray, List[Optional[Exception]]]:
+        if errors not in ERRORS:
+            raise ValueError(f"errors must be one of {ERRORS}, got {errors!r}")
+        items = _as_list(images)
+        n = len(items)
+        out = np.full((n, self.embed_dim), np.nan, dtype=np.float32)
+        errs: List[Optional[Exception]] = [None] * n
+        buckets: Dict[Tuple[int, ...], List[Tuple[int, np.ndarray]]] = {}
+        pending = 0
+        max_pending = 4 * self.batch_size
+
+        def flush(key: Tuple[int, ...]) -> None:
+            nonlocal pending
+            group = buckets.pop(key)
+            pending -= len(group)
+            idx = [i for i, _ in group]
+            batch = np.stack([p for _, p in group])
+            try:
+                out[idx] = self.embed_pixels(batch)
+            except InferenceError:
+                if errors == "raise" and len(group) == 1:
+                    raise
+                for i, p in group:  # isolate the input(s) that fail
+                    try:
+                        out[i] = self.embed_pixels(p[None])[0]
+                    except InferenceError as exc:
+                        err = InferenceError(
+                            f"{describe_source(items[i])}: the encoder failed on this image "
+                            f"(input {p.shape[1]}x{p.shape[2]}): {exc.__cause__ or exc}")
+                        if errors == "raise":
+                            raise err from exc
+                        errs[i] = err
+
+        for i, pix in self._decode_iter(items):
+            if isinstance(pix, Exception):
+                if errors == "raise":
+                    raise pix
+                errs[i] = pix
+                continue
+            key = tuple(pix.shape)
+            buckets.setdefault(key, []).append((i, pix))
+            pending += 1
+            if len(buckets[key]) >= self.batch_size:
+                flush(key)
+            elif pending >= max_pending:  # many distinct native shapes: run the biggest group
+                flush(max(buckets, key=lambda k: len(buckets[k])))
+        for key in list(buckets):
+            flush(key)
+        return out, errs
+
+    def _decode_one(self, src: Any) -> Any:
+        try:
+            return self.loader(src)
+        except ImageDecodeError as exc:
+            return exc
+
+    def _decode_iter(self, items: List[Any]) -> Iterable[Tuple[int, Any]]:
+        """(index, pixels or ImageDecodeError) in input order; decodes run ahead in threads
+        (Pillow releases the GIL) so decoding overlaps inference."""
+        if self.decode_workers <= 1 or len(items) <= 1:
+            for i, src in enumerate(items):
+                yield i, self._decode_one(src)
+            return
+        ahead = max(2 * self.batch_size, 2 * self.decode_workers)
+        with ThreadPoolExecutor(self.decode_workers, thread_name_prefix="quasar-decode") as ex:
+            futures: Dict[int, Any] = {}
+            nxt = 0
+            for i in range(len(items)):
+                while nxt < len(items) and nxt < i + ahead:
+                    futures[nxt] = ex.submit(self._decode_one, items[nxt])
+                    nxt += 1
+                yield i, futures.pop(i).result()
+
+    def embed(self, images: Any, errors: str = "raise") -> Union[np.ndarray, ScoreResult]:
+        """Embeddings float32 [N, D] (unnormalised, as the encoder returns them)."""
+        emb, errs = self._embed_many(images, errors)
+        return ScoreResult(emb, errs) if errors == "collect" else emb
+
+    def score_all(self, images: Any, errors: str = "raise"
+                  ) -> Union[Dict[str, np.ndarray], ScoreResult]:
+        """Anchor set name -> scores [N] for every selected set, one encoder pass."""
+        emb, errs = self._embed_many(images, errors)
+        if not self.anchor_names:
+            self.scores_from_embeddings(emb[:0])  # raises the no-anchors error
+        with np.errstate(invalid="ignore"):
+            scores = {n: quasar_scores(emb, a) if len(emb) else np.zeros(0)
+                      for n, a in self._anchor_mats.items()}
+        return ScoreResult(scores, errs) if errors == "collect" else scores
+
+    def score(self, images: Any, errors: str = "raise") -> Union[np.ndarray, ScoreResult]:
+        """Scores [N] against the first selected anchor set."""
+        res = self.score_all(images, errors)
+        if isinstance(res, ScoreResult):
+            return ScoreResult(res.values[self.anchor_names[0]], res.errors)
+        return res[self.anchor_names[0]]
