@@ -73,8 +73,9 @@ def load(root, subset: Optional[str] = None, *, check_files: bool = True) -> Dat
     subset = resolve_subset(INFO, subset)
     root = check_root(INFO, root)
     names = _cell_strings(root / NAMES_FILE, _loadmat(root / NAMES_FILE, NAMES_VAR))
+    raw_mos = _loadmat(root / MOS_FILE, MOS_VAR)
     try:
-        mos = np.asarray(_loadmat(root / MOS_FILE, MOS_VAR), dtype=np.float64).ravel()
+        mos = np.asarray(raw_mos, dtype=np.float64).ravel()
     except (TypeError, ValueError):
         raise malformed(INFO, root / MOS_FILE, f"{MOS_VAR} is not numeric") from None
     if len(mos) != len(names):
