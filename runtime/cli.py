@@ -1,0 +1,359 @@
+"""``quasar score``: score files, folders, globs, lists or stdin into CSV / JSONL / Parquet.
+
+Exit codes: 0 every input scored; 3 some inputs failed (each has a row with its status);
+2 usage error (bad option, no inputs, unknown model, bad bundle, output that exists
+without --resume/--overwrite); 130 interrupted (rows written so far are kept: --resume);
+1 unexpected error (e.g. the disk is full).
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import sys
+import threading
+from typing import List, Optional, Sequence
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_SOME_FAILED = 3
+EXIT_INTERRUPTED = 130
+MAX_FAILURES_SHOWN = 10
+
+log = logging.getLogger("quasar.score")
+
+
+class UsageError(Exception):
+    """Bad command line; reported on stderr with exit code 2."""
+
+
+def _as_list(value) -> Optional[str]:
+    if value is None:
+        return None
+    if isinstance(value, (tuple, list)):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def _positive_int(name: str, value, allow_none: bool = False, minimum: int = 1) -> Optional[int]:
+    if value is None and allow_none:
+        return None
+    try:
+        v = int(value)
+        if v != value and not (isinstance(value, str) and str(v) == value.strip()):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise UsageError(f"--{name} must be a positive integer, got {value!r}") from None
+    if v < minimum:
+        raise UsageError(f"--{name} must be an integer >= {minimum}, got {value!r}")
+    return v
+
+
+def _make_bar(enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=None, unit="img", desc="scoring", file=sys.stderr, dynamic_ncols=True,
+                smoothing=0.1)
+
+
+def _count_in_background(specs, done, bar) -> None:
+    """Count the inputs (a second walk) so that the bar can show an ETA."""
+    from .inputs import iter_inputs
+
+    def count():
+        try:
+            n = sum(1 for p in iter_inputs(specs) if p not in done)
+            bar.total = n
+            bar.refresh()
+        except Exception:  # noqa: BLE001 - only the ETA is lost
+            pass
+
+    threading.Thread(target=count, name="quasar-count", daemon=True).start()
+
+
+def _fire_command() -> Optional[List[str]]:
+    """The raw command-line tokens when ``score`` is being called by Fire, else None.
+
+    Fire splits its command line at a lone ``-`` (its command separator), parses values
+    (``1.50`` -> 1.5) and lets a boolean flag swallow the next token; ``quasar score``
+    therefore re-reads the raw tokens Fire was given and parses them with argparse, so that
+    ``-`` means stdin, unknown options are errors, and flags behave as documented.
+    """
+    f = sys._getframe(1)
+    while f is not None:
+        if f.f_code.co_name == "Fire" and f.f_globals.get("__name__") == "fire.core":
+            command = f.f_locals.get("command")
+            if command is None:
+                tokens = list(sys.argv[1:])
+            elif isinstance(command, str):
+                import shlex
+                tokens = shlex.split(command)
+            else:
+                tokens = [str(t) for t in command]
+            return tokens[tokens.index("score") + 1:] if "score" in tokens else None
+        f = f.f_back
+    return None
+
+
+def build_parser():
+    """argparse parser of ``quasar score`` (both ``--batch-size`` and ``--batch_size``)."""
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog="quasar score",
+        description="Score images: files, directories (recursive), globs, @list.txt, or - (paths "
+                    "on stdin). One row per input: path, score_<anchor set>..., status, error.",
+        epilog="Exit codes: 0 all scored; 3 some inputs failed (see their rows); 2 usage error; "
+               "130 interrupted (continue with --resume). See docs/score.md.")
+
+    def opt(name, short=None, **kw):  # short flags as Fire's help lists them
+        names = ["--" + name] + (["--" + name.replace("-", "_")] if "-" in name else [])
+        names += [short] if short else []
+        p.add_argument(*names, dest=name.replace("-", "_"), **kw)
+
+    p.add_argument("inputs", nargs="*", help="image files, directories, globs, @list.txt, -")
+    opt("bundle", help="bundle directory (from quasar export)")
+    opt("model", help="model id whose bundle is in the cache (default clip-rn50-nopos.openai)")
+    opt("anchors", "-a", default="text", help='anchor set(s), comma-separated, or "all" (default text)')
+    opt("resolution", choices=["224", "512", "native"], help="default: the bundle's")
+    opt("device", "-d", default="auto", choices=["auto", "cpu", "cuda"])
+    opt("batch-size", type=int, default=16, help="images per inference batch (default 16)")
+    opt("workers", "-w", type=int, help="decoding threads (default min(4, CPUs))")
+    opt("out", help="output .csv / .jsonl / .parquet (default: CSV on stdout)")
+    opt("resume", action="store_true", help="continue --out: skip ok rows, retry failed ones")
+    opt("overwrite", action="store_true", help="replace an existing --out / --save-embeddings")
+    opt("quiet", "-q", action="store_true", help="no progress bar, no summary")
+    opt("save-embeddings", "-s", help="also write embeddings (.npy or .safetensors) + <stem>.paths.txt")
+    opt("max-pixels", type=int, help="decompression-bomb limit in pixels (0: none)")
+    opt("threads", "-t", type=int, help="ONNX Runtime intra-op threads")
+    opt("group-factor", "-g", type=int, default=8,
+        help="variable-shape resolutions: group batch_size*N inputs by shape (default 8)")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run ``quasar score`` on command-line tokens; returns the exit code."""
+    try:
+        ns = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        return int(exc.code or 0)
+    kw = vars(ns)
+    return _score(kw.pop("inputs"), **kw)
+
+
+def score(*inputs, bundle: Optional[str] = None, model: Optional[str] = None,
+          anchors="text", resolution=None, device: str = "auto", batch_size: int = 16,
+          workers: Optional[int] = None, out: Optional[str] = None, resume: bool = False,
+          overwrite: bool = False, quiet: bool = False, save_embeddings: Optional[str] = None,
+          max_pixels: Optional[int] = None, threads: Optional[int] = None,
+          group_factor: int = 8) -> None:
+    """Score images: files, directories (recursive), globs, @list.txt or - (paths on stdin).
+
+    Writes one row per input (path, score_<anchor set>..., status, error) to --out
+    (.csv/.jsonl/.parquet) or as CSV to stdout; a summary goes to stderr.
+    Exit code 0: all scored; 3: some failed; 2: usage error; 130: interrupted.
+
+    Args:
+        inputs: image files, directories, globs, @list.txt files, or - for stdin.
+        bundle: bundle directory (from `quasar export`).
+        model: model id whose bundle is in the cache (default clip-rn50-nopos.openai).
+        anchors: anchor set name(s), comma-separated, or "all".
+        resolution: 224 | 512 | native (default: the bundle's).
+        device: auto | cpu | cuda.
+        batch_size: images per inference batch.
+        workers: decoding threads (default min(4, CPU count)).
+        out: output file (.csv, .jsonl, .parquet); CSV on stdout when absent.
+        resume: continue an existing --out: skip inputs with an ok row, retry the others.
+        overwrite: replace an existing --out (and --save-embeddings) instead of refusing.
+        quiet: no progress bar, no summary (errors still shown).
+        save_embeddings: also write embeddings of the ok rows (.npy or .safetensors) plus
+            <stem>.paths.txt.
+        max_pixels: refuse images with more pixels (decompression-bomb limit; 0 = no limit).
+        threads: ONNX Runtime intra-op threads.
+        group_factor: for variable-shape resolutions, batch_size * group_factor inputs are
+            grouped by shape at a time.
+    """
+    tokens = _fire_command()
+    if tokens is not None:  # the quasar console script: parse the raw tokens (see above)
+        sys.exit(main(tokens))
+    code = _score([os.fspath(v) if isinstance(v, os.PathLike) else str(v) for v in inputs], bundle=bundle, model=model, anchors=anchors,
+                  resolution=resolution, device=device, batch_size=batch_size, workers=workers,
+                  out=out, resume=resume, overwrite=overwrite, quiet=quiet,
+                  save_embeddings=save_embeddings, max_pixels=max_pixels, threads=threads,
+                  group_factor=group_factor)
+    if code:
+        sys.exit(code)
+
+
+def load_scorer(**kw):
+    """The Scorer of a run (a seam for tests that substitute a fake)."""
+    from .scorer import Scorer
+
+    return Scorer.from_bundle(kw.pop("bundle"), **kw)
+
+
+def _err(msg: str) -> None:
+    print(f"quasar score: error: {msg}", file=sys.stderr)
+
+
+def _score(inputs, **kw) -> int:
+    from quasar.errors import QuasarError
+
+    try:
+        return _run(inputs, **kw)
+    except UsageError as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except QuasarError as exc:  # unknown model, bad bundle, device, unreadable output/list
+        _err(str(exc))
+        return EXIT_USAGE
+    except OSError as exc:
+        _err(f"{exc}")
+        return EXIT_ERROR
+
+
+def _run(inputs, *, bundle, model, anchors, resolution, device, batch_size, workers, out,
+         resume, overwrite, quiet, save_embeddings, max_pixels, threads, group_factor) -> int:
+    from .inputs import check_specs, iter_inputs
+    from .pipeline import PipelineConfig, default_workers, run_pipeline
+    from .writers import STATUS_OK, EmbeddingsWriter, ScoreTable, output_format, require_pyarrow
+
+    logging.basicConfig(level=logging.ERROR if quiet else logging.WARNING,
+                        format="quasar score: %(levelname)s: %(message)s", stream=sys.stderr)
+    specs = [str(s) for s in inputs]
+    check_specs(specs)
+    batch_size = _positive_int("batch-size", batch_size)
+    workers = _positive_int("workers", workers, allow_none=True) or default_workers()
+    group_factor = _positive_int("group-factor", group_factor)
+    max_pixels = _positive_int("max-pixels", max_pixels, allow_none=True, minimum=0)
+    threads = _positive_int("threads", threads, allow_none=True)
+    device = str(device).lower()
+    if device not in ("auto", "cpu", "cuda"):
+        raise UsageError(f"--device must be auto, cpu or cuda, got {device!r}")
+    resolution = None if resolution is None else str(resolution)
+    if resolution is not None and resolution not in ("224", "512", "native"):
+        raise UsageError(f"--resolution must be 224, 512 or native, got {resolution!r}")
+    if resume and overwrite:
+        raise UsageError("--resume and --overwrite exclude each other")
+    if out is not None:
+        out = str(out)
+        if output_format(out) == "parquet":
+            require_pyarrow()
+    elif resume:
+        raise UsageError("--resume needs --out (the file to continue)")
+    if bundle is not None and model is not None:
+        raise UsageError("give --bundle or --model, not both")
+    if save_embeddings is not None:
+        save_embeddings = str(save_embeddings)
+        if os.path.splitext(save_embeddings)[1].lower() not in (".npy", ".safetensors"):
+            raise UsageError(f"--save-embeddings {save_embeddings}: use a .npy or .safetensors file")
+
+    scorer = load_scorer(bundle=None if bundle is None else str(bundle), model=model, device=device,
+                         anchors=_as_list(anchors) or "text", resolution=resolution,
+                         batch_size=batch_size, threads=threads, max_pixels=max_pixels)
+
+    table = ScoreTable(out, scorer.anchor_names)
+    emb_writer = None
+    if save_embeddings is not None:
+        meta = {"model": getattr(scorer.manifest, "model", ""),
+                "anchors": ",".join(scorer.anchor_names), "resolution": str(scorer.resolution)}
+        emb_writer = EmbeddingsWriter(save_embeddings, scorer.embed_dim, meta)
+
+    done = set()
+    existing = [w for w in (table, emb_writer) if w is not None and w.exists()]
+    if existing and not resume and not overwrite:
+        names = ", ".join(w.path for w in existing)
+        raise UsageError(f"{names} already exists: add --resume to continue it, --overwrite to "
+                         "replace it, or choose another file")
+    if overwrite:
+        for w in existing:
+            w.discard()
+    if resume:
+        ok, _ = table.scan_ok()
+        keep = ok
+        if emb_writer is not None:
+            jpaths = emb_writer.journal_paths()
+            keep = ok & set(jpaths)
+            emb_writer.compact(jpaths, keep)
+        table.compact(keep)
+        done = keep
+
+    fixed = True
+    try:
+        fixed = scorer.manifest.preprocess[str(scorer.resolution)].fixed_size is not None
+    except Exception:  # noqa: BLE001 - fall back on the resolution name
+        fixed = str(scorer.resolution) == "224"
+    cfg = PipelineConfig(batch_size=batch_size, workers=workers, variable_shapes=not fixed,
+                         group_factor=group_factor)
+
+    counts = {"seen": 0, "skipped": 0}
+    failures_shown = [0]
+
+    def source():
+        for p in iter_inputs(specs):
+            counts["seen"] += 1
+            if p in done:
+                counts["skipped"] += 1
+                continue
+            yield p
+
+    bar = _make_bar(not quiet and sys.stderr.isatty())
+    if bar is not None and "-" not in specs:
+        _count_in_background(specs, done, bar)
+
+    def sink(rows, emb):
+        if emb_writer is not None:
+            emb_writer.write([r.path for r in rows if r.status == STATUS_OK], emb)
+        table.write(rows)
+        for r in rows:
+            if r.status != STATUS_OK and failures_shown[0] < MAX_FAILURES_SHOWN and not quiet:
+                failures_shown[0] += 1
+                msg = f"{r.status}: {r.error}"
+                (bar.write(msg, file=sys.stderr) if bar is not None else print(msg, file=sys.stderr))
+
+    src = source()
+    first = next(src, None)
+    if first is None and counts["seen"] == 0:
+        if bar is not None:
+            bar.close()
+        raise UsageError("no images found in " + " ".join(specs)
+                         + " (image extensions: jpg, png, webp, bmp, tiff, gif, ...)")
+    table.open()
+    try:
+        stats = run_pipeline(scorer, itertools.chain([] if first is None else [first], src), sink, cfg,
+                             progress=bar)
+    except KeyboardInterrupt:
+        if bar is not None:
+            bar.close()
+        table.close(complete=False)
+        if emb_writer is not None:
+            emb_writer.close(complete=False)
+        where = table.journal or "stdout"
+        _err(f"interrupted: {table.rows_written} rows written to {where}; run the same command "
+             "with --resume to continue")
+        return EXIT_INTERRUPTED
+    except BaseException:
+        table.close(complete=False)
+        if emb_writer is not None:
+            emb_writer.close(complete=False)
+        raise
+    if bar is not None:
+        bar.close()
+    table.close(complete=True)
+    if emb_writer is not None:
+        emb_writer.close(complete=True)
+
+    if not quiet:
+        failed = ", ".join(f"{k}: {v}" for k, v in sorted(stats.by_status.items()) if k != STATUS_OK)
+        dest = f" -> {out}" if out else ""
+        print(f"quasar score: {stats.scored} scored, {stats.failed} failed"
+              + (f" ({failed})" if failed else "")
+              + (f", {counts['skipped']} skipped (already ok in {out})" if resume else "")
+              + f"; {stats.total} images in {stats.seconds:.1f} s ({stats.images_per_s:.1f} images/s)"
+              + dest, file=sys.stderr)
+    return EXIT_SOME_FAILED if stats.failed else EXIT_OK
