@@ -398,3 +398,11 @@ def test_import_leaves_heavy_libraries_unloaded():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_spaq_image_dir_option(tmp_path):
+    root = fx.write_spaq(tmp_path / "s")
+    shutil.copytree(root / "TestImage", root / "TestImage512")
+    samples = load_dataset("SPAQ", root, image_dir="TestImage512")
+    want = [(p.replace("TestImage/", "TestImage512/"), s) for p, s in _expected(root, "test")]
+    _assert_same(_pairs(samples, root), want)
