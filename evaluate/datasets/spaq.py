@@ -1,7 +1,6 @@
 """SPAQ: 11,125 smartphone photos, MOS 0..100 (Excel annotation file)."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 from quasar.errors import DatasetError

@@ -1,7 +1,6 @@
 """TID2013: 3000 distorted images of 25 references, MOS 0..9 (``mos_with_names.txt``)."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 from ._common import (
