@@ -175,13 +175,13 @@ def anchors(bundle, prompt_data: str = "KADIS700k", data_root=None, prompt_root=
         if cfg.prompt_data not in PROMPT_DATA_SPLIT:
             raise UsageError(f"--prompt_data must be one of {sorted(PROMPT_DATA_SPLIT)} "
                              "(text anchors come with the bundle)")
-        scorer, bdir = _scorer(bundle, None, resolution=cfg.resolution, device=device,
-                               batch_size=batch_size, threads=threads)
         samples = None
         if _none(prompt_embeddings):
             samples = load_dataset(cfg.prompt_data,
                                    dataset_root(cfg.prompt_data, prompt_root, data_root,
                                                 "prompt_root"), cfg.prompt_data_subset)
+        scorer, bdir = _scorer(bundle, None, resolution=cfg.resolution, device=device,
+                               batch_size=batch_size, threads=threads)
         embed = EmbeddingSource(scorer, cache=not no_cache, progress=_progress(quiet))
         arr, recipe = make_anchors(cfg, ReferenceRandom(cfg.seed), bundle_dir=bdir,
                                    prompt_samples=samples, embed=embed,
@@ -254,8 +254,6 @@ def evaluate(prompt_data: str = "text", target_data: Optional[str] = None, bundl
                       median_offset_ratio=median_offset_ratio, n_clusters=n_clusters,
                       resolution=resolution, seed=seed, prompt_data_subset=prompt_data_subset,
                       anchor_set=anchor_set)
-        scorer, bdir = _scorer(bundle, model, resolution=cfg.resolution, device=device,
-                               batch_size=batch_size, threads=threads)
         target = load_dataset(cfg.target_data, dataset_root(cfg.target_data, target_root,
                                                             data_root, "target_root"),
                               cfg.target_data_subset)
@@ -264,6 +262,8 @@ def evaluate(prompt_data: str = "text", target_data: Optional[str] = None, bundl
             prompt = load_dataset(cfg.prompt_data, dataset_root(cfg.prompt_data, prompt_root,
                                                                 data_root, "prompt_root"),
                                   cfg.prompt_data_subset)
+        scorer, bdir = _scorer(bundle, model, resolution=cfg.resolution, device=device,
+                               batch_size=batch_size, threads=threads)
         embed = EmbeddingSource(scorer, cache=not no_cache, progress=_progress(quiet))
         res = run_experiment(cfg, bundle_dir=bdir, scorer=scorer, target_samples=target,
                              prompt_samples=prompt, embed=embed,

@@ -56,6 +56,14 @@ class ExperimentConfig:
         if self.aggregation_type not in AGGREGATIONS:
             raise ValueError(f"aggregation_type must be one of {AGGREGATIONS}, "
                              f"got {self.aggregation_type!r}")
+        if not 0.0 < float(self.prompt_ratio) <= 1.0:
+            raise ValueError(f"prompt_ratio must be in (0, 1], got {self.prompt_ratio}")
+        if self.median_offset_ratio is not None and not 0.0 <= float(self.median_offset_ratio) < 1.0:
+            raise ValueError(f"median_offset_ratio must be in [0, 1), got {self.median_offset_ratio}")
+        if int(self.n_clusters) < 1:
+            raise ValueError(f"n_clusters must be a positive integer, got {self.n_clusters}")
+        if self.target_cv_folds is not None and int(self.target_cv_folds) < 1:
+            raise ValueError(f"target_cv_folds must be a positive integer, got {self.target_cv_folds}")
 
 
 @dataclass(frozen=True)
@@ -165,7 +173,7 @@ def make_anchors(cfg: ExperimentConfig, rng: ReferenceRandom, *, bundle_dir,
         emb = embed(prompt_samples)
         paths, scores = prompt_samples.paths, prompt_samples.scores
         is_ref = prompt_samples.extra.get("is_reference")
-        groups = prompt_samples.extra.get("reference")
+        groups = prompt_samples.extra.get("group", prompt_samples.extra.get("reference"))
         if is_ref is None or groups is None:
             is_ref = groups = None
     aset = build_anchor_set(emb, paths, scores, prompt_data=cfg.prompt_data,
