@@ -230,3 +230,34 @@ def test_errors(capsys, home, data_root, rn50_nopos_bundle):
             run(capsys, "evaluate", "--bundle", rn50_nopos_bundle, "--data_root", data_root, *args)
         assert e.value.code == 2
         assert msg in capsys.readouterr().err
+
+
+def test_evaluate_with_authors_embedding_files(capsys, home, data_root, rn50_nopos_bundle,
+                                               scorer, tmp_path):
+    """--prompt_embeddings / --target_embeddings: the authors' <name>.pt + .json (absolute
+    paths of their machine, AVA entries as {path: score}) give the same result as our
+    own embeddings of the same images."""
+    torch = pytest.importorskip("torch")
+    prompt = load_dataset("AVA", data_root / "AVA")
+    target = load_dataset("TID2013", data_root / "TID2013")
+    d = tmp_path / "released"
+    d.mkdir()
+    # the authors' order differs from ours: reverse the target file
+    t_paths = [f"/home/authors/tid2013/distorted_images/{p.name}" for p in target.paths][::-1]
+    t_emb = scorer.embed([str(p) for p in target.paths])[::-1].copy()
+    torch.save(torch.from_numpy(t_emb), d / "tid2013_clip_RN50_openai_False.pt")
+    (d / "tid2013_clip_RN50_openai_False.json").write_text(json.dumps({"results_paths": t_paths}))
+    p_emb = scorer.embed([str(p) for p in prompt.paths])
+    entries = [{f"/home/authors/ava/images/{p.name}": float(s)} for p, s in zip(prompt.paths, prompt.scores)]
+    torch.save(torch.from_numpy(p_emb), d / "ava_clip_RN50_openai_False.pt")
+    (d / "ava_clip_RN50_openai_False.json").write_text(json.dumps({"results_paths": entries}))
+
+    ours = evaluate_json(capsys, rn50_nopos_bundle, data_root, "--prompt_data", "AVA",
+                         "--target_data", "TID2013", "--target_cv_folds", 2)
+    theirs = evaluate_json(capsys, rn50_nopos_bundle, data_root, "--prompt_data", "AVA",
+                           "--target_data", "TID2013", "--target_cv_folds", 2,
+                           "--prompt_embeddings", d / "ava_clip_RN50_openai_False.pt",
+                           "--target_embeddings", d / "tid2013_clip_RN50_openai_False")
+    for a, b in zip(ours["metrics"]["folds"], theirs["metrics"]["folds"]):
+        assert a["srcc"] == pytest.approx(b["srcc"], abs=1e-6)
+        assert a["n"] == b["n"]
