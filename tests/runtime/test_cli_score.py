@@ -232,3 +232,116 @@ def test_save_embeddings(tree, fake, tmp_path, ext):
     emb2 = np.load(emb_path) if ext == ".npy" else load_file(str(emb_path))["embeddings"]
     by_name = dict(zip(names, emb_full))
     np.testing.assert_array_equal(emb2, np.stack([by_name[n] for n in names2]))
+
+
+# ============================================================ part 2: real bundle, console script
+def _quasar(*args, stdin=None, cwd=None, timeout=300):
+    return subprocess.run([str(QUASAR), "score", *map(str, args)], input=stdin, capture_output=True,
+                          text=True, cwd=cwd, timeout=timeout)
+
+
+def test_console_script_usage_errors(tmp_path):
+    img = tmp_path / "a.png"
+    from PIL import Image
+    Image.new("RGB", (8, 8)).save(img)
+    (tmp_path / "notabundle").mkdir()
+    for args in ([img, "--model", "nope.nope"], [img, "--bundle", tmp_path / "notabundle"],
+                 [img, "--bogus-flag"], [], [tmp_path / "notabundle"], [img, "--resolution", "300"]):
+        r = _quasar(*args)
+        assert r.returncode == 2, (args, r.stderr)
+        assert "error" in r.stderr
+
+
+@pytest.fixture(scope="module")
+def real_tree(tmp_path_factory):
+    root = tmp_path_factory.mktemp("real")
+    good = hostile.write_good_tree(root / "good")
+    bad = hostile.write_hostile(root / "hostile")
+    return root, good, bad
+
+
+def test_console_script_matches_python_api(rn50_nopos_bundle, real_tree, tmp_path):
+    """Good files score exactly as Scorer.score; hostile ones get their reason; exit 3.
+    Also: several positionals, '-' (stdin), --batch_size spelling, a flag before inputs."""
+    from quasar.runtime.scorer import Scorer
+
+    root, good, bad = real_tree
+    out = tmp_path / "s.jsonl"
+    stdin = "".join(f"{p}\n" for p in sorted(bad.values()))
+    r = _quasar("--quiet", root / "good", "-", "--bundle", rn50_nopos_bundle, "--batch_size", 5,
+                "--workers", 2, "--out", out, stdin=stdin)
+    assert r.returncode == 3, r.stderr
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [x["path"] for x in rows] == [str(p) for p in good] + [str(p) for p in sorted(bad.values())]
+    ok_paths = [str(p) for p in good] + [str(bad[n]) for n in hostile.GOOD_HOSTILE]
+    api = Scorer.from_bundle(rn50_nopos_bundle).score(ok_paths)
+    by_path = {x["path"]: x for x in rows}
+    for p, v in zip(ok_paths, api):
+        assert by_path[p]["status"] == "ok"
+        assert by_path[p]["score_text"] == pytest.approx(float(v), abs=1e-6)
+    for name, statuses in hostile.BAD_HOSTILE.items():
+        x = by_path[str(bad[name])]
+        assert x["status"] in statuses and x["score_text"] is None and name in x["error"], x
+
+
+@pytest.fixture(scope="module")
+def many_images(tmp_path_factory):
+    from PIL import Image
+    root = tmp_path_factory.mktemp("many")
+    rng = np.random.default_rng(0)
+    for i in range(120):
+        h, w = (48, 64) if i % 3 else (64, 40)
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / f"{i:03d}.png")
+    return root
+
+
+def _count_rows(path: Path) -> int:
+    try:
+        return path.read_bytes().count(b"\n") - (1 if path.suffix == ".csv" else 0)
+    except FileNotFoundError:
+        return 0
+
+
+@pytest.mark.parametrize("ext", [".csv", ".parquet"])
+def test_kill_and_resume_equals_uninterrupted(rn50_nopos_bundle, many_images, tmp_path, ext):
+    common = [many_images, "--bundle", rn50_nopos_bundle, "--resolution", "native", "--batch-size",
+              2, "--workers", 1, "--threads", 1, "--quiet"]
+    full, part = tmp_path / f"full{ext}", tmp_path / f"part{ext}"
+    emb = ["--save-embeddings", tmp_path / "full.npy"] if ext == ".parquet" else []
+    assert _quasar(*common, "--out", full, *emb).returncode == 0
+
+    emb = ["--save-embeddings", tmp_path / "part.npy"] if ext == ".parquet" else []
+    journal = part if ext == ".csv" else Path(str(part) + ".partial.jsonl")
+    proc = subprocess.Popen([str(QUASAR), "score", *map(str, common), "--out", str(part), *map(str, emb)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while _count_rows(journal) < 10 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    n_before = _count_rows(journal)
+    assert 10 <= n_before < 120
+    if ext == ".parquet":
+        assert not part.exists()  # only the journal: the Parquet file is written at the end
+
+    r = _quasar(*common, "--out", part, "--resume", *emb)
+    assert r.returncode == 0, r.stderr
+    from quasar.runtime.writers import read_table
+    a, b = read_table(str(part)), read_table(str(full))
+    assert [x["path"] for x in a] == [x["path"] for x in b]  # each input once, in order
+    assert len(a) == 120 and all(x["status"] == "ok" for x in a)
+    np.testing.assert_allclose([x["score_text"] for x in a], [x["score_text"] for x in b], atol=1e-6)
+    if ext == ".parquet":
+        assert (tmp_path / "part.paths.txt").read_text() == (tmp_path / "full.paths.txt").read_text()
+        np.testing.assert_allclose(np.load(tmp_path / "part.npy"), np.load(tmp_path / "full.npy"),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_parquet_without_pyarrow_gives_install_hint(tree, fake, tmp_path, monkeypatch, capsys):
+    root, good, _ = tree
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # import pyarrow -> ImportError
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    assert cli.main([str(good[0]), "--out", str(tmp_path / "x.parquet")]) == 2
+    assert 'pip install "quasar-iqa[parquet]"' in capsys.readouterr().err
+    assert not (tmp_path / "x.parquet").exists()
