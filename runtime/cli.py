@@ -209,6 +209,12 @@ def _score(inputs, **kw) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `quasar score dir | head`: the reader went away
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return EXIT_ERROR
     except QuasarError as exc:  # unknown model, bad bundle, device, unreadable output/list
         _err(str(exc))
         return EXIT_USAGE
