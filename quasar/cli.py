@@ -30,7 +30,15 @@ def _commands() -> dict:
 def main(argv=None) -> None:
     import fire
 
-    fire.Fire(_commands(), command=argv if argv is not None else sys.argv[1:], name="quasar")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "score":
+        # Fire splits its command line at a lone "-" (stdin for score), converts values
+        # ("1.50" -> 1.5) and lets boolean flags swallow the next token; `quasar score`
+        # therefore has an argparse parser of its own.
+        from quasar.runtime.cli import main as score_main
+
+        sys.exit(score_main(argv[1:]))
+    fire.Fire(_commands(), command=argv, name="quasar")
 
 
 if __name__ == "__main__":

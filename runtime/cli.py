@@ -74,30 +74,6 @@ def _count_in_background(specs, done, bar) -> None:
     threading.Thread(target=count, name="quasar-count", daemon=True).start()
 
 
-def _fire_command() -> Optional[List[str]]:
-    """The raw command-line tokens when ``score`` is being called by Fire, else None.
-
-    Fire splits its command line at a lone ``-`` (its command separator), parses values
-    (``1.50`` -> 1.5) and lets a boolean flag swallow the next token; ``quasar score``
-    therefore re-reads the raw tokens Fire was given and parses them with argparse, so that
-    ``-`` means stdin, unknown options are errors, and flags behave as documented.
-    """
-    f = sys._getframe(1)
-    while f is not None:
-        if f.f_code.co_name == "Fire" and f.f_globals.get("__name__") == "fire.core":
-            command = f.f_locals.get("command")
-            if command is None:
-                tokens = list(sys.argv[1:])
-            elif isinstance(command, str):
-                import shlex
-                tokens = shlex.split(command)
-            else:
-                tokens = [str(t) for t in command]
-            return tokens[tokens.index("score") + 1:] if "score" in tokens else None
-        f = f.f_back
-    return None
-
-
 def build_parser():
     """argparse parser of ``quasar score`` (both ``--batch-size`` and ``--batch_size``)."""
     import argparse
@@ -176,9 +152,6 @@ def score(*inputs, bundle: Optional[str] = None, model: Optional[str] = None,
         group_factor: for variable-shape resolutions, batch_size * group_factor inputs are
             grouped by shape at a time.
     """
-    tokens = _fire_command()
-    if tokens is not None:  # the quasar console script: parse the raw tokens (see above)
-        sys.exit(main(tokens))
     code = _score([os.fspath(v) if isinstance(v, os.PathLike) else str(v) for v in inputs], bundle=bundle, model=model, anchors=anchors,
                   resolution=resolution, device=device, batch_size=batch_size, workers=workers,
                   out=out, resume=resume, overwrite=overwrite, quiet=quiet,

@@ -32,7 +32,7 @@ from quasar.errors import QuasarError
 
 STATUS_OK = "ok"
 TABLE_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
-PARQUET_HINT = 'Parquet output needs pyarrow: pip install "quasar-iqa[parquet]" (or pip install pyarrow), or write .csv / .jsonl'
+PARQUET_HINT = 'Parquet output needs pyarrow: pip install "quasar[parquet]" (or pip install pyarrow), or write .csv / .jsonl'
 
 
 class OutputError(QuasarError, ValueError):
