@@ -8,6 +8,7 @@ Helpers for later edits of a bundle (e.g. adding image anchor sets): :func:`writ
 """
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -236,20 +237,24 @@ def _build_bundle(spec: ModelSpec, work: Path, *, checkpoint, random_init: bool,
 
     t0 = time.perf_counter()
     built = build_encoder(spec, checkpoint=checkpoint, random_init=random_init, seed=seed)
-    input_size = spec.input_size or 224
-    exp = export_onnx(built.image_tower, work, dynamic_hw=spec.dynamic_hw,
-                      input_size=input_size, exporter=exporter)
-    parity = check_parity(built.image_tower, exp.path, dynamic_hw=spec.dynamic_hw,
-                          input_size=input_size)
     anchor_sets = {}
     if spec.has_text_tower:
         anchor_sets[TEXT_SET] = text_anchors(spec, built.model)
-    anchors = []
+    anchors = list(anchor_sets)
     if anchor_sets:
         write_anchors(work / ANCHORS_FILE, anchor_sets)
-        anchors = list(anchor_sets)
     provenance = dict(built.provenance)
+    tower = built.image_tower
+    tower.__dict__["_full_model"] = None  # free the text tower before exporting (ViT-bigG)
     del built
+    gc.collect()
+    input_size = spec.input_size or 224
+    exp = export_onnx(tower, work, dynamic_hw=spec.dynamic_hw, input_size=input_size,
+                      exporter=exporter)
+    gc.collect()
+    parity = check_parity(tower, exp.path, dynamic_hw=spec.dynamic_hw, input_size=input_size)
+    del tower
+    gc.collect()
     provenance.update(
         exporter=exp.exporter,
         opset=exp.opset,

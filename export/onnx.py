@@ -92,7 +92,7 @@ def _export_dynamo(model: nn.Module, sample: torch.Tensor, path: Path,
         input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
         dynamic_shapes={"pixels": shapes} if _first_arg_name(model) == "pixels"
         else (shapes,),
-        optimize=True,
+        optimize=True, verbose=False,
     )
     program.save(str(path), external_data=param_bytes(model) > PROTO_LIMIT_BYTES)
 
@@ -191,6 +191,9 @@ def check_parity(model: nn.Module, onnx_path: Path, *, dynamic_hw: bool, input_s
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
+    if Path(onnx_path).with_name(Path(onnx_path).name + ".data").exists():
+        # big models: do not keep a second, pre-packed copy of the weights in memory
+        opts.add_session_config_entry("session.disable_prepacking", "1")
     if threads:
         opts.intra_op_num_threads = int(threads)
     sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
