@@ -178,3 +178,22 @@ def test_helpers_refresh_checksums(tmp_path, rn50_nopos_bundle):
         assert hashlib.sha256((b / name).read_bytes()).hexdigest() == digest
     got = load_file(str(b / ANCHORS_FILE))["extra"]
     np.testing.assert_allclose(got, arr / np.linalg.norm(arr, axis=1, keepdims=True), atol=1e-6)
+
+
+@pytest.mark.torch
+def test_pretrained_unavailable_suggests_checkpoint(tmp_path, monkeypatch):
+    """Offline: the pretrained download fails -> CheckpointError pointing to --checkpoint."""
+    import open_clip
+
+    from quasar.export.bundle import export_bundle
+
+    def offline(*args, **kwargs):
+        if kwargs.get("pretrained"):
+            raise OSError("We couldn't connect to 'https://huggingface.co'")
+        raise AssertionError("unexpected random-init build")
+
+    monkeypatch.setattr(open_clip, "create_model", offline)
+    with pytest.raises(CheckpointError, match="--checkpoint") as info:
+        export_bundle(VIT, tmp_path / "b")
+    assert "openai" in str(info.value)
+    _only(tmp_path, None)
