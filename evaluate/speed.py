@@ -117,8 +117,6 @@ def _timed(run, files: Sequence[str], batch_size: int, first: float,
            repeats: int = 2) -> Dict[str, Any]:
     """Warm up at full batch size, then ``repeats`` passes over ``files`` batch by batch:
     images/s from the median pass, latency = median batch time."""
-    import resource
-
     run(files[:batch_size])
     passes, lat = [], []
     for _ in range(max(1, int(repeats))):
@@ -136,8 +134,24 @@ def _timed(run, files: Sequence[str], batch_size: int, first: float,
         "first_score_at": first,
         "images_per_s": len(files) / passes[len(passes) // 2],
         "batch_latency_s": lat[len(lat) // 2],
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "peak_rss_mb": peak_rss_mb(),
     }
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MB: ``VmHWM`` of /proc/self/status.
+
+    (``getrusage().ru_maxrss`` is not used: Linux carries the parent's peak across
+    fork + exec, so a worker spawned by a parent holding torch would report torch's memory.)
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _worker_main(arg: str) -> None:

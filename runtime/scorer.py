@@ -19,7 +19,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from quasar.errors import BundleError, ImageDecodeError, InferenceError, QuasarError
+from quasar.errors import BundleError, ImageDecodeError, InferenceError
 from quasar.models.manifest import BundleManifest
 
 from .bundle import Bundle, load_bundle
