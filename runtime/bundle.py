@@ -100,7 +100,7 @@ def _read_manifest(path: Path) -> BundleManifest:
     if version > SCHEMA_VERSION:
         raise BundleError(
             f"{mpath}: bundle schema version {version} is newer than this quasar supports "
-            f"({SCHEMA_VERSION}); upgrade quasar: pip install -U quasar-iqa"
+            f"({SCHEMA_VERSION}); upgrade quasar: pip install -U quasar"
         )
     if version < 1:
         raise BundleError(f"{mpath}: missing or invalid schema_version; {_REEXPORT}")
