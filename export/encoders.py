@@ -182,6 +182,16 @@ def _provenance(spec: ModelSpec, source: str, checkpoint: Optional[Path], random
 # --------------------------------------------------------------------- open_clip family
 
 
+def _is_torchscript_archive(path: Path) -> bool:
+    """TorchScript zip (OpenAI's CLIP .pt files): torch.load(weights_only=True) refuses it."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist())
+
+
 def _build_open_clip(spec: ModelSpec, checkpoint: Optional[Path], random_init: bool,
                      seed: int) -> BuiltEncoder:
     import open_clip
@@ -203,7 +213,14 @@ def _build_open_clip(spec: ModelSpec, checkpoint: Optional[Path], random_init: b
         model = open_clip.create_model(spec.source_name, pretrained=None, **kwargs)
         if checkpoint is not None:
             try:
-                open_clip.load_checkpoint(model, str(checkpoint), strict=True)
+                if _is_torchscript_archive(checkpoint):  # e.g. OpenAI's own RN50.pt
+                    sd = torch.jit.load(str(checkpoint), map_location="cpu").state_dict()
+                    transient = {n for n, _ in model.named_buffers()} - set(model.state_dict())
+                    for key in {"input_resolution", "context_length", "vocab_size"} | transient:
+                        sd.pop(key, None)
+                    model.load_state_dict(sd, strict=True)
+                else:
+                    open_clip.load_checkpoint(model, str(checkpoint), strict=True)
             except Exception as err:
                 raise _load_error(checkpoint, spec, err) from err
     model = model.float().eval()

@@ -197,3 +197,25 @@ def test_pretrained_unavailable_suggests_checkpoint(tmp_path, monkeypatch):
         export_bundle(VIT, tmp_path / "b")
     assert "openai" in str(info.value)
     _only(tmp_path, None)
+
+
+@pytest.mark.torch
+def test_torchscript_checkpoint_like_openai(tmp_path):
+    """OpenAI ships CLIP weights as TorchScript archives (RN50.pt); they load too."""
+    import warnings
+
+    import open_clip
+
+    from quasar.export.encoders import build_image_encoder
+
+    torch.manual_seed(3)
+    ref = open_clip.create_model("RN50", pretrained=None, force_quick_gelu=True).eval()
+    path = tmp_path / "RN50.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.script(ref).save(str(path))
+    enc = build_image_encoder(get_model_spec("clip-rn50.openai"), checkpoint=path)
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        want = ref.encode_image(x)
+        torch.testing.assert_close(enc(x), want, rtol=0, atol=1e-6)
