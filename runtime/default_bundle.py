@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
+import socket
 from pathlib import Path
 from typing import Optional, Union
 
@@ -22,6 +24,23 @@ log = logging.getLogger(__name__)
 def export_available() -> bool:
     """True when the export extra (torch + open_clip) is importable."""
     return all(importlib.util.find_spec(m) is not None for m in ("torch", "open_clip"))
+
+
+# Where open_clip / the DINOv2 hub fetch pretrained weights from.
+WEIGHT_HOSTS = {"open_clip": "huggingface.co", "dinov2": "dl.fbaipublicfiles.com"}
+
+
+def weights_reachable(host: str) -> bool:
+    """Cheap check (a DNS lookup, no connection) that weights could be downloaded, so an
+    offline first use fails at once instead of after the hub's retries. HF_HUB_OFFLINE=1
+    counts as offline."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes"):
+        return False
+    try:
+        socket.getaddrinfo(host, 443)
+        return True
+    except OSError:
+        return False
 
 
 def how_to_get(model_id: str, target: Path) -> str:
@@ -50,6 +69,10 @@ def resolve_bundle(path: Union[str, Path, None] = None, *, model: Optional[str] 
         return target
     if not export_available():
         raise BundleError(how_to_get(model_id, target))
+    host = WEIGHT_HOSTS.get(get_model_spec(model_id).family, "huggingface.co")
+    if not weights_reachable(host):
+        raise BundleError(f"Cannot export {model_id} on first use: {host} is unreachable "
+                          "(offline?). " + how_to_get(model_id, target))
     log.warning("no cached bundle for %s: exporting it to %s (downloads the weights)",
                 model_id, target)
     try:

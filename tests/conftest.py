@@ -5,6 +5,9 @@ import os
 
 import pytest
 
+# Tests never download weights: make every hub lookup (also in subprocesses) fail at once.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 
 def pytest_collection_modifyitems(config, items):
     markexpr = config.getoption("-m") or ""

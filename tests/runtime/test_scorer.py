@@ -311,6 +311,7 @@ def test_default_bundle_export_fails(tmp_path, monkeypatch):
 
     monkeypatch.setenv("QUASAR_HOME", str(tmp_path / "home"))
     monkeypatch.setattr(default_bundle, "export_available", lambda: True)
+    monkeypatch.setattr(default_bundle, "weights_reachable", lambda host: True)
 
     def offline(*a, **k):
         raise OSError("no internet")
@@ -319,6 +320,17 @@ def test_default_bundle_export_fails(tmp_path, monkeypatch):
     with pytest.raises(BundleError, match=r"exporting vit-b-32.openai failed.*no internet.*"
                                           r"quasar export vit-b-32.openai"):
         Scorer.from_bundle(model="vit-b-32.openai")
+
+
+def test_default_bundle_unreachable_weights_fail_fast(tmp_path, monkeypatch):
+    from quasar.runtime import default_bundle
+
+    monkeypatch.setenv("QUASAR_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(default_bundle, "export_available", lambda: True)
+    with pytest.raises(BundleError, match=r"huggingface.co is unreachable.*--checkpoint PATH"):
+        Scorer.from_bundle()
+    assert not (tmp_path / "home" / "bundles" / "clip-rn50-nopos.openai").exists()
 
 
 def test_default_bundle_from_cache(tmp_path, monkeypatch):
