@@ -17,7 +17,6 @@ same images and the same folds as the reference.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -33,6 +32,7 @@ import numpy as np
 
 from quasar.errors import BundleError, DatasetError
 from quasar.models.manifest import ANCHORS_FILE, BUNDLE_JSON
+from quasar.runtime.bundle import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -339,12 +339,6 @@ def write_anchor_file(path, sets: Dict[str, np.ndarray], recipes: Dict[str, Dict
             os.unlink(tmp)
 
 
-def sha256_file(path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

@@ -2,9 +2,8 @@
 bundle.json. Everything is built in a temporary directory next to ``out_dir`` and renamed
 into place at the end; on any failure nothing is left at ``out_dir``.
 
-Helpers for later edits of a bundle (e.g. adding image anchor sets): :func:`write_anchors`,
-:func:`read_anchors`, :func:`add_anchor_sets`, :func:`file_checksums`,
-:func:`refresh_checksums`.
+Adding anchor sets to an existing bundle (atomically, checksums updated) is
+:func:`quasar.export.anchors.add_anchor_set`.
 """
 from __future__ import annotations
 
@@ -25,6 +24,7 @@ import numpy as np
 from quasar.errors import BundleError, QuasarError
 from quasar.models.catalog import ModelSpec, get_model_spec
 from quasar.models.manifest import (ANCHORS_FILE, BUNDLE_JSON, BundleManifest, EncoderInfo)
+from quasar.runtime.bundle import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -39,26 +39,11 @@ class BundleExistsError(QuasarError, FileExistsError):
 # --------------------------------------------------------------------------- helpers
 
 
-def _sha256(path: Path) -> str:
-    from .encoders import sha256_file
-
-    return sha256_file(path)
-
-
 def file_checksums(bundle_dir: PathLike) -> Dict[str, str]:
     """sha256 of every file in ``bundle_dir`` except bundle.json (relative names, sorted)."""
-    import hashlib
-
     bundle_dir = Path(bundle_dir)
-    out = {}
-    for p in sorted(bundle_dir.rglob("*")):
-        if p.is_file() and p.name != BUNDLE_JSON:
-            h = hashlib.sha256()
-            with open(p, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-            out[p.relative_to(bundle_dir).as_posix()] = h.hexdigest()
-    return out
+    return {p.relative_to(bundle_dir).as_posix(): sha256_file(p)
+            for p in sorted(bundle_dir.rglob("*")) if p.is_file() and p.name != BUNDLE_JSON}
 
 
 def read_manifest(bundle_dir: PathLike) -> BundleManifest:
@@ -80,30 +65,17 @@ def write_manifest(bundle_dir: PathLike, manifest: BundleManifest) -> Path:
     return path
 
 
-def refresh_checksums(bundle_dir: PathLike) -> BundleManifest:
-    """Recompute ``files`` and ``anchors`` of bundle.json after files of the bundle changed."""
-    manifest = read_manifest(bundle_dir)
-    anchors_path = Path(bundle_dir) / ANCHORS_FILE
-    names = list(read_anchors(anchors_path)[0]) if anchors_path.exists() else []
-    d = manifest.to_dict()
-    d["files"] = file_checksums(bundle_dir)
-    d["anchors"] = names
-    manifest = BundleManifest.from_dict(d)
-    write_manifest(bundle_dir, manifest)
-    return manifest
-
-
 def write_anchors(path: PathLike, sets: AnchorSets) -> Path:
     """Write anchor sets ``{name: (float32 [2, D] array, recipe dict)}`` to safetensors.
 
     Rows are L2-normalised here (row 0 good, row 1 bad); metadata[name] = JSON recipe.
     """
-    from safetensors.numpy import save_file
+    from .anchors import write_anchor_file
 
-    tensors, meta = {}, {}
+    arrays, recipes = {}, {}
     dim = None
     for name, (arr, recipe) in sets.items():
-        arr = np.asarray(arr, dtype=np.float32)
+        arr = np.asarray(arr, dtype=np.float64)
         if arr.ndim != 2 or arr.shape[0] != 2:
             raise BundleError(f"anchor set {name!r} must be [2, D], got {arr.shape}")
         if dim is not None and arr.shape[1] != dim:
@@ -112,45 +84,9 @@ def write_anchors(path: PathLike, sets: AnchorSets) -> Path:
         norms = np.linalg.norm(arr, axis=1, keepdims=True)
         if not np.all(np.isfinite(arr)) or np.any(norms == 0):
             raise BundleError(f"anchor set {name!r} has zero or non-finite rows")
-        tensors[name] = np.ascontiguousarray(arr / norms, dtype=np.float32)
-        meta[name] = json.dumps(dict(recipe), sort_keys=True)
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
-    return path
-
-
-def read_anchors(path: PathLike) -> Tuple[Dict[str, np.ndarray], Dict[str, Dict[str, Any]]]:
-    """(arrays, recipes) of an anchors.safetensors file."""
-    from safetensors import safe_open
-
-    arrays, recipes = {}, {}
-    with safe_open(str(path), framework="numpy") as f:
-        meta = f.metadata() or {}
-        for name in f.keys():
-            arrays[name] = f.get_tensor(name)
-            recipes[name] = json.loads(meta.get(name, "{}"))
-    return arrays, recipes
-
-
-def add_anchor_sets(bundle_dir: PathLike, sets: AnchorSets, *, replace: bool = False
-                    ) -> BundleManifest:
-    """Add (or with ``replace`` overwrite) anchor sets in a bundle; updates bundle.json."""
-    bundle_dir = Path(bundle_dir)
-    manifest = read_manifest(bundle_dir)
-    path = bundle_dir / ANCHORS_FILE
-    arrays, recipes = read_anchors(path) if path.exists() else ({}, {})
-    for name, (arr, recipe) in sets.items():
-        if name in arrays and not replace:
-            raise BundleError(f"anchor set {name!r} already in {path}; pass replace=True")
-        arr = np.asarray(arr, dtype=np.float32)
-        if arr.ndim != 2 or arr.shape[1] != manifest.encoder.embed_dim:
-            raise BundleError(f"anchor set {name!r} has shape {arr.shape}; the encoder of "
-                              f"{manifest.model} embeds to {manifest.encoder.embed_dim}")
-        arrays[name], recipes[name] = arr, dict(recipe)
-    write_anchors(path, {n: (arrays[n], recipes[n]) for n in arrays})
-    return refresh_checksums(bundle_dir)
+        arrays[name], recipes[name] = (arr / norms).astype(np.float32), dict(recipe)
+    write_anchor_file(path, arrays, recipes)
+    return Path(path)
 
 
 def _versions() -> Dict[str, Optional[str]]:

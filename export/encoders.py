@@ -7,7 +7,6 @@ seeded random initialisation (``random_init=True``, deterministic for a given ``
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from quasar.runtime.bundle import sha256_file  # noqa: F401 (re-exported)
 from quasar.errors import CheckpointError
 from quasar.models.catalog import ModelSpec, get_model_spec
 
@@ -134,13 +134,6 @@ class NoPosModifiedResNet(nn.Module):
         return self.pool(x)
 
 
-def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _check_checkpoint_file(checkpoint: PathLike) -> Path:

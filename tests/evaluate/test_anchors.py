@@ -209,6 +209,12 @@ def test_bad_inputs():
 
 # ---- bundle file ----------------------------------------------------------------------
 
+def _sha(path):
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def _fake_bundle(tmp_path, dim=D):
     b = tmp_path / "bundle"
     b.mkdir()
@@ -217,8 +223,8 @@ def _fake_bundle(tmp_path, dim=D):
     A.write_anchor_file(b / "anchors.safetensors", {"text": text}, {"text": {"source": "text"}})
     manifest = {"schema_version": 1, "model": "x", "encoder": {"embed_dim": dim},
                 "anchors": ["text"],
-                "files": {"encoder.onnx": A.sha256_file(b / "encoder.onnx"),
-                          "anchors.safetensors": A.sha256_file(b / "anchors.safetensors")}}
+                "files": {"encoder.onnx": _sha(b / "encoder.onnx"),
+                          "anchors.safetensors": _sha(b / "anchors.safetensors")}}
     (b / "bundle.json").write_text(json.dumps(manifest))
     return b, text
 
@@ -235,8 +241,8 @@ def test_add_anchor_set(tmp_path):
     assert recipes["text"] == {"source": "text"}
     m = json.loads((b / "bundle.json").read_text())
     assert m["anchors"] == ["text", "kadis700k"]
-    assert m["files"]["anchors.safetensors"] == A.sha256_file(b / "anchors.safetensors")
-    assert m["files"]["encoder.onnx"] == A.sha256_file(b / "encoder.onnx")
+    assert m["files"]["anchors.safetensors"] == _sha(b / "anchors.safetensors")
+    assert m["files"]["encoder.onnx"] == _sha(b / "encoder.onnx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]  # no leftovers
     # replace
     A.add_anchor_set(b, "kadis700k", -new, {"source": "images", "seed": 4})

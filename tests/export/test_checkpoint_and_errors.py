@@ -158,26 +158,29 @@ def test_checkpoint_and_random_init_exclusive(tmp_path):
         build_image_encoder(get_model_spec(DINO), checkpoint=f, random_init=True)
 
 
-def test_helpers_refresh_checksums(tmp_path, rn50_nopos_bundle):
-    """add_anchor_sets + refresh_checksums keep bundle.json consistent (checked with hashlib)."""
+def test_add_anchor_set_keeps_bundle_consistent(tmp_path, rn50_nopos_bundle):
+    """Adding a set to an exported bundle keeps bundle.json consistent (checked with hashlib)
+    and the runtime still loads it."""
     import hashlib
     import shutil
 
     from safetensors.numpy import load_file
 
-    from quasar.export.bundle import add_anchor_sets
+    from quasar.export.anchors import add_anchor_set
+    from quasar.runtime.bundle import load_bundle
 
     b = tmp_path / "copy"
     shutil.copytree(rn50_nopos_bundle, b)
     rng = np.random.default_rng(0)
     arr = rng.standard_normal((2, 1024)).astype(np.float32)
-    add_anchor_sets(b, {"extra": (arr, {"kind": "test"})})
+    add_anchor_set(b, "extra", arr, {"kind": "test"})
     m = json.loads((b / BUNDLE_JSON).read_text())
-    assert m["anchors"] == ["text", "extra"] or sorted(m["anchors"]) == ["extra", "text"]
+    assert m["anchors"] == ["text", "extra"]
     for name, digest in m["files"].items():
         assert hashlib.sha256((b / name).read_bytes()).hexdigest() == digest
     got = load_file(str(b / ANCHORS_FILE))["extra"]
     np.testing.assert_allclose(got, arr / np.linalg.norm(arr, axis=1, keepdims=True), atol=1e-6)
+    assert set(load_bundle(b).anchors) == {"text", "extra"}
 
 
 @pytest.mark.torch
