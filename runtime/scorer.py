@@ -119,6 +119,8 @@ class Scorer:
         self.session = create_session(
             bundle.encoder_path,
             SessionConfig(device=device, device_id=device_id, intra_op_threads=threads),
+            model_sha256=bundle.manifest.files.get(bundle.manifest.encoder.file),
+            external_data=bool(bundle.manifest.encoder.external_data),
         )
         self.device = active_device(self.session)
         enc = bundle.manifest.encoder

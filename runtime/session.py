@@ -4,13 +4,30 @@
 installed, or ONNX Runtime could not activate it (CUDA/cuDNN libraries missing), a
 :class:`DeviceError` says how to fix the install. ``device="auto"`` uses CUDA when it works
 and the CPU otherwise.
+
+**Optimised-graph cache.** Building a CPU session spends most of its time parsing the
+protobuf and optimising the graph. The first session for an encoder (identified by the
+bundle's sha256, never re-hashed) saves ONNX Runtime's optimised graph under
+``$QUASAR_HOME/ort-cache/`` with its weights as an external-data file; later sessions load
+that with graph optimisation off, and ONNX Runtime memory-maps the weights. The key also holds
+the onnxruntime version, the optimisation level, the providers and the CPU identity (the
+``ORT_ENABLE_ALL`` layout transforms are hardware-specific). The cache never makes scoring fail:
+any problem with it falls back to the normal path. ``QUASAR_ORT_CACHE=0`` or
+``SessionConfig(ort_cache=False)`` turns it off.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
+import platform
+import secrets
+import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Optional, Union
+from typing import Any, List, Optional, Tuple, Union
 
 from quasar.errors import BundleError, DeviceError, MissingDependencyError
 
@@ -49,6 +66,7 @@ class SessionConfig:
     device_id: int = 0
     intra_op_threads: Optional[int] = None
     inter_op_threads: Optional[int] = None
+    ort_cache: Optional[bool] = None  # None: on unless the environment has QUASAR_ORT_CACHE=0
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -89,14 +107,166 @@ def _new_session(ort: Any, model: str, so: Any, providers: List[Any]) -> Any:
                           "re-export the bundle with `quasar export`") from exc
 
 
-def create_session(model_path: Union[str, Path], cfg: SessionConfig = SessionConfig()) -> Any:
-    """An ``onnxruntime.InferenceSession`` on the device ``cfg`` asks for."""
+# ---------------------------------------------------------------- optimised-graph cache
+ORT_CACHE_ENV = "QUASAR_ORT_CACHE"
+ORT_CACHE_DIR = "ort-cache"
+CACHE_FORMAT = 1
+_CACHED_MODEL = "model.onnx"
+_CACHED_DATA = "model.onnx.data"  # weights: memory-mapped by ONNX Runtime when loaded
+_STALE_TMP_S = 3600.0
+
+
+def ort_cache_enabled(cfg: SessionConfig) -> bool:
+    """``cfg.ort_cache`` when set, else off only when ``QUASAR_ORT_CACHE`` is 0/false/no/off."""
+    if cfg.ort_cache is not None:
+        return bool(cfg.ort_cache)
+    return os.environ.get(ORT_CACHE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def ort_cache_root() -> Path:
+    """``$QUASAR_HOME/ort-cache``."""
+    from quasar.home import quasar_home
+
+    return quasar_home() / ORT_CACHE_DIR
+
+
+def cpu_identity() -> str:
+    """Machine type plus a hash of the CPU model name and feature flags (``/proc/cpuinfo``)."""
+    lines: List[str] = []
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            seen = set()
+            for line in f:
+                key = line.split(":", 1)[0].strip().lower()
+                if key in ("model name", "flags", "features", "cpu implementer", "cpu part") \
+                        and key not in seen:
+                    seen.add(key)
+                    lines.append(line.strip())
+    except OSError:
+        lines.append(platform.processor())
+    digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+    return f"{platform.machine()}-{digest}"
+
+
+def _cache_entry(ort: Any, model: str, model_sha256: str,
+                 providers: List[Any]) -> Tuple[Path, dict]:
+    key = {
+        "format": CACHE_FORMAT,
+        "model_sha256": str(model_sha256).lower().removeprefix("sha256:"),
+        "model_bytes": os.path.getsize(model),
+        "onnxruntime": ort.__version__,
+        "graph_optimization_level": "ORT_ENABLE_ALL",
+        "providers": [p if isinstance(p, str) else p[0] for p in providers],
+        "cpu": cpu_identity(),
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    return ort_cache_root() / f"{key['model_sha256'][:16]}-{digest}", key
+
+
+def _rmtree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _load_cached(ort: Any, entry: Path, cfg: SessionConfig, providers: List[Any]) -> Any:
+    """The cached optimised graph as a session, or None (missing / unusable: then removed)."""
+    cached = entry / _CACHED_MODEL
+    if not cached.is_file():
+        return None
+    so = session_options(cfg)
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # already optimised
+    try:
+        sess = ort.InferenceSession(str(cached), sess_options=so, providers=providers)
+    except Exception as exc:  # corrupt / truncated / foreign file: rebuild it
+        log.warning("ignoring the unusable ONNX Runtime cache %s (%s); rebuilding it", entry,
+                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        _rmtree(entry)
+        return None
+    log.debug("loaded the optimised graph from %s", cached)
+    sess.quasar_ort_cache = "hit"
+    sess.quasar_model_path = str(cached)
+    return sess
+
+
+def _store_cached(ort: Any, model: str, entry: Path, key: dict, cfg: SessionConfig,
+                  providers: List[Any]) -> Any:
+    """Build the session from ``model`` and save its optimised graph into ``entry``
+    (written in a temporary directory, then renamed). None when that fails."""
+    tmp = entry.parent / f".{entry.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        now = time.time()
+        for old in entry.parent.glob(f".{entry.name}.tmp-*"):  # left by killed processes
+            try:
+                if now - old.stat().st_mtime > _STALE_TMP_S:
+                    _rmtree(old)
+            except OSError:
+                pass
+        tmp.mkdir()
+        (tmp / "key.json").write_text(json.dumps(key, indent=1, sort_keys=True) + "\n")
+    except OSError as exc:
+        log.debug("ONNX Runtime cache disabled: cannot write %s (%s)", entry.parent, exc)
+        _rmtree(tmp)
+        return None
+    so = session_options(cfg)
+    so.optimized_model_filepath = str(tmp / _CACHED_MODEL)
+    so.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                _CACHED_DATA)
+    so.add_session_config_entry(
+        "session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    try:
+        sess = ort.InferenceSession(model, sess_options=so, providers=providers)
+    except Exception as exc:
+        log.debug("could not build and save the optimised graph of %s (%s)", model, exc)
+        _rmtree(tmp)
+        return None
+    sess.quasar_ort_cache = "miss"
+    sess.quasar_model_path = model
+    try:
+        if not (tmp / _CACHED_MODEL).is_file():
+            raise OSError("ONNX Runtime wrote no optimised model")
+        os.rename(tmp, entry)  # atomic; fails when another process stored it first
+        sess.quasar_ort_cache = "stored"
+        log.debug("saved the optimised graph of %s to %s", model, entry)
+    except OSError as exc:
+        log.debug("optimised graph of %s not cached (%s)", model, exc)
+        _rmtree(tmp)
+    return sess
+
+
+def _cpu_session(ort: Any, model: str, cfg: SessionConfig, model_sha256: Optional[str],
+                 external_data: bool) -> Any:
+    providers: List[Any] = [CPU_EP]
+    if model_sha256 and not external_data and ort_cache_enabled(cfg):
+        try:
+            entry, key = _cache_entry(ort, model, model_sha256, providers)
+            sess = _load_cached(ort, entry, cfg, providers)
+            if sess is None:
+                sess = _store_cached(ort, model, entry, key, cfg, providers)
+            if sess is not None:
+                return sess
+        except Exception as exc:  # the cache must never make scoring fail
+            log.warning("ONNX Runtime cache skipped for %s: %s", model, exc)
+    sess = _new_session(ort, model, session_options(cfg), providers)
+    sess.quasar_ort_cache = None
+    sess.quasar_model_path = model
+    return sess
+
+
+def create_session(model_path: Union[str, Path], cfg: SessionConfig = SessionConfig(), *,
+                   model_sha256: Optional[str] = None, external_data: bool = False) -> Any:
+    """An ``onnxruntime.InferenceSession`` on the device ``cfg`` asks for.
+
+    On the CPU, with ``model_sha256`` (the bundle manifest's checksum of ``model_path``) and
+    the cache enabled, the optimised graph is cached (see the module docstring); models with
+    ONNX ``external_data`` (> 2 GB) are not cached. ``session.quasar_ort_cache`` says what
+    happened: ``"hit"``, ``"stored"``, ``"miss"`` (built, not saved) or None (cache not used).
+    """
     ort = import_onnxruntime()
     model = str(model_path)
     so = session_options(cfg)
     available = ort.get_available_providers()
     if cfg.device == "cpu":
-        return _new_session(ort, model, so, [CPU_EP])
+        return _cpu_session(ort, model, cfg, model_sha256, external_data)
     if cfg.device == "cuda":
         if CUDA_EP not in available:
             raise DeviceError(
@@ -121,7 +291,7 @@ def create_session(model_path: Union[str, Path], cfg: SessionConfig = SessionCon
                         "missing?); running on the CPU. %s", GPU_INSTALL_HINT)
         except DeviceError as exc:
             log.warning("%s; running on the CPU", exc)
-    return _new_session(ort, model, so, [CPU_EP])
+    return _cpu_session(ort, model, cfg, model_sha256, external_data)
 
 
 def active_device(session: Any) -> str:
