@@ -2,11 +2,20 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 import pytest
 
 # Tests never download weights: make every hub lookup (also in subprocesses) fail at once.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# ... and never write into the user's cache (bundles, ORT session cache): a private home.
+_TEST_HOME = tempfile.mkdtemp(prefix="quasar-test-home-")
+os.environ["QUASAR_HOME"] = _TEST_HOME
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_TEST_HOME, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):
