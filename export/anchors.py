@@ -393,7 +393,6 @@ def add_anchor_set(bundle_dir, name: str, anchors: np.ndarray, recipe: Dict[str,
 
     parent = bundle_dir.resolve().parent
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{bundle_dir.name}.new-", dir=str(parent)))
-    old_dir = parent / f".{bundle_dir.name}.old-{os.getpid()}-{tmp_dir.name[-8:]}"
     try:
         os.chmod(tmp_dir, os.stat(bundle_dir).st_mode & 0o7777)
         for item in bundle_dir.iterdir():
@@ -411,15 +410,10 @@ def add_anchor_set(bundle_dir, name: str, anchors: np.ndarray, recipe: Dict[str,
             names.append(name)
         manifest["anchors"] = names
         (tmp_dir / BUNDLE_JSON).write_text(json.dumps(manifest, indent=2) + "\n")
-        real = bundle_dir.resolve()
-        os.rename(real, old_dir)
-        try:
-            os.rename(tmp_dir, real)
-        except OSError:
-            os.rename(old_dir, real)
-            raise
+        from .bundle import replace_directory
+
+        replace_directory(tmp_dir, bundle_dir.resolve())
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
-    shutil.rmtree(old_dir, ignore_errors=True)
     return bundle_dir

@@ -144,6 +144,24 @@ def _set_permissions(root: Path) -> None:
         os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
 
 
+def replace_directory(new: Path, target: Path) -> None:
+    """Put directory ``new`` at ``target``, which exists: the old one is renamed aside,
+    ``new`` renamed in (the old one is restored if that fails), then the old one removed."""
+    target = Path(target)
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    os.rmdir(old)
+    os.rename(target, old)
+    try:
+        os.rename(new, target)
+    except BaseException:
+        os.rename(old, target)
+        raise
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        old.unlink()
+
+
 def _move_into_place(tmp: Path, out_dir: Path, overwrite: bool) -> None:
     if not out_dir.exists():
         os.rename(tmp, out_dir)
@@ -151,18 +169,7 @@ def _move_into_place(tmp: Path, out_dir: Path, overwrite: bool) -> None:
     if not overwrite:
         raise BundleExistsError(f"Output directory {str(out_dir)!r} appeared during export; "
                                 "pass --overwrite or choose another --out.")
-    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-    os.rmdir(old)
-    os.rename(out_dir, old)
-    try:
-        os.rename(tmp, out_dir)
-    except BaseException:
-        os.rename(old, out_dir)
-        raise
-    if old.is_dir() and not old.is_symlink():
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        old.unlink()
+    replace_directory(tmp, out_dir)
 
 
 def _build_bundle(spec: ModelSpec, work: Path, *, checkpoint, random_init: bool, seed: int,

@@ -88,26 +88,24 @@ def check_root(info: DatasetInfo, root) -> Path:
     return path
 
 
-def require_file(info: DatasetInfo, path: Path, what: str) -> Path:
-    """Return ``path`` if it is a file, else raise DatasetError naming it and the expected layout."""
-    if not path.is_file():
+def _require(info: DatasetInfo, path: Path, what: str, exists) -> Path:
+    if not exists(path):
         layout = "; ".join(info.layout)
         raise DatasetError(
             f"{info.name}: {what} {path} not found. Expected layout under the root: {layout}. "
             f"{info.where()}."
         )
     return path
+
+
+def require_file(info: DatasetInfo, path: Path, what: str) -> Path:
+    """Return ``path`` if it is a file, else raise DatasetError naming it and the expected layout."""
+    return _require(info, path, what, Path.is_file)
 
 
 def require_dir(info: DatasetInfo, path: Path, what: str) -> Path:
     """Return ``path`` if it is a directory, else raise DatasetError."""
-    if not path.is_dir():
-        layout = "; ".join(info.layout)
-        raise DatasetError(
-            f"{info.name}: {what} {path} not found. Expected layout under the root: {layout}. "
-            f"{info.where()}."
-        )
-    return path
+    return _require(info, path, what, Path.is_dir)
 
 
 def malformed(info: DatasetInfo, path: Path, problem: str) -> DatasetError:
