@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 EXIT_USAGE = 2
+# optional dependency -> the extra that installs it
+_EXTRA_OF = {"scipy": "evaluate", "sklearn": "evaluate", "openpyxl": "evaluate",
+             "torch": "export", "open_clip": "export", "onnxruntime": "cpu"}
 
 
 class UsageError(ValueError):
@@ -99,6 +102,13 @@ def _run(command: str, fn, quiet: bool) -> Any:
                         format=f"quasar {command}: %(levelname)s: %(message)s", stream=sys.stderr)
     try:
         return fn()
+    except ModuleNotFoundError as e:
+        if e.name and e.name.split(".")[0] in _EXTRA_OF:
+            print(f"quasar {command}: error: {e.name.split('.')[0]} is not installed; "
+                  f"pip install \"quasar[{_EXTRA_OF[e.name.split('.')[0]]}]\"", file=sys.stderr)
+        else:
+            print(f"quasar {command}: error: {e}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
     except (UsageError, QuasarError, FileNotFoundError, ImportError, ValueError) as e:
         print(f"quasar {command}: error: {e}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
