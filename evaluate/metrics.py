@@ -30,40 +30,36 @@ def _pair(pred, target) -> Tuple[np.ndarray, np.ndarray]:
     return p, t
 
 
+def _correlation(stat, pred, target, need_spread: bool = False) -> float:
+    """First value of a SciPy correlation ``stat(p, t)``; NaN when it is undefined (fewer
+    than two pairs, or constant input where ``need_spread``)."""
+    p, t = _pair(pred, target)
+    if p.size < 2 or (need_spread and (np.ptp(p) == 0 or np.ptp(t) == 0)):
+        return float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(stat(p, t)[0])
+
+
 def srcc(pred, target) -> float:
     """Signed Spearman rank correlation (NaN when undefined, e.g. constant input)."""
     from scipy.stats import spearmanr
 
-    p, t = _pair(pred, target)
-    if p.size < 2:
-        return float("nan")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return float(spearmanr(p, t)[0])
+    return _correlation(spearmanr, pred, target)
 
 
 def krcc(pred, target) -> float:
     """Signed Kendall rank correlation (tau-b, SciPy's default)."""
     from scipy.stats import kendalltau
 
-    p, t = _pair(pred, target)
-    if p.size < 2:
-        return float("nan")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return float(kendalltau(p, t)[0])
+    return _correlation(kendalltau, pred, target)
 
 
 def plcc(pred, target) -> float:
     """Signed Pearson linear correlation of the raw predictions."""
     from scipy.stats import pearsonr
 
-    p, t = _pair(pred, target)
-    if p.size < 2 or np.ptp(p) == 0 or np.ptp(t) == 0:
-        return float("nan")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return float(pearsonr(p, t)[0])
+    return _correlation(pearsonr, pred, target, need_spread=True)
 
 
 def logistic4(x, b1, b2, b3, b4):
