@@ -8,7 +8,6 @@ Adding anchor sets to an existing bundle (atomically, checksums updated) is
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import os
 import platform
@@ -44,16 +43,6 @@ def file_checksums(bundle_dir: PathLike) -> Dict[str, str]:
     bundle_dir = Path(bundle_dir)
     return {p.relative_to(bundle_dir).as_posix(): sha256_file(p)
             for p in sorted(bundle_dir.rglob("*")) if p.is_file() and p.name != BUNDLE_JSON}
-
-
-def read_manifest(bundle_dir: PathLike) -> BundleManifest:
-    path = Path(bundle_dir) / BUNDLE_JSON
-    try:
-        return BundleManifest.from_dict(json.loads(path.read_text()))
-    except FileNotFoundError as err:
-        raise BundleError(f"{path} not found: not a bundle directory") from err
-    except (ValueError, KeyError, TypeError) as err:
-        raise BundleError(f"{path} is not a valid bundle manifest: {err}") from err
 
 
 def write_manifest(bundle_dir: PathLike, manifest: BundleManifest) -> Path:

@@ -7,7 +7,7 @@ resolution, the embedding dim and the input rule. Nothing here imports torch.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 from .preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PreprocessCfg, resolution_cfg

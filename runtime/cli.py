@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 import threading
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 EXIT_OK = 0
 EXIT_ERROR = 1

@@ -18,13 +18,12 @@ again; the remaining ``ok`` paths are returned so that the run skips them.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 import os
 import sys
-from dataclasses import dataclass, field
-from typing import Callable, Dict, IO, Iterator, List, Optional, Sequence, Set, Tuple
+from dataclasses import dataclass
+from typing import Dict, IO, Iterator, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
