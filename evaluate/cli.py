@@ -17,8 +17,7 @@ _EXTRA_OF = {"scipy": "evaluate", "sklearn": "evaluate", "openpyxl": "evaluate",
              "torch": "export", "open_clip": "export", "onnxruntime": "cpu"}
 
 
-class UsageError(ValueError):
-    """A command-line value that cannot be used."""
+from quasar.errors import UsageError  # noqa: E402
 
 
 def _none(v) -> bool:
@@ -172,11 +171,12 @@ def anchors(bundle, prompt_data: str = "KADIS700k", data_root=None, prompt_root=
         quiet: no progress bar.
     """
     def go():
-        from quasar.export.anchors import PROMPT_DATA_SPLIT, add_anchor_set
+        from quasar.bundle.io import add_anchor_set
+        from .anchors import PROMPT_DATA_SPLIT
 
         from .datasets import load_dataset
         from .experiment import EmbeddingSource, make_anchors
-        from quasar.export.anchors import ReferenceRandom
+        from .anchors import ReferenceRandom
 
         cfg = _config(prompt_data=prompt_data, aggregation_type=aggregation_type,
                       prompt_ratio=prompt_ratio, median_offset_ratio=median_offset_ratio,

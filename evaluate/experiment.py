@@ -8,23 +8,21 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
 from quasar.errors import BundleError, DatasetError
-from quasar.export.anchors import (AGGREGATIONS, DEFAULT_N_CLUSTERS, DEFAULT_SEED,
-                                   PROMPT_DATA_SPLIT, ReferenceRandom, build_anchor_set,
-                                   read_anchor_file)
-from quasar.models.manifest import ANCHORS_FILE
+from quasar.bundle.io import bundle_anchor_set
+from quasar.runtime.scoring import quasar_scores
 
+from .anchors import (AGGREGATIONS, DEFAULT_N_CLUSTERS, DEFAULT_SEED, PROMPT_DATA_SPLIT,
+                      ReferenceRandom, build_anchor_set)
 from .datasets.base import DatasetSamples
 from .metrics import CVMetrics, cross_validated, fmt
 
 log = logging.getLogger(__name__)
 
-LOGIT_SCALE = 1.0 / 0.07  # the reference's fixed scale
 PROMPT_CHOICES = ("text",) + tuple(PROMPT_DATA_SPLIT)
 TARGET_CHOICES = ("TID2013", "KonIQ10k", "KADID10k", "LIVEitW", "SPAQ", "TAD66k", "AADB", "PieAPP")
 
@@ -107,24 +105,6 @@ class ExperimentResult:
         return "\n".join(lines)
 
 
-def scores_from_anchors(embeddings: np.ndarray, anchors: np.ndarray) -> np.ndarray:
-    """softmax(cos(embedding, anchors) / 0.07)[good] for raw embeddings [N, D]."""
-    e = np.asarray(embeddings, dtype=np.float64)
-    e = e / np.linalg.norm(e, axis=1, keepdims=True)
-    a = np.asarray(anchors, dtype=np.float64)
-    logits = LOGIT_SCALE * e @ a.T
-    return 1.0 / (1.0 + np.exp(logits[:, 1] - logits[:, 0]))
-
-
-def bundle_anchor_set(bundle_dir, name: str) -> Tuple[np.ndarray, Dict[str, Any]]:
-    sets, recipes = read_anchor_file(Path(bundle_dir) / ANCHORS_FILE)
-    if name not in sets:
-        raise BundleError(f"{bundle_dir}: no anchor set {name!r} (has {sorted(sets)}); "
-                          + ("this model has no text tower — use image prompt data"
-                             if name == "text" else "add it with `quasar anchors`"))
-    return sets[name].astype(np.float32), dict(recipes.get(name, {}))
-
-
 class EmbeddingSource:
     """Embeddings of datasets: through the runtime (cached), or the authors' released files.
     Keeps what it computed in memory for reuse within a run (``quasar reproduce``)."""
@@ -197,7 +177,7 @@ def run_experiment(cfg: ExperimentConfig, *, bundle_dir, scorer, target_samples:
         raise BundleError(f"anchors have dim {anchors.shape[1]} but {scorer.manifest.model} "
                           f"embeds to {scorer.embed_dim}")
     emb = embed(target_samples, target_embeddings)
-    pred = scores_from_anchors(emb, anchors)
+    pred = quasar_scores(emb, anchors)
     target = np.asarray(target_samples.scores, dtype=np.float64)
     ok = np.isfinite(target)
     if not ok.all():

@@ -10,7 +10,7 @@ from typing import List, Optional
 
 from quasar.home import bundle_cache_dir
 from quasar.models.catalog import CATALOG, list_models
-from quasar.models.manifest import BUNDLE_JSON
+from quasar.constants import BUNDLE_JSON
 
 log = logging.getLogger("quasar.export")
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from quasar.runtime.bundle import sha256_file  # noqa: F401 (re-exported)
+from quasar.bundle.io import sha256_file  # noqa: F401 (re-exported)
 from quasar.errors import CheckpointError
 from quasar.models.catalog import ModelSpec, get_model_spec
 

@@ -24,8 +24,7 @@ MAX_FAILURES_SHOWN = 10
 log = logging.getLogger("quasar.score")
 
 
-class UsageError(Exception):
-    """Bad command line; reported on stderr with exit code 2."""
+from quasar.errors import UsageError  # noqa: E402
 
 
 def _as_list(value) -> Optional[str]:

@@ -10,8 +10,8 @@ torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
 from quasar.models.catalog import get_model_spec  # noqa: E402
-from quasar.models.manifest import (ANCHORS_FILE, BUNDLE_JSON, ENCODER_ONNX,  # noqa: E402
-                                    TEXT_PROMPTS, BundleManifest)
+from quasar.bundle.manifest import BundleManifest  # noqa: E402
+from quasar.constants import ANCHORS_FILE, BUNDLE_JSON, ENCODER_ONNX, TEXT_PROMPTS  # noqa: E402
 
 SEED = 0
 

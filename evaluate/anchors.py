@@ -1,7 +1,7 @@
-"""Image anchors: embeddings of prompt data -> two L2-normalised centroids (good, bad),
-and the bundle's ``anchors.safetensors`` (read / write / add a named set atomically).
+"""Image anchors: embeddings of prompt data -> two L2-normalised centroids (good, bad).
 
-NumPy + scikit-learn only (no torch): the embeddings come from the runtime.
+NumPy + scikit-learn only (no torch): the embeddings come from the runtime; the anchors are
+stored through the bundle layer (:func:`quasar.bundle.add_anchor_set`).
 
 Index selection reproduces the QUASAR reference (``aggregation/fr.py``, ``aggregation/nr.py``)
 draw for draw. The reference seeds the global streams once (``seed_everything(seed)``:
@@ -17,22 +17,16 @@ same images and the same folds as the reference.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
-import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from quasar.errors import BundleError, DatasetError
-from quasar.models.manifest import ANCHORS_FILE, BUNDLE_JSON
-from quasar.runtime.bundle import sha256_file
+from quasar.bundle.anchors import l2_normalise
+from quasar.errors import DatasetError
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +40,6 @@ PROMPT_DATA_SPLIT = {"KADIS700k": FULL_REFERENCE, "PIPAL": FULL_REFERENCE, "AVA"
 # (and its faiss code is commented out); 10 per side is our documented default.
 DEFAULT_N_CLUSTERS = 10
 DEFAULT_SEED = 42  # the reference's --seed default
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
 class ReferenceRandom:
@@ -226,14 +219,6 @@ def aggregate(embeddings: np.ndarray, aggregation_type: str = "mean",
     return np.mean(centroids, axis=0), len(centroids)
 
 
-def l2_normalise(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    n = np.linalg.norm(x, axis=-1, keepdims=True)
-    if np.any(n == 0) or not np.all(np.isfinite(n)):
-        raise ValueError("cannot L2-normalise a zero or non-finite anchor vector")
-    return x / n
-
-
 @dataclass(frozen=True)
 class AnchorSet:
     """A [2, D] float32 anchor pair (row 0 good, row 1 bad, unit rows) and its recipe."""
@@ -295,125 +280,5 @@ def build_anchor_set(embeddings: np.ndarray, paths: Sequence, scores=None, *,
     return AnchorSet(anchors=anchors, recipe=recipe, good_idx=good, bad_idx=bad)
 
 
-# --- anchors.safetensors ------------------------------------------------------------------
-
-def read_anchor_file(path) -> Tuple[Dict[str, np.ndarray], Dict[str, Dict[str, Any]]]:
-    """(set name -> [2, D] float32, set name -> recipe dict) of an anchors.safetensors."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise BundleError(f"{path}: anchors file is missing; re-export the bundle")
-    try:
-        with safe_open(str(path), framework="numpy") as f:
-            meta = f.metadata() or {}
-            sets = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises its own error types
-        raise BundleError(f"{path}: cannot read anchors ({e}); re-export the bundle") from e
-    recipes = {}
-    for k in sets:
-        try:
-            recipes[k] = json.loads(meta[k]) if k in meta else {}
-        except json.JSONDecodeError:
-            recipes[k] = {"raw": meta[k]}
-    return sets, recipes
-
-
-def write_anchor_file(path, sets: Dict[str, np.ndarray], recipes: Dict[str, Dict[str, Any]]) -> None:
-    """Write anchors.safetensors (temp file in the same folder + rename)."""
-    from safetensors.numpy import save_file
-
-    path = Path(path)
-    tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in sets.items()}
-    meta = {k: json.dumps(recipes.get(k, {}), sort_keys=True) for k in tensors}
-    fd, tmp = tempfile.mkstemp(prefix=".anchors-", suffix=".tmp", dir=str(path.parent))
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
-def add_anchor_set(bundle_dir, name: str, anchors: np.ndarray, recipe: Dict[str, Any]) -> Path:
-    """Add (or replace) the anchor set ``name`` in a bundle, atomically.
-
-    The new ``anchors.safetensors`` and ``bundle.json`` (``anchors`` list, ``files`` sha256)
-    are written into a sibling copy of the bundle (other files hard-linked), which then
-    takes the bundle's place by rename; a failure leaves the bundle untouched. Refuses an
-    anchors file that no longer matches its recorded checksum and a dimension mismatch.
-    """
-    bundle_dir = Path(bundle_dir)
-    if not name or not _NAME_RE.match(name):
-        raise ValueError(f"anchor set name {name!r}: use letters, digits, '_', '-', '.'")
-    mpath = bundle_dir / BUNDLE_JSON
-    if not mpath.is_file():
-        raise BundleError(f"{bundle_dir}: no {BUNDLE_JSON}; is this a QUASAR bundle directory?")
-    try:
-        manifest = json.loads(mpath.read_text())
-        dim = int(manifest["encoder"]["embed_dim"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise BundleError(f"{mpath}: unreadable manifest ({e}); re-export the bundle") from e
-    a = np.asarray(anchors, dtype=np.float64)
-    if a.shape != (2, dim):
-        raise BundleError(f"anchor set {name!r} has shape {tuple(a.shape)} but the bundle "
-                          f"{bundle_dir} embeds into {dim} dimensions (need [2, {dim}]); build "
-                          "the anchors with this bundle's encoder")
-    a = l2_normalise(a).astype(np.float32)
-    apath = bundle_dir / ANCHORS_FILE
-    files = dict(manifest.get("files", {}))
-    if apath.is_file():
-        recorded = files.get(ANCHORS_FILE)
-        if recorded is not None and recorded != sha256_file(apath):
-            raise BundleError(f"{apath} does not match the sha256 in {mpath}; the bundle was "
-                              "modified — re-export it before adding anchors")
-        sets, recipes = read_anchor_file(apath)
-    else:
-        sets, recipes = {}, {}
-    for k, v in sets.items():
-        if v.shape[-1] != dim:
-            raise BundleError(f"{apath}: existing set {k!r} has dim {v.shape[-1]} != {dim}")
-    if name in sets:
-        log.info("replacing anchor set %r in %s", name, bundle_dir)
-    sets[name] = a
-    recipes[name] = dict(recipe)
-
-    parent = bundle_dir.resolve().parent
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{bundle_dir.name}.new-", dir=str(parent)))
-    try:
-        os.chmod(tmp_dir, os.stat(bundle_dir).st_mode & 0o7777)
-        for item in bundle_dir.iterdir():
-            if item.name in (ANCHORS_FILE, BUNDLE_JSON):
-                continue
-            if item.is_dir():
-                shutil.copytree(item, tmp_dir / item.name, copy_function=_link_or_copy)
-            else:
-                _link_or_copy(item, tmp_dir / item.name)
-        write_anchor_file(tmp_dir / ANCHORS_FILE, sets, recipes)
-        files[ANCHORS_FILE] = sha256_file(tmp_dir / ANCHORS_FILE)
-        manifest["files"] = files
-        names = list(manifest.get("anchors", []))
-        if name not in names:
-            names.append(name)
-        manifest["anchors"] = names
-        (tmp_dir / BUNDLE_JSON).write_text(json.dumps(manifest, indent=2) + "\n")
-        from .bundle import replace_directory
-
-        replace_directory(tmp_dir, bundle_dir.resolve())
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
-    return bundle_dir
+# The anchors file and adding a set to a bundle are the bundle layer's job.
+from quasar.bundle.io import add_anchor_set  # noqa: E402,F401 (re-exported for callers)
