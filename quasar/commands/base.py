@@ -405,15 +405,11 @@ def exit_code_for(exc: BaseException) -> int:
     code = getattr(exc, "exit_code", None)
     if isinstance(code, int) and not isinstance(code, bool):
         return code
-    from quasar import errors
+    from quasar.errors import ExportError, InferenceError, QuasarError
 
-    table = [("ExportError", EXIT_ERROR), ("InferenceError", EXIT_ERROR),
-             ("QuasarError", EXIT_USAGE)]
-    for cls_name, value in table:
-        cls = getattr(errors, cls_name, None)
-        if cls is not None and isinstance(exc, cls):
-            return value
-    return EXIT_ERROR
+    # until every error class carries its exit_code: the first matching class wins
+    table = [(ExportError, EXIT_ERROR), (InferenceError, EXIT_ERROR), (QuasarError, EXIT_USAGE)]
+    return next((code for cls, code in table if isinstance(exc, cls)), EXIT_ERROR)
 
 
 def extra_hint(command: str, extra: str) -> str:
@@ -473,6 +469,9 @@ def run_command(cmd: Command, argv: Sequence[str]) -> int:
         if top in EXTRA_OF:
             print(extra_hint(cmd.name, EXTRA_OF[top]) + f" ({top} is not installed)",
                   file=sys.stderr)
+            return EXIT_USAGE
+        if isinstance(exc, cmd.user_errors):
+            err(str(exc))
             return EXIT_USAGE
         raise
     except QuasarError as exc:
