@@ -329,7 +329,7 @@ class Command:
     # -- help
     def help(self, width: Optional[int] = None) -> str:
         width = width or _width()
-        lines = [f"usage: {self.usage()}", "", self.summary]
+        lines = [f"usage: {self.usage()}", "", textwrap.fill(self.summary, width)]
         if self.description:
             lines += [""] + [textwrap.fill(par, width) for par in
                              textwrap.dedent(self.description).strip().split("\n\n")]
