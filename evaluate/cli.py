@@ -1,7 +1,9 @@
-"""``quasar anchors`` / ``quasar evaluate`` / ``quasar reproduce`` (Fire functions).
+"""The bodies of ``quasar anchors`` / ``quasar evaluate`` / ``quasar reproduce``.
 
-Light at import time: onnxruntime, SciPy and scikit-learn are imported inside the commands.
-Errors print ``quasar <command>: error: ...`` and exit with status 2.
+Their options (names, help, parsing) are declared in quasar/commands/anchors.py,
+evaluate.py and reproduce.py; errors become exit codes in quasar/commands/base.py (bad
+input: ``quasar <command>: error: ...``, exit 2). Light at import time: onnxruntime, SciPy
+and scikit-learn are imported inside the commands.
 """
 from __future__ import annotations
 
@@ -11,13 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-EXIT_USAGE = 2
-# optional dependency -> the extra that installs it
-_EXTRA_OF = {"scipy": "evaluate", "sklearn": "evaluate", "openpyxl": "evaluate",
-             "torch": "export", "open_clip": "export", "onnxruntime": "cpu"}
-
-
-from quasar.errors import UsageError  # noqa: E402
+from quasar.errors import UsageError
 
 
 def _none(v) -> bool:
@@ -73,8 +69,8 @@ def dataset_root(name: str, explicit, data_root, flag: str) -> Path:
     if not _none(explicit):
         return Path(str(explicit)).expanduser()
     if _none(data_root):
-        raise UsageError(f"{name}: pass --data_root DIR (with the dataset in DIR/{name}) "
-                         f"or --{flag} DIR")
+        raise UsageError(f"{name}: pass --data-root DIR (with the dataset in DIR/{name}) "
+                         f"or --{flag.replace('_', '-')} DIR")
     return Path(str(data_root)).expanduser() / name
 
 
@@ -89,32 +85,16 @@ def _scorer(bundle, model, *, resolution, device, batch_size, threads):
         raise UsageError(f"--device must be auto, cpu or cuda, got {device!r}")
     scorer = Scorer.from_bundle(_opt_str(bundle), model=_opt_str(model), device=device,
                                 anchors="all", resolution=resolution,
-                                batch_size=_opt_int("batch_size", batch_size) or 16,
+                                batch_size=_opt_int("batch-size", batch_size) or 16,
                                 threads=_opt_int("threads", threads))
     return scorer, Path(scorer.bundle.path)
 
 
 def _run(command: str, fn, quiet: bool) -> Any:
-    from quasar.errors import QuasarError
-
+    """Run a command body with logging set up; errors propagate to the command layer."""
     logging.basicConfig(level=logging.ERROR if quiet else logging.WARNING,
                         format=f"quasar {command}: %(levelname)s: %(message)s", stream=sys.stderr)
-    try:
-        return fn()
-    except ModuleNotFoundError as e:
-        if e.name and e.name.split(".")[0] in _EXTRA_OF:
-            print(f"quasar {command}: error: {e.name.split('.')[0]} is not installed; "
-                  f"pip install \"quasar[{_EXTRA_OF[e.name.split('.')[0]]}]\"", file=sys.stderr)
-        else:
-            print(f"quasar {command}: error: {e}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
-    except (UsageError, QuasarError, FileNotFoundError, ImportError, ValueError) as e:
-        print(f"quasar {command}: error: {e}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
-    except KeyboardInterrupt:
-        print(f"quasar {command}: interrupted (finished embedding chunks are cached; "
-              "run again to resume)", file=sys.stderr)
-        sys.exit(130)
+    return fn()
 
 
 def _progress(quiet: bool) -> Optional[bool]:
@@ -128,12 +108,12 @@ def _config(**kw):
         prompt_data=str(kw["prompt_data"]),
         target_data=str(kw.get("target_data") or "KonIQ10k"),
         target_data_subset=_opt_str(kw.get("target_data_subset")),
-        target_cv_folds=_opt_int("target_cv_folds", kw.get("target_cv_folds")),
+        target_cv_folds=_opt_int("target-cv-folds", kw.get("target_cv_folds")),
         aggregation_type=str(kw["aggregation_type"]),
-        prompt_ratio=1.0 if _none(kw["prompt_ratio"]) else _opt_float("prompt_ratio",
+        prompt_ratio=1.0 if _none(kw["prompt_ratio"]) else _opt_float("prompt-ratio",
                                                                         kw["prompt_ratio"]),
-        median_offset_ratio=_opt_float("median_offset_ratio", kw["median_offset_ratio"]),
-        n_clusters=_opt_int("n_clusters", kw["n_clusters"]) or 10,
+        median_offset_ratio=_opt_float("median-offset-ratio", kw["median_offset_ratio"]),
+        n_clusters=_opt_int("n-clusters", kw["n_clusters"]) or 10,
         resolution=_resolution(kw["resolution"]),
         seed=_opt_int("seed", kw["seed"], minimum=0) if not _none(kw["seed"]) else 42,
         prompt_data_subset=_opt_str(kw.get("prompt_data_subset")),
@@ -183,7 +163,7 @@ def anchors(bundle, prompt_data: str = "KADIS700k", data_root=None, prompt_root=
                       n_clusters=n_clusters, resolution=resolution, seed=seed,
                       prompt_data_subset=prompt_data_subset)
         if cfg.prompt_data not in PROMPT_DATA_SPLIT:
-            raise UsageError(f"--prompt_data must be one of {sorted(PROMPT_DATA_SPLIT)} "
+            raise UsageError(f"--prompt-data must be one of {sorted(PROMPT_DATA_SPLIT)} "
                              "(text anchors come with the bundle)")
         samples = None
         if _none(prompt_embeddings):
@@ -214,7 +194,7 @@ def evaluate(prompt_data: str = "text", target_data: Optional[str] = None, bundl
              data_root=None, target_data_subset=None, target_cv_folds=None,
              aggregation_type: str = "mean", prompt_ratio=1.0, median_offset_ratio=None,
              n_clusters=10, resolution=None, seed=42, target_root=None, prompt_root=None,
-             prompt_data_subset=None, anchor_set=None, model=None, prompt_embeddings=None,
+             prompt_data_subset=None, anchors=None, model=None, prompt_embeddings=None,
              target_embeddings=None, device: str = "auto", batch_size=16, threads=None,
              no_cache: bool = False, format: str = "text", out=None,
              quiet: bool = False) -> None:
@@ -237,7 +217,7 @@ def evaluate(prompt_data: str = "text", target_data: Optional[str] = None, bundl
         target_root: the target dataset's folder (overrides data_root/<target_data>).
         prompt_root: the prompt dataset's folder (overrides data_root/<prompt_data>).
         prompt_data_subset: subset of the prompt dataset.
-        anchor_set: use this anchor set stored in the bundle instead of prompt_data.
+        anchors: use this anchor set stored in the bundle instead of prompt_data.
         model: model id of a cached bundle (instead of --bundle).
         prompt_embeddings: the authors' released prompt embeddings (<name>.pt + .json).
         target_embeddings: the authors' released target embeddings (matched by file name).
@@ -254,7 +234,7 @@ def evaluate(prompt_data: str = "text", target_data: Optional[str] = None, bundl
         from .experiment import TARGET_CHOICES, EmbeddingSource, run_experiment
 
         if _none(target_data):
-            raise UsageError(f"--target_data is required: one of {TARGET_CHOICES}")
+            raise UsageError(f"--target-data is required: one of {TARGET_CHOICES}")
         fmt_ = str(format).lower()
         if fmt_ not in ("text", "json"):
             raise UsageError(f"--format must be text or json, got {format!r}")
@@ -263,7 +243,7 @@ def evaluate(prompt_data: str = "text", target_data: Optional[str] = None, bundl
                       aggregation_type=aggregation_type, prompt_ratio=prompt_ratio,
                       median_offset_ratio=median_offset_ratio, n_clusters=n_clusters,
                       resolution=resolution, seed=seed, prompt_data_subset=prompt_data_subset,
-                      anchor_set=anchor_set)
+                      anchor_set=anchors)
         target = load_dataset(cfg.target_data, dataset_root(cfg.target_data, target_root,
                                                             data_root, "target_root"),
                               cfg.target_data_subset)
@@ -324,7 +304,7 @@ def reproduce(bundle=None, data_root=None, out="quasar-reproduce", prompts=None,
         from .reproduce import run_grid, write_outputs
 
         if _none(data_root):
-            raise UsageError("--data_root is required (one folder per dataset inside)")
+            raise UsageError("--data-root is required (one folder per dataset inside)")
         ps, ts = _names(prompts, PROMPT_CHOICES), _names(targets, TARGET_CHOICES)
         bad = [p for p in ps if p not in PROMPT_CHOICES] + [t for t in ts if t not in TARGET_CHOICES]
         if bad:

@@ -262,9 +262,9 @@ def bench(rn50_bundle: Optional[str] = None, vit_bundle: Optional[str] = None,
           workdir: Optional[str] = None, paths: str = "torch,runtime", repeats: int = 3,
           native_images: int = 4, native_batch_size: int = 2) -> str:
     """Runtime vs PyTorch reference: images/s, latency per batch, cold start, peak RSS, and
-    installed sizes. Bundles: --rn50_bundle / --vit_bundle, else random-init ones are
-    exported into the work dir (random weights are fine for speed). Prints a markdown table
-    (also written to --out)."""
+    installed sizes. Bundles: ``rn50_bundle`` / ``vit_bundle``, else random-init ones are
+    exported into the work dir (random weights are fine for speed). Returns a markdown table
+    (also written to ``out``). CLI: ``quasar bench`` (options in quasar/commands/bench.py)."""
     case_list = [c.strip() for c in str(cases).split(",") if c.strip()]
     unknown = [c for c in case_list if c not in CASES]
     if unknown:

@@ -1,6 +1,8 @@
-"""``quasar models`` and ``quasar export`` (Fire functions).
+"""The bodies of ``quasar models`` and ``quasar export``.
 
-No torch at module level: ``quasar/cli.py`` imports this module for every command.
+Their options (names, help, parsing) are declared in quasar/commands/models.py and
+quasar/commands/export.py; errors become exit codes in quasar/commands/base.py.
+No torch at module level: the command line imports this module before it runs.
 """
 from __future__ import annotations
 
@@ -33,13 +35,14 @@ def models(heavy: bool = True) -> str:
                      "yes" if spec.heavy else "", "yes" if cached else ""])
     table = _table(rows, ["model", "family", "dim", "resolutions", "heavy", "bundle"])
     print(table)
-    return None  # printed; returning the string would make Fire print it twice
+    return None
 
 
 def export(model: str, out: Optional[str] = None, checkpoint: Optional[str] = None,
            random_init: bool = False, seed: int = 0, overwrite: bool = False,
            exporter: str = "auto", quiet: bool = False) -> None:
-    """Export MODEL to a verified ONNX bundle (default: the QUASAR bundle cache).
+    """Export MODEL to a verified ONNX bundle (default: the QUASAR bundle cache); prints
+    its path. Raises QuasarError subclasses (unknown model, bad checkpoint, failed parity).
 
     Args:
         model: catalogue id, e.g. clip-rn50-nopos.openai (see `quasar models`).
@@ -51,21 +54,17 @@ def export(model: str, out: Optional[str] = None, checkpoint: Optional[str] = No
         exporter: auto | torchscript | dynamo.
         quiet: only print the bundle path.
     """
-    from quasar.errors import QuasarError
     from quasar.models.catalog import get_model_spec
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("quasar").setLevel(logging.WARNING if quiet else logging.INFO)
-    try:
-        spec = get_model_spec(model)  # fail fast on unknown ids, before importing torch
-        target = Path(out).expanduser() if out else bundle_cache_dir(spec.id)
-        log.info("exporting %s -> %s", spec.id, target)
-        from .bundle import export_bundle
+    spec = get_model_spec(model)  # fail fast on unknown ids, before importing torch
+    target = Path(out).expanduser() if out else bundle_cache_dir(spec.id)
+    log.info("exporting %s -> %s", spec.id, target)
+    from .bundle import export_bundle
 
-        path = export_bundle(spec.id, target, checkpoint=checkpoint,
-                             random_init=bool(random_init), seed=int(seed),
-                             overwrite=bool(overwrite), exporter=exporter)
-    except QuasarError as err:
-        raise SystemExit(f"quasar export: error: {err}") from None
+    path = export_bundle(spec.id, target, checkpoint=checkpoint,
+                         random_init=bool(random_init), seed=int(seed),
+                         overwrite=bool(overwrite), exporter=exporter)
     print(path)
