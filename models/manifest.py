@@ -39,6 +39,7 @@ class EncoderInfo:
     precision: str = "fp32"
     opset: Optional[int] = None
     external_data: Optional[str] = None  # file name of ONNX external data, if any
+    normalized_output: bool = False  # the graph's output is L2-normalised (CoCa)
 
 
 @dataclass(frozen=True)
