@@ -43,7 +43,8 @@ class BuiltEncoder:
 
     Attributes:
         spec: the catalogue entry.
-        image_tower: eval fp32 module, pixels [N,3,H,W] -> embedding [N,D] (unnormalised).
+        image_tower: eval fp32 module, pixels [N,3,H,W] -> embedding [N,D] (unnormalised,
+            except where ``spec.normalized_output``: CoCa, as open_clip's encode_image).
         model: the full open_clip model (text tower for text anchors), None for DINOv2.
         provenance: where the weights came from (recorded in ``bundle.json``).
     """
@@ -55,7 +56,7 @@ class BuiltEncoder:
 
 
 class ImageEncoder(nn.Module):
-    """Image tower of a spec: ``forward(pixels) -> embedding`` (unnormalised, fp32).
+    """Image tower of a spec: ``forward(pixels) -> embedding`` (fp32).
 
     Also carries ``spec``, ``provenance`` and (unregistered, so it does not join the
     state dict) the full ``model`` it was taken from. ``normalize=True`` L2-normalises the
