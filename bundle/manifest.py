@@ -55,12 +55,14 @@ class EncoderInfo:
     precision: str = "fp32"
     opset: Optional[int] = None
     external_data: Optional[str] = None  # file name of ONNX external data, if any
+    normalized_output: bool = False  # the graph's output is L2-normalised (CoCa)
 
     def __post_init__(self) -> None:
         for name in ("file", "input_name", "output_name", "precision"):
             _check_str(f"encoder.{name}", getattr(self, name))
         _check_int("encoder.embed_dim", self.embed_dim, 1, MAX_EMBED_DIM)
         _check_bool("encoder.dynamic_hw", self.dynamic_hw)
+        _check_bool("encoder.normalized_output", self.normalized_output)
         if self.input_size is not None:
             _check_int("encoder.input_size", self.input_size, 1, MAX_INPUT_SIZE)
         if self.opset is not None:

@@ -54,6 +54,29 @@ class ReferenceRandom:
         self.seed = int(seed)
         self.np = np.random.RandomState(self.seed)
         self.py = random.Random(self.seed)
+        self.draws: List[List[Any]] = []  # [stream, n] per draw, in order (see replay)
+
+    def permutation(self, n: int) -> np.ndarray:
+        """``np.random.permutation(n)`` of the NumPy stream, recorded."""
+        self.draws.append(["np.permutation", int(n)])
+        return self.np.permutation(int(n))
+
+    def shuffle(self, items: list) -> None:
+        """``random.shuffle(items)`` of the Python stream, recorded."""
+        self.draws.append(["py.shuffle", len(items)])
+        self.py.shuffle(items)
+
+    def replay(self, draws: Sequence[Sequence[Any]]) -> None:
+        """Repeat recorded draws (same streams, same sizes) so that both streams stand where
+        they stood after them: a run with a stored anchor set then permutes its folds as the
+        reference's run that built those anchors first. The sizes do not depend on the seed."""
+        for kind, n in draws:
+            if kind == "np.permutation":
+                self.permutation(int(n))
+            elif kind == "py.shuffle":
+                self.shuffle(list(range(int(n))))
+            else:
+                raise ValueError(f"unknown recorded draw {kind!r}")
 
 
 def _check_ratio(name: str, value, low_open: bool = True) -> float:
@@ -119,7 +142,7 @@ def split_full_reference(paths: Sequence, prompt_ratio: float = 1.0,
                     "image were ignored", orphans)
     ref_idx_arr = np.asarray(ref_idx, dtype=np.int64)
     limit = round(len(ref_idx_arr) * ratio)
-    chosen = ref_idx_arr[rng.np.permutation(len(ref_idx_arr))][:limit]
+    chosen = ref_idx_arr[rng.permutation(len(ref_idx_arr))][:limit]
     bad: List[int] = []
     for i in chosen:
         bad.extend(dists[keys[i]])
@@ -177,15 +200,15 @@ def split_median(scores, prompt_ratio: float = 1.0, median_offset_ratio: Optiona
 
     if aggregation_type == "mean":
         high_lim, low_lim = round(len(high) * ratio), round(len(low) * ratio)
-        rng.py.shuffle(high)
+        rng.shuffle(high)
         good = high[:high_lim]
-        rng.py.shuffle(low)
+        rng.shuffle(low)
         bad = low[:low_lim]
     else:
         h = np.asarray(high, dtype=np.int64)
         lo = np.asarray(low, dtype=np.int64)
-        good = h[rng.np.permutation(len(h))][:round(len(h) * ratio)]
-        bad = lo[rng.np.permutation(len(lo))][:round(len(lo) * ratio)]
+        good = h[rng.permutation(len(h))][:round(len(h) * ratio)]
+        bad = lo[rng.permutation(len(lo))][:round(len(lo) * ratio)]
     good, bad = np.asarray(good, dtype=np.int64), np.asarray(bad, dtype=np.int64)
     if good.size == 0 or bad.size == 0:
         raise DatasetError(f"median split selected {good.size} good and {bad.size} bad images; "
@@ -255,6 +278,7 @@ def build_anchor_set(embeddings: np.ndarray, paths: Sequence, scores=None, *,
         raise ValueError(f"embeddings {emb.shape} do not match {len(paths)} paths")
     prompt_ratio = _check_ratio("prompt_ratio", prompt_ratio)
     rng = rng if rng is not None else ReferenceRandom(seed)
+    first_draw = len(rng.draws)
     recipe: Dict[str, Any] = {
         "source": "images", "prompt_data": prompt_data, "split": split,
         "aggregation_type": aggregation_type, "prompt_ratio": float(prompt_ratio),
@@ -272,7 +296,8 @@ def build_anchor_set(embeddings: np.ndarray, paths: Sequence, scores=None, *,
         recipe["median"] = median
     g, kg = aggregate(emb[good], aggregation_type, n_clusters, rng.seed)
     b, kb = aggregate(emb[bad], aggregation_type, n_clusters, rng.seed)
-    recipe.update(n_good=int(good.size), n_bad=int(bad.size))
+    recipe.update(n_good=int(good.size), n_bad=int(bad.size),
+                  rng_draws=[list(d) for d in rng.draws[first_draw:]])
     if aggregation_type == "clustering":
         recipe.update(n_clusters=int(n_clusters), n_clusters_good=kg, n_clusters_bad=kb,
                       kmeans="sklearn k-means++ n_init=1 random_state=seed")

@@ -59,6 +59,8 @@ def _names(v, default) -> list:
 
 def _resolution(v) -> Optional[str]:
     v = _opt_str(v)
+    if isinstance(v, str) and v.isdigit():
+        v = str(int(v))
     if v is not None and v not in ("224", "512", "native"):
         raise UsageError(f"--resolution must be 224, 512 or native, got {v!r}")
     return v
@@ -90,6 +92,14 @@ def _scorer(bundle, model, *, resolution, device, batch_size, threads):
     return scorer, Path(scorer.bundle.path)
 
 
+def _scorer_factory(bdir: Path, *, device, batch_size, threads):
+    """make_scorer(resolution) for EmbeddingSource: the same bundle at another resolution."""
+    def make(resolution: str):
+        return _scorer(str(bdir), None, resolution=resolution, device=device,
+                       batch_size=batch_size, threads=threads)[0]
+    return make
+
+
 def _run(command: str, fn, quiet: bool) -> Any:
     """Run a command body with logging set up; errors propagate to the command layer."""
     logging.basicConfig(level=logging.ERROR if quiet else logging.WARNING,
@@ -118,6 +128,8 @@ def _config(**kw):
         seed=_opt_int("seed", kw["seed"], minimum=0) if not _none(kw["seed"]) else 42,
         prompt_data_subset=_opt_str(kw.get("prompt_data_subset")),
         anchor_set=_opt_str(kw.get("anchor_set")),
+        prompt_resolution=_resolution(kw.get("prompt_resolution")),
+        target_resolution=_resolution(kw.get("target_resolution")),
     )
 
 
@@ -127,7 +139,7 @@ def anchors(bundle, prompt_data: str = "KADIS700k", data_root=None, prompt_root=
             prompt_data_subset=None, aggregation_type: str = "mean", prompt_ratio=1.0,
             median_offset_ratio=None, n_clusters=10, seed=42, name=None, resolution=None,
             prompt_embeddings=None, device: str = "auto", batch_size=16, threads=None,
-            no_cache: bool = False, quiet: bool = False) -> None:
+            no_cache: bool = False, quiet: bool = False, prompt_resolution=None) -> None:
     """Build image anchors from prompt data and add them to a bundle as a named set.
 
     Args:
@@ -149,6 +161,7 @@ def anchors(bundle, prompt_data: str = "KADIS700k", data_root=None, prompt_root=
         threads: ONNX Runtime intra-op threads.
         no_cache: do not read or write the embeddings cache.
         quiet: no progress bar.
+        prompt_resolution: same as resolution (the prompt images' resolution).
     """
     def go():
         from quasar.bundle.io import add_anchor_set
@@ -161,7 +174,7 @@ def anchors(bundle, prompt_data: str = "KADIS700k", data_root=None, prompt_root=
         cfg = _config(prompt_data=prompt_data, aggregation_type=aggregation_type,
                       prompt_ratio=prompt_ratio, median_offset_ratio=median_offset_ratio,
                       n_clusters=n_clusters, resolution=resolution, seed=seed,
-                      prompt_data_subset=prompt_data_subset)
+                      prompt_data_subset=prompt_data_subset, prompt_resolution=prompt_resolution)
         if cfg.prompt_data not in PROMPT_DATA_SPLIT:
             raise UsageError(f"--prompt-data must be one of {sorted(PROMPT_DATA_SPLIT)} "
                              "(text anchors come with the bundle)")
@@ -170,7 +183,7 @@ def anchors(bundle, prompt_data: str = "KADIS700k", data_root=None, prompt_root=
             samples = load_dataset(cfg.prompt_data,
                                    dataset_root(cfg.prompt_data, prompt_root, data_root,
                                                 "prompt_root"), cfg.prompt_data_subset)
-        scorer, bdir = _scorer(bundle, None, resolution=cfg.resolution, device=device,
+        scorer, bdir = _scorer(bundle, None, resolution=cfg.prompt_res, device=device,
                                batch_size=batch_size, threads=threads)
         embed = EmbeddingSource(scorer, cache=not no_cache, progress=_progress(quiet))
         arr, recipe = make_anchors(cfg, ReferenceRandom(cfg.seed), bundle_dir=bdir,
@@ -197,7 +210,7 @@ def evaluate(prompt_data: str = "text", target_data: Optional[str] = None, bundl
              prompt_data_subset=None, anchors=None, model=None, prompt_embeddings=None,
              target_embeddings=None, device: str = "auto", batch_size=16, threads=None,
              no_cache: bool = False, format: str = "text", out=None,
-             quiet: bool = False) -> None:
+             quiet: bool = False, prompt_resolution=None, target_resolution=None) -> None:
     """SRCC (signed and |SRCC|), KRCC, PLCC of QUASAR scores on a target dataset.
 
     Args:
@@ -228,10 +241,12 @@ def evaluate(prompt_data: str = "text", target_data: Optional[str] = None, bundl
         format: text | json (what is printed on stdout).
         out: also write the result as JSON to this file.
         quiet: no progress bar.
+        prompt_resolution: resolution of the prompt images (default: --resolution).
+        target_resolution: resolution of the target images (default: --resolution).
     """
     def go():
         from .datasets import load_dataset
-        from .experiment import TARGET_CHOICES, EmbeddingSource, run_experiment
+        from .experiment import TARGET_CHOICES, EmbeddingSource, load_target, run_experiment
 
         if _none(target_data):
             raise UsageError(f"--target-data is required: one of {TARGET_CHOICES}")
@@ -243,18 +258,22 @@ def evaluate(prompt_data: str = "text", target_data: Optional[str] = None, bundl
                       aggregation_type=aggregation_type, prompt_ratio=prompt_ratio,
                       median_offset_ratio=median_offset_ratio, n_clusters=n_clusters,
                       resolution=resolution, seed=seed, prompt_data_subset=prompt_data_subset,
-                      anchor_set=anchors)
-        target = load_dataset(cfg.target_data, dataset_root(cfg.target_data, target_root,
-                                                            data_root, "target_root"),
-                              cfg.target_data_subset)
+                      anchor_set=anchors, prompt_resolution=prompt_resolution,
+                      target_resolution=target_resolution)
+        target = load_target(cfg, lambda: dataset_root(cfg.target_data, target_root, data_root,
+                                                        "target_root"),
+                             target_embeddings=_opt_str(target_embeddings))
         prompt = None
         if cfg.anchor_set is None and cfg.prompt_data != "text" and _none(prompt_embeddings):
             prompt = load_dataset(cfg.prompt_data, dataset_root(cfg.prompt_data, prompt_root,
                                                                 data_root, "prompt_root"),
                                   cfg.prompt_data_subset)
-        scorer, bdir = _scorer(bundle, model, resolution=cfg.resolution, device=device,
+        scorer, bdir = _scorer(bundle, model, resolution=cfg.target_res, device=device,
                                batch_size=batch_size, threads=threads)
-        embed = EmbeddingSource(scorer, cache=not no_cache, progress=_progress(quiet))
+        embed = EmbeddingSource(scorer, cache=not no_cache, progress=_progress(quiet),
+                                make_scorer=_scorer_factory(bdir, device=device,
+                                                            batch_size=batch_size,
+                                                            threads=threads))
         res = run_experiment(cfg, bundle_dir=bdir, scorer=scorer, target_samples=target,
                              prompt_samples=prompt, embed=embed,
                              prompt_embeddings=_opt_str(prompt_embeddings),
@@ -273,7 +292,7 @@ def reproduce(bundle=None, data_root=None, out="quasar-reproduce", prompts=None,
               target_cv_folds=None, aggregation_type: str = "mean", prompt_ratio=1.0,
               median_offset_ratio=None, n_clusters=10, resolution=None, seed=42, model=None,
               device: str = "auto", batch_size=16, threads=None, no_cache: bool = False,
-              quiet: bool = False) -> None:
+              quiet: bool = False, resolutions=None) -> None:
     """The paper's grid (prompt data × target datasets) -> results.csv/.json/.md in --out.
 
     Missing datasets are reported and their cells skipped.
@@ -297,11 +316,14 @@ def reproduce(bundle=None, data_root=None, out="quasar-reproduce", prompts=None,
         threads: ONNX Runtime intra-op threads.
         no_cache: do not read or write the embeddings cache.
         quiet: no progress bar, no table on stdout.
+        resolutions: per-dataset resolutions: a preset name (``paper``: the reference's
+            configs/data_config.yml), and/or NAME=RES pairs, comma-separated
+            (``paper,SPAQ=512``).
     """
     def go():
         from .datasets import load_dataset
         from .experiment import PROMPT_CHOICES, TARGET_CHOICES, EmbeddingSource
-        from .reproduce import run_grid, write_outputs
+        from .reproduce import check_resolutions, resolution_table, run_grid, write_outputs
 
         if _none(data_root):
             raise UsageError("--data-root is required (one folder per dataset inside)")
@@ -316,13 +338,26 @@ def reproduce(bundle=None, data_root=None, out="quasar-reproduce", prompts=None,
                        n_clusters=n_clusters, resolution=resolution, seed=seed)
         scorer, bdir = _scorer(bundle, model, resolution=base.resolution, device=device,
                                batch_size=batch_size, threads=threads)
+        preset, overrides = None, {}
+        for item in _names(resolutions, ()):
+            if "=" in item:
+                k, v = item.split("=", 1)
+                overrides[k.strip()] = _resolution(v.strip())
+            else:
+                preset = item
+        table = resolution_table(preset, overrides)
+        check_resolutions(table, list(scorer.manifest.preprocess), scorer.manifest.model)
         root = Path(str(data_root)).expanduser()
         grid = run_grid(base, prompts=ps, targets=ts,
                         load=lambda n: load_dataset(n, root / n), bundle_dir=bdir,
-                        scorer=scorer, embed=EmbeddingSource(scorer, cache=not no_cache,
-                                                             progress=_progress(quiet)),
-                        progress=_progress(quiet))
-        header = (f"QUASAR reproduction: model {scorer.manifest.model} @ {scorer.resolution}, "
+                        scorer=scorer, embed=EmbeddingSource(
+                            scorer, cache=not no_cache, progress=_progress(quiet),
+                            make_scorer=_scorer_factory(bdir, device=device,
+                                                        batch_size=batch_size, threads=threads)),
+                        progress=_progress(quiet), resolutions=table)
+        header = (f"QUASAR reproduction: model {scorer.manifest.model} @ "
+                  + (", ".join(f"{k} {v}" for k, v in table.items()) + f", others "
+                     if table else "") + f"{scorer.resolution}, "
                   f"seed {base.seed}, folds {base.target_cv_folds or 1}, aggregation "
                   f"{base.aggregation_type}, prompt_ratio {base.prompt_ratio}. Signed SRCC "
                   "(mean ± std over folds).")

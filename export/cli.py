@@ -32,9 +32,14 @@ def models(heavy: bool = True) -> str:
         spec = CATALOG[mid]
         cached = (bundle_cache_dir(mid) / BUNDLE_JSON).is_file()
         rows.append([mid, spec.family, spec.embed_dim, ",".join(spec.resolutions),
-                     "yes" if spec.heavy else "", "yes" if cached else ""])
-    table = _table(rows, ["model", "family", "dim", "resolutions", "heavy", "bundle"])
+                     spec.default_resolution, "yes" if spec.heavy else "",
+                     "yes" if cached else ""])
+    table = _table(rows, ["model", "family", "dim", "resolutions", "default", "heavy", "bundle"])
     print(table)
+    notes = [f"{mid}: {CATALOG[mid].resolution_note}." for mid in list_models(include_heavy=heavy)
+             if CATALOG[mid].resolution_note]
+    if notes:
+        print("\nDefault resolution:\n" + "\n".join(notes))
     return None
 
 

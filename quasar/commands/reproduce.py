@@ -21,6 +21,9 @@ COMMAND = Command(
             default_text="all eight: " + E.TARGETS.replace(" | ", ",")),
         O.TARGET_CV_FOLDS,
         *E.RECIPE[:4], O.RESOLUTION, E.RECIPE[4],
+        opt("resolutions", "per-dataset resolutions: 'paper' (the paper's runs, "
+            "docs/evaluate.md 3a) and/or NAME=RES pairs, comma-separated, e.g. paper,SPAQ=512",
+            metavar="TABLE", default_text="--resolution for every dataset"),
         O.MODEL,
         *E.ENGINE,
         O.QUIET.but(help="no progress bar, no table on stdout"),
