@@ -148,8 +148,14 @@ def anchors(bundle, prompt_data: str = "KADIS700k", data_root=None, prompt_root=
             prompt_data_subset=None, aggregation_type: str = "mean", prompt_ratio=1.0,
             median_offset_ratio=None, n_clusters=10, seed=42, name=None, resolution=None,
             prompt_embeddings=None, device: str = "auto", batch_size=16, threads=None,
-            no_cache: bool = False, quiet: bool = False) -> None:
-    """Build image anchors from prompt data and add them to a bundle as a named set.
+            no_cache: bool = False, quiet: bool = False, good=None, bad=None, scores=None,
+            split=None, quantile=0.25, score_column=None, path_column=None, root=None,
+            holdout=None, folds=None, skip_failed: bool = False,
+            overwrite: bool = False) -> None:
+    """Build image anchors from prompt data (or your own images) and add them to a bundle.
+
+    Your own images: --good DIR|@list --bad DIR|@list, or --scores FILE with --split
+    median|quantile:Q; see docs/anchors.md.
 
     Args:
         bundle: bundle directory (from `quasar export`); modified in place, atomically.
@@ -170,8 +176,36 @@ def anchors(bundle, prompt_data: str = "KADIS700k", data_root=None, prompt_root=
         threads: ONNX Runtime intra-op threads.
         no_cache: do not read or write the embeddings cache.
         quiet: no progress bar.
+        good: your good images: a folder, @list.txt or image files (with --bad).
+        bad: your bad images: a folder, @list.txt or image files (with --good).
+        scores: a CSV/JSONL/Parquet with a path and a score column (your ratings, or a
+            `quasar score` output) to split into good and bad.
+        split: median | quantile:Q (good = top Q, bad = bottom Q) for --scores.
+        quantile: Q of --split quantile (default 0.25).
+        score_column: the score column of --scores (default: the one score_* / score / mos).
+        path_column: the path column of --scores (default: path).
+        root: folder that relative paths in --scores are relative to.
+        holdout: fraction of --scores images held out to report SRCC (default 0.2).
+        folds: report K-fold SRCC instead (anchors then use all images).
+        skip_failed: leave out images that cannot be decoded instead of failing.
+        overwrite: replace an existing anchor set of the same --name.
     """
     def go():
+        if not all(_none(v) for v in (good, bad, scores)):
+            from .custom_anchors import anchors_command
+            return anchors_command(
+                bundle, name=_opt_str(name), good=None if _none(good) else good,
+                bad=None if _none(bad) else bad, scores=_opt_str(scores), split=_opt_str(split),
+                quantile=_opt_float("quantile", quantile), score_column=_opt_str(score_column),
+                path_column=_opt_str(path_column), root=_opt_str(root),
+                holdout=_opt_float("holdout", holdout), folds=_opt_int("folds", folds, 2),
+                skip_failed=skip_failed, overwrite=overwrite, aggregation_type=aggregation_type,
+                prompt_ratio=_opt_float("prompt_ratio", prompt_ratio),
+                median_offset_ratio=_opt_float("median_offset_ratio", median_offset_ratio),
+                n_clusters=_opt_int("n_clusters", n_clusters), seed=_opt_int("seed", seed, 0),
+                resolution=_resolution(resolution), device=str(device).lower(),
+                batch_size=_opt_int("batch_size", batch_size) or 16,
+                threads=_opt_int("threads", threads), quiet=quiet) and None
         from quasar.export.anchors import PROMPT_DATA_SPLIT, add_anchor_set
 
         from .datasets import load_dataset
