@@ -251,7 +251,7 @@ def evaluate(prompt_data: str = "text", target_data: Optional[str] = None, bundl
              prompt_data_subset=None, anchor_set=None, model=None, prompt_embeddings=None,
              target_embeddings=None, device: str = "auto", batch_size=16, threads=None,
              no_cache: bool = False, format: str = "text", out=None,
-             quiet: bool = False) -> None:
+             quiet: bool = False, report=None) -> None:
     """SRCC (signed and |SRCC|), KRCC, PLCC of QUASAR scores on a target dataset.
 
     Args:
@@ -282,6 +282,7 @@ def evaluate(prompt_data: str = "text", target_data: Optional[str] = None, bundl
         format: text | json (what is printed on stdout).
         out: also write the result as JSON to this file.
         quiet: no progress bar.
+        report: also write an HTML report (predicted-vs-subjective scatter) to this file.
     """
     def go():
         from .datasets import load_dataset
@@ -316,6 +317,9 @@ def evaluate(prompt_data: str = "text", target_data: Optional[str] = None, bundl
         d = res.to_dict()
         if not _none(out):
             Path(str(out)).expanduser().write_text(json.dumps(d, indent=2, default=str) + "\n")
+        if not _none(report):
+            from .report import write_evaluation_report
+            write_evaluation_report(Path(str(report)).expanduser(), [(res, target.scores)])
         print(json.dumps(d, default=str) if fmt_ == "json" else res.report())
 
     _run("evaluate", go, quiet)
@@ -327,7 +331,7 @@ def reproduce(bundle=None, data_root=None, out="quasar-reproduce", prompts=None,
               target_cv_folds=None, aggregation_type: str = "mean", prompt_ratio=1.0,
               median_offset_ratio=None, n_clusters=10, resolution=None, seed=42, model=None,
               device: str = "auto", batch_size=16, threads=None, no_cache: bool = False,
-              quiet: bool = False) -> None:
+              quiet: bool = False, report: bool = False) -> None:
     """The paper's grid (prompt data × target datasets) -> results.csv/.json/.md in --out.
 
     Missing datasets are reported and their cells skipped.
@@ -351,6 +355,7 @@ def reproduce(bundle=None, data_root=None, out="quasar-reproduce", prompts=None,
         threads: ONNX Runtime intra-op threads.
         no_cache: do not read or write the embeddings cache.
         quiet: no progress bar, no table on stdout.
+        report: also write report.html (a scatter per cell, the grid as a table) in --out.
     """
     def go():
         from .datasets import load_dataset
@@ -381,6 +386,13 @@ def reproduce(bundle=None, data_root=None, out="quasar-reproduce", prompts=None,
                   f"{base.aggregation_type}, prompt_ratio {base.prompt_ratio}. Signed SRCC "
                   "(mean ± std over folds).")
         paths = write_outputs(grid, out, ps, ts, header)
+        if report:
+            from .report import write_evaluation_report
+            cells = [c for c in grid.cells if c.result is not None]
+            tgt = {t: load_dataset(t, root / t).scores for t in {c.target_data for c in cells}}
+            paths["html"] = write_evaluation_report(
+                Path(str(out)) / "report.html", [(c.result, tgt[c.target_data]) for c in cells],
+                grid_markdown=paths["md"].read_text(), title="QUASAR reproduction")
         if not quiet:
             print(paths["md"].read_text(), end="")
             print(f"written: {', '.join(str(p) for p in paths.values())}")

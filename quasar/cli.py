@@ -17,6 +17,8 @@ def _commands() -> dict:
     try:
         from quasar.evaluate.cli import anchors, evaluate, reproduce
         commands.update(anchors=anchors, evaluate=evaluate, reproduce=reproduce)
+        from quasar.evaluate.report import report
+        commands["report"] = report
     except ImportError:  # pragma: no cover - during development only
         pass
     try:
