@@ -155,10 +155,10 @@ INSPECT_JS = """() => {
     gallery_worst: document.querySelectorAll('figure.thumb[data-kind=worst]').length,
     placeholders: document.querySelectorAll('figure.thumb .noimg').length,
     captions: Array.from(document.querySelectorAll('figure.thumb figcaption')).map(c => c.innerText),
-    failed_rows: Array.from(document.querySelectorAll('table.failed tr')).slice(1)
-        .map(r => Array.from(r.cells).map(c => c.innerText)),
-    cmp_rows: Array.from(document.querySelectorAll('table.cmp tr')).slice(1)
-        .map(r => Array.from(r.cells).map(c => c.innerText)),
+    failed_rows: Array.from(document.querySelectorAll('table.failed tr'))
+        .filter(r => r.querySelector('td')).map(r => Array.from(r.cells).map(c => c.innerText)),
+    cmp_rows: Array.from(document.querySelectorAll('table.cmp tr'))
+        .filter(r => r.querySelector('td')).map(r => Array.from(r.cells).map(c => c.innerText)),
     external: attrs.filter(a => a && !a.startsWith('data:') && !a.startsWith('#')),
     scripts: document.scripts.length,
     h1: (document.querySelector('h1') || {}).innerText,
