@@ -113,7 +113,7 @@ def svg_of(fig) -> str:
     buf = io.StringIO()
     with matplotlib.rc_context({"svg.fonttype": "none",
                                 "svg.hashsalt": f"quasar-report-{next(_counter)}"}):
-        fig.savefig(buf, format="svg", bbox_inches="tight")
+        fig.savefig(buf, format="svg")  # fixed margins (see _figure): one draw, no bbox pass
     s = buf.getvalue()
     start = s.find("<svg")
     return s[start:] if start >= 0 else s
@@ -123,6 +123,7 @@ def _figure(w: float = 4.2, h: float = 2.7):
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(w, h), dpi=100)
+    fig.subplots_adjust(left=0.6 / w, right=1 - 0.12 / w, bottom=0.5 / h, top=1 - 0.3 / h)
     ax = fig.add_subplot(1, 1, 1)
     ax.grid(True, alpha=0.3)
     return fig, ax
@@ -151,15 +152,17 @@ def _bins(*arrays: np.ndarray, n: int = 40) -> np.ndarray:
 # --------------------------------------------------------------------------- statistics
 
 def bootstrap_mean_ci(x, *, n_boot: int = BOOTSTRAP, level: float = 0.95, seed: int = 0,
-                      y=None, chunk: int = 250) -> Tuple[float, float, float]:
+                      y=None) -> Tuple[float, float, float]:
     """(estimate, low, high): the mean of ``x`` (or ``mean(y) - mean(x)`` for two independent
-    samples) and its percentile bootstrap interval; resamples in chunks (flat memory)."""
+    samples) and its percentile bootstrap interval. Resamples in chunks of ~64k draws, which
+    stay in the CPU cache (one 2000 x 10,000 index array would be 160 MB)."""
     a = _finite(x)
     b = None if y is None else _finite(y)
     if a.size == 0 or (b is not None and b.size == 0):
         return math.nan, math.nan, math.nan
     rng = np.random.default_rng(seed)
     stats = np.empty(n_boot)
+    chunk = max(1, (1 << 16) // max(a.size, 1 if b is None else b.size))
     for s in range(0, n_boot, chunk):
         k = min(chunk, n_boot - s)
         ma = a[rng.integers(0, a.size, size=(k, a.size))].mean(axis=1)
@@ -264,6 +267,7 @@ def _hist_svg(series: Sequence[Tuple[str, np.ndarray]], title: str, xlabel: str 
     ax.set_title(title, fontsize=10)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("density" if density else "images")
+    ax.locator_params(axis="x", nbins=6)
     if len(series) > 1 or series:
         ax.legend(fontsize=8)
     return svg_of(fig)
