@@ -96,6 +96,14 @@ def _e(x) -> str:
     return html.escape(str(x), quote=True)
 
 
+def _ci(est: float, lo: float, hi: float) -> str:
+    """``est [lo, hi]`` with enough decimals to show the interval's width."""
+    width = abs(hi - lo)
+    digits = 4 if not width or not math.isfinite(width) else min(8, max(4, 2 - math.floor(
+        math.log10(width))))
+    return f"{_f(est, digits)} [{_f(lo, digits)}, {_f(hi, digits)}]"
+
+
 def _f(x, digits: int = 4) -> str:
     try:
         v = float(x)
@@ -119,11 +127,11 @@ def svg_of(fig) -> str:
     return s[start:] if start >= 0 else s
 
 
-def _figure(w: float = 4.2, h: float = 2.7):
+def _figure(w: float = 4.2, h: float = 2.7, left: float = 0.6):
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(w, h), dpi=100)
-    fig.subplots_adjust(left=0.6 / w, right=1 - 0.12 / w, bottom=0.5 / h, top=1 - 0.3 / h)
+    fig.subplots_adjust(left=left / w, right=1 - 0.12 / w, bottom=0.5 / h, top=1 - 0.3 / h)
     ax = fig.add_subplot(1, 1, 1)
     ax.grid(True, alpha=0.3)
     return fig, ax
@@ -275,7 +283,7 @@ def _hist_svg(series: Sequence[Tuple[str, np.ndarray]], title: str, xlabel: str 
 
 def _scatter_svg(x: np.ndarray, y: np.ndarray, title: str, xlabel: str, ylabel: str,
                  diagonal: bool = False) -> str:
-    fig, ax = _figure(3.3, 3.0)
+    fig, ax = _figure(3.5, 3.1, left=0.8)
     ax.scatter(x, y, s=6 if x.size > 2000 else 12, alpha=0.5 if x.size > 2000 else 0.8,
                color=COLORS[0], edgecolors="none", rasterized=x.size > 500)
     if diagonal and x.size:
@@ -409,7 +417,7 @@ def _comparison_section(inputs: Sequence[_Input], key: str, n_boot: int, seed: i
             parts.append(_stats_table([(f"{base.label} · {na}", c["a"]),
                                        (f"{other.label} · {nb}", c["b"])]))
             est, lo, hi = c["mean_diff"]
-            rows = [("difference of means", f"{_f(est)} [{_f(lo)}, {_f(hi)}]",
+            rows = [("difference of means", _ci(est, lo, hi),
                      f"{c['a']['n']} vs {c['b']['n']} images (independent samples)")]
             plots = [_plot(_hist_svg([(base.label, base.table.scores[na]),
                                       (other.label, other.table.scores[nb])],
@@ -418,7 +426,7 @@ def _comparison_section(inputs: Sequence[_Input], key: str, n_boot: int, seed: i
             if "paired_diff" in c:
                 pe, pl, ph = c["paired_diff"]
                 up, down, same = c["paired_better"]
-                rows.append(("mean paired difference", f"{_f(pe)} [{_f(pl)}, {_f(ph)}]",
+                rows.append(("mean paired difference", _ci(pe, pl, ph),
                              f"{c['n_paired']} shared images: {up} higher, {down} lower, "
                              f"{same} equal; SRCC between the files {_f(c['srcc'])}"))
                 d = c["pb"] - c["pa"]
