@@ -53,6 +53,7 @@ def _photos(out: Path) -> None:
         Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).save(
             out / "photos/degraded" / f"{name}_noise.jpg", quality=92)
         img.save(out / "photos/degraded" / f"{name}_jpeg.jpg", quality=4)
+    (out / "photos/degraded/notes.jpg").unlink(missing_ok=True)
     for p in sorted((out / "photos").rglob("*.jpg")):
         Image.open(p).save(out / "recompressed" / p.name, quality=25)
     (out / "photos/degraded/notes.jpg").write_text("not an image\n")
