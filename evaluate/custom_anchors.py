@@ -40,6 +40,7 @@ import hashlib
 import logging
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -51,6 +52,7 @@ from quasar.errors import DatasetError
 log = logging.getLogger(__name__)
 
 SPLITS = ("lists", "median", "quantile")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")  # as the bundle's anchor-set names
 DEFAULT_HOLDOUT = 0.2
 MIN_PER_SIDE = 2
 Spec = Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]]
@@ -396,14 +398,8 @@ def make_custom_anchors(bundle, name: str, *, good: Optional[Spec] = None,
     ScoreResult-like object with ``values`` [N, D] and ``errors``. Returns the
     :class:`CustomAnchors` (its ``good_idx`` etc. index the inputs in order)."""
     m = _anchor_math()
-    from quasar.runtime.bundle import load_bundle
-
-    if not name or not m._NAME_RE.match(str(name)):
+    if not name or not _NAME_RE.match(str(name)):
         raise ValueError(f"anchor set name {name!r}: give --name with letters, digits, '_', '-', '.'")
-    b0 = load_bundle(bundle, verify=True)          # a broken bundle fails before any work
-    if name in b0.anchor_names and not overwrite:
-        raise DatasetError(f"{bundle}: the bundle already has an anchor set {name!r}; choose "
-                           "another --name or pass --overwrite to replace it")
     if split is None:
         split = "median" if scores is not None else "lists"
     if (scores is None) != (split == "lists"):
@@ -424,9 +420,17 @@ def make_custom_anchors(bundle, name: str, *, good: Optional[Spec] = None,
     if embed is None:
         from quasar.runtime.scorer import Scorer
 
-        scorer = Scorer(b0, anchors="all", resolution=resolution, device=device,
-                        batch_size=batch_size, threads=threads)
+        scorer = Scorer.from_bundle(bundle, anchors="all", resolution=resolution, device=device,
+                                    batch_size=batch_size, threads=threads)
+        existing = scorer.bundle.anchor_names
         embed = lambda p: scorer.embed(p, errors="collect")  # noqa: E731
+    else:
+        from quasar.runtime.bundle import load_bundle
+
+        existing = load_bundle(bundle, verify=True).anchor_names
+    if name in existing and not overwrite:
+        raise DatasetError(f"{bundle}: the bundle already has an anchor set {name!r}; choose "
+                           "another --name or pass --overwrite to replace it")
     res = embed(paths)
     emb, errs = np.asarray(res.values), list(res.errors)
     failed = [i for i, e in enumerate(errs) if e is not None]

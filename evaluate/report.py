@@ -276,7 +276,7 @@ def _hist_svg(series: Sequence[Tuple[str, np.ndarray]], title: str, xlabel: str 
     ax.set_xlabel(xlabel)
     ax.set_ylabel("density" if density else "images")
     ax.locator_params(axis="x", nbins=6)
-    if len(series) > 1 or series:
+    if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     return svg_of(fig)
 
