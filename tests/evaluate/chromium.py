@@ -147,7 +147,8 @@ INSPECT_JS = """() => {
     plots: document.querySelectorAll('.plot svg').length,
     plot_sizes: Array.from(document.querySelectorAll('.plot svg')).map(s => {
         const r = s.getBoundingClientRect(); return [r.width, r.height]; }),
-    svg_paths: document.querySelectorAll('.plot svg path, .plot svg image').length,
+    plot_elems: Array.from(document.querySelectorAll('.plot svg')).map(s => [
+        s.querySelectorAll('path, use, image').length, s.querySelectorAll('text').length]),
     images: imgs.length,
     images_ok: imgs.filter(i => i.complete && i.naturalWidth > 0).length,
     image_sizes: imgs.map(i => [i.naturalWidth, i.naturalHeight]),
