@@ -10,7 +10,9 @@ score_kadis700k, score_ava, status, error) with 1% failed rows. Cases:
 * ``two``: two 10,000-row files compared (paired on all keys), 3 anchor sets each.
 
 Each case runs ``python -m quasar report`` in a fresh process (imports included), the cases
-interleaved, ``--runs`` times; the median wall time and the size of the HTML are printed.
+interleaved, ``--runs`` times; the median wall time, the median CPU time (user + system of
+the child: what the run costs whatever else the machine is doing) and the size of the HTML
+are printed, with the load average.
 
     .venv/bin/python scripts/bench_report.py [--runs 5] [--rows 10000]
 """
@@ -20,6 +22,7 @@ import argparse
 import csv
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -90,21 +93,28 @@ def main() -> None:
         print(f"data: {args.rows} rows per file, made in {time.perf_counter() - t0:.1f} s")
         cases = {"one": [str(files[0])], "two": [str(f) for f in files]}
         times = {k: [] for k in cases}
+        cpu = {k: [] for k in cases}
         sizes = {}
         for _ in range(args.runs):
             for name, inputs in cases.items():  # interleaved
                 out = root / f"{name}.html"
+                r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
                 t = time.perf_counter()
                 subprocess.run([sys.executable, "-m", "quasar", "report", *inputs, "--out",
                                 str(out), "--quiet"], check=True)
                 times[name].append(time.perf_counter() - t)
+                r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+                cpu[name].append(r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime)
                 sizes[name] = out.stat().st_size
-        print("| case | rows | files | anchor sets | median time (s) | min–max (s) | size (MB) |")
-        print("|---|---:|---:|---:|---:|---:|---:|")
+        print(f"load average after the runs: {os.getloadavg()[0]:.1f} (1 min)")
+        print("| case | rows | files | anchor sets | median wall (s) | min–max wall (s) | "
+              "median CPU (s) | size (MB) |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
         for name, inputs in cases.items():
             ts = times[name]
             print(f"| {name} | {args.rows} | {len(inputs)} | 3 | {statistics.median(ts):.2f} | "
-                  f"{min(ts):.2f}–{max(ts):.2f} | {sizes[name] / 1e6:.2f} |")
+                  f"{min(ts):.2f}–{max(ts):.2f} | {statistics.median(cpu[name]):.2f} | "
+                  f"{sizes[name] / 1e6:.2f} |")
 
 
 if __name__ == "__main__":
