@@ -58,15 +58,40 @@ MIN_PER_SIDE = 2
 Spec = Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]]
 
 
+_API = ("AGGREGATIONS", "ReferenceRandom", "split_median", "aggregate", "l2_normalise",
+        "add_anchor_set")
+# Where the shared anchor math and the bundle writer live. The core refactor moves them from
+# export/anchors.py to evaluate/anchors.py and the bundle layer; the first module that has a
+# name wins, and export/ is imported only while something is still missing.
+_API_MODULES = ("quasar.bundle.io", "quasar.bundle.anchors", "quasar.evaluate.anchors",
+                "quasar.export.anchors")
+_api_cache: Dict[str, Any] = {}
+
+
 def _anchor_math():
-    """The shared anchor math (split_median, aggregate, ReferenceRandom, add_anchor_set...).
-    It is moving from ``export/anchors.py`` to ``evaluate/anchors.py``; import whichever is
-    present (NumPy + scikit-learn code either way, never torch)."""
-    try:
-        from quasar.evaluate import anchors as m  # after the core refactor
-    except ImportError:
-        from quasar.export import anchors as m
-    return m
+    """The shared anchor math (split_median, aggregate, ReferenceRandom, add_anchor_set...):
+    NumPy + scikit-learn code, never torch."""
+    if not _api_cache:
+        import importlib
+        import types
+
+        found: Dict[str, Any] = {}
+        for mod_name in _API_MODULES:
+            if all(k in found for k in _API):
+                break
+            try:
+                mod = importlib.import_module(mod_name)
+            except ImportError:
+                continue
+            for k in _API:
+                if k not in found and hasattr(mod, k):
+                    found[k] = getattr(mod, k)
+        missing = [k for k in _API if k not in found]
+        if missing:
+            raise ImportError(f"quasar's anchor functions {missing} were not found in "
+                              f"{_API_MODULES}; reinstall quasar")
+        _api_cache["ns"] = types.SimpleNamespace(**found)
+    return _api_cache["ns"]
 
 
 # --------------------------------------------------------------------------- inputs

@@ -361,3 +361,16 @@ def test_bad_inputs_are_clear_errors_and_leave_the_bundle_unchanged(capsys, bund
         assert "Traceback" not in err
         assert bundle_bytes(bundle) == before, args
         assert sorted(os.listdir(bundle.parent)) == siblings, args  # no temp dirs left behind
+
+
+def test_parse_split_forms():
+    from quasar.evaluate.custom_anchors import parse_split
+
+    assert parse_split(None, 0.25) == (None, 0.25)
+    assert parse_split("median", 0.25) == ("median", 0.25)
+    assert parse_split("quantile", 0.1) == ("quantile", 0.1)
+    for form in ("quantile:0.2", "quantile=0.2", "quantile 0.2", "Quantile:0.2"):
+        assert parse_split(form, 0.25) == ("quantile", 0.2)
+    for bad in ("mean", "median:0.3", "quantile:x", "lists2"):
+        with pytest.raises(ValueError):
+            parse_split(bad, 0.25)
