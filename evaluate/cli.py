@@ -1,7 +1,9 @@
-"""``quasar anchors`` / ``quasar evaluate`` / ``quasar reproduce`` (Fire functions).
+"""The bodies of ``quasar anchors`` / ``quasar evaluate`` / ``quasar reproduce``.
 
-Light at import time: onnxruntime, SciPy and scikit-learn are imported inside the commands.
-Errors print ``quasar <command>: error: ...`` and exit with status 2.
+Their options (names, help, parsing) are declared in quasar/commands/anchors.py,
+evaluate.py and reproduce.py; errors become exit codes in quasar/commands/base.py (bad
+input: ``quasar <command>: error: ...``, exit 2). Light at import time: onnxruntime, SciPy
+and scikit-learn are imported inside the commands.
 """
 from __future__ import annotations
 
@@ -11,14 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-EXIT_USAGE = 2
-# optional dependency -> the extra that installs it
-_EXTRA_OF = {"scipy": "evaluate", "sklearn": "evaluate", "openpyxl": "evaluate",
-             "torch": "export", "open_clip": "export", "onnxruntime": "cpu"}
-
-
-class UsageError(ValueError):
-    """A command-line value that cannot be used."""
+from quasar.errors import UsageError
 
 
 def _none(v) -> bool:
@@ -64,6 +59,8 @@ def _names(v, default) -> list:
 
 def _resolution(v) -> Optional[str]:
     v = _opt_str(v)
+    if isinstance(v, str) and v.isdigit():
+        v = str(int(v))
     if v is not None and v not in ("224", "512", "native"):
         raise UsageError(f"--resolution must be 224, 512 or native, got {v!r}")
     return v
@@ -74,8 +71,8 @@ def dataset_root(name: str, explicit, data_root, flag: str) -> Path:
     if not _none(explicit):
         return Path(str(explicit)).expanduser()
     if _none(data_root):
-        raise UsageError(f"{name}: pass --data_root DIR (with the dataset in DIR/{name}) "
-                         f"or --{flag} DIR")
+        raise UsageError(f"{name}: pass --data-root DIR (with the dataset in DIR/{name}) "
+                         f"or --{flag.replace('_', '-')} DIR")
     return Path(str(data_root)).expanduser() / name
 
 
@@ -90,32 +87,24 @@ def _scorer(bundle, model, *, resolution, device, batch_size, threads):
         raise UsageError(f"--device must be auto, cpu or cuda, got {device!r}")
     scorer = Scorer.from_bundle(_opt_str(bundle), model=_opt_str(model), device=device,
                                 anchors="all", resolution=resolution,
-                                batch_size=_opt_int("batch_size", batch_size) or 16,
+                                batch_size=_opt_int("batch-size", batch_size) or 16,
                                 threads=_opt_int("threads", threads))
     return scorer, Path(scorer.bundle.path)
 
 
-def _run(command: str, fn, quiet: bool) -> Any:
-    from quasar.errors import QuasarError
+def _scorer_factory(bdir: Path, *, device, batch_size, threads):
+    """make_scorer(resolution) for EmbeddingSource: the same bundle at another resolution."""
+    def make(resolution: str):
+        return _scorer(str(bdir), None, resolution=resolution, device=device,
+                       batch_size=batch_size, threads=threads)[0]
+    return make
 
+
+def _run(command: str, fn, quiet: bool) -> Any:
+    """Run a command body with logging set up; errors propagate to the command layer."""
     logging.basicConfig(level=logging.ERROR if quiet else logging.WARNING,
                         format=f"quasar {command}: %(levelname)s: %(message)s", stream=sys.stderr)
-    try:
-        return fn()
-    except ModuleNotFoundError as e:
-        if e.name and e.name.split(".")[0] in _EXTRA_OF:
-            print(f"quasar {command}: error: {e.name.split('.')[0]} is not installed; "
-                  f"pip install \"quasar[{_EXTRA_OF[e.name.split('.')[0]]}]\"", file=sys.stderr)
-        else:
-            print(f"quasar {command}: error: {e}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
-    except (UsageError, QuasarError, FileNotFoundError, ImportError, ValueError) as e:
-        print(f"quasar {command}: error: {e}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
-    except KeyboardInterrupt:
-        print(f"quasar {command}: interrupted (finished embedding chunks are cached; "
-              "run again to resume)", file=sys.stderr)
-        sys.exit(130)
+    return fn()
 
 
 def _progress(quiet: bool) -> Optional[bool]:
@@ -129,16 +118,18 @@ def _config(**kw):
         prompt_data=str(kw["prompt_data"]),
         target_data=str(kw.get("target_data") or "KonIQ10k"),
         target_data_subset=_opt_str(kw.get("target_data_subset")),
-        target_cv_folds=_opt_int("target_cv_folds", kw.get("target_cv_folds")),
+        target_cv_folds=_opt_int("target-cv-folds", kw.get("target_cv_folds")),
         aggregation_type=str(kw["aggregation_type"]),
-        prompt_ratio=1.0 if _none(kw["prompt_ratio"]) else _opt_float("prompt_ratio",
+        prompt_ratio=1.0 if _none(kw["prompt_ratio"]) else _opt_float("prompt-ratio",
                                                                         kw["prompt_ratio"]),
-        median_offset_ratio=_opt_float("median_offset_ratio", kw["median_offset_ratio"]),
-        n_clusters=_opt_int("n_clusters", kw["n_clusters"]) or 10,
+        median_offset_ratio=_opt_float("median-offset-ratio", kw["median_offset_ratio"]),
+        n_clusters=_opt_int("n-clusters", kw["n_clusters"]) or 10,
         resolution=_resolution(kw["resolution"]),
         seed=_opt_int("seed", kw["seed"], minimum=0) if not _none(kw["seed"]) else 42,
         prompt_data_subset=_opt_str(kw.get("prompt_data_subset")),
         anchor_set=_opt_str(kw.get("anchor_set")),
+        prompt_resolution=_resolution(kw.get("prompt_resolution")),
+        target_resolution=_resolution(kw.get("target_resolution")),
     )
 
 
@@ -148,9 +139,9 @@ def anchors(bundle, prompt_data: str = "KADIS700k", data_root=None, prompt_root=
             prompt_data_subset=None, aggregation_type: str = "mean", prompt_ratio=1.0,
             median_offset_ratio=None, n_clusters=10, seed=42, name=None, resolution=None,
             prompt_embeddings=None, device: str = "auto", batch_size=16, threads=None,
-            no_cache: bool = False, quiet: bool = False, good=None, bad=None, scores=None,
-            split=None, quantile=0.25, score_column=None, path_column=None, root=None,
-            holdout=None, folds=None, skip_failed: bool = False,
+            no_cache: bool = False, quiet: bool = False, prompt_resolution=None, good=None,
+            bad=None, scores=None, split=None, quantile=0.25, score_column=None,
+            path_column=None, root=None, holdout=None, folds=None, skip_failed: bool = False,
             overwrite: bool = False) -> None:
     """Build image anchors from prompt data (or your own images) and add them to a bundle.
 
@@ -176,6 +167,7 @@ def anchors(bundle, prompt_data: str = "KADIS700k", data_root=None, prompt_root=
         threads: ONNX Runtime intra-op threads.
         no_cache: do not read or write the embeddings cache.
         quiet: no progress bar.
+        prompt_resolution: same as resolution (the prompt images' resolution).
         good: your good images: a folder, @list.txt or image files (with --bad).
         bad: your bad images: a folder, @list.txt or image files (with --good).
         scores: a CSV/JSONL/Parquet with a path and a score column (your ratings, or a
@@ -206,25 +198,26 @@ def anchors(bundle, prompt_data: str = "KADIS700k", data_root=None, prompt_root=
                 resolution=_resolution(resolution), device=str(device).lower(),
                 batch_size=_opt_int("batch_size", batch_size) or 16,
                 threads=_opt_int("threads", threads), quiet=quiet) and None
-        from quasar.export.anchors import PROMPT_DATA_SPLIT, add_anchor_set
+        from quasar.bundle.io import add_anchor_set
+        from .anchors import PROMPT_DATA_SPLIT
 
         from .datasets import load_dataset
         from .experiment import EmbeddingSource, make_anchors
-        from quasar.export.anchors import ReferenceRandom
+        from .anchors import ReferenceRandom
 
         cfg = _config(prompt_data=prompt_data, aggregation_type=aggregation_type,
                       prompt_ratio=prompt_ratio, median_offset_ratio=median_offset_ratio,
                       n_clusters=n_clusters, resolution=resolution, seed=seed,
-                      prompt_data_subset=prompt_data_subset)
+                      prompt_data_subset=prompt_data_subset, prompt_resolution=prompt_resolution)
         if cfg.prompt_data not in PROMPT_DATA_SPLIT:
-            raise UsageError(f"--prompt_data must be one of {sorted(PROMPT_DATA_SPLIT)} "
+            raise UsageError(f"--prompt-data must be one of {sorted(PROMPT_DATA_SPLIT)} "
                              "(text anchors come with the bundle)")
         samples = None
         if _none(prompt_embeddings):
             samples = load_dataset(cfg.prompt_data,
                                    dataset_root(cfg.prompt_data, prompt_root, data_root,
                                                 "prompt_root"), cfg.prompt_data_subset)
-        scorer, bdir = _scorer(bundle, None, resolution=cfg.resolution, device=device,
+        scorer, bdir = _scorer(bundle, None, resolution=cfg.prompt_res, device=device,
                                batch_size=batch_size, threads=threads)
         embed = EmbeddingSource(scorer, cache=not no_cache, progress=_progress(quiet))
         arr, recipe = make_anchors(cfg, ReferenceRandom(cfg.seed), bundle_dir=bdir,
@@ -248,10 +241,11 @@ def evaluate(prompt_data: str = "text", target_data: Optional[str] = None, bundl
              data_root=None, target_data_subset=None, target_cv_folds=None,
              aggregation_type: str = "mean", prompt_ratio=1.0, median_offset_ratio=None,
              n_clusters=10, resolution=None, seed=42, target_root=None, prompt_root=None,
-             prompt_data_subset=None, anchor_set=None, model=None, prompt_embeddings=None,
+             prompt_data_subset=None, anchors=None, model=None, prompt_embeddings=None,
              target_embeddings=None, device: str = "auto", batch_size=16, threads=None,
              no_cache: bool = False, format: str = "text", out=None,
-             quiet: bool = False, report=None) -> None:
+             quiet: bool = False, prompt_resolution=None, target_resolution=None,
+             report=None) -> None:
     """SRCC (signed and |SRCC|), KRCC, PLCC of QUASAR scores on a target dataset.
 
     Args:
@@ -271,7 +265,7 @@ def evaluate(prompt_data: str = "text", target_data: Optional[str] = None, bundl
         target_root: the target dataset's folder (overrides data_root/<target_data>).
         prompt_root: the prompt dataset's folder (overrides data_root/<prompt_data>).
         prompt_data_subset: subset of the prompt dataset.
-        anchor_set: use this anchor set stored in the bundle instead of prompt_data.
+        anchors: use this anchor set stored in the bundle instead of prompt_data.
         model: model id of a cached bundle (instead of --bundle).
         prompt_embeddings: the authors' released prompt embeddings (<name>.pt + .json).
         target_embeddings: the authors' released target embeddings (matched by file name).
@@ -282,14 +276,16 @@ def evaluate(prompt_data: str = "text", target_data: Optional[str] = None, bundl
         format: text | json (what is printed on stdout).
         out: also write the result as JSON to this file.
         quiet: no progress bar.
+        prompt_resolution: resolution of the prompt images (default: --resolution).
+        target_resolution: resolution of the target images (default: --resolution).
         report: also write an HTML report (predicted-vs-subjective scatter) to this file.
     """
     def go():
         from .datasets import load_dataset
-        from .experiment import TARGET_CHOICES, EmbeddingSource, run_experiment
+        from .experiment import TARGET_CHOICES, EmbeddingSource, load_target, run_experiment
 
         if _none(target_data):
-            raise UsageError(f"--target_data is required: one of {TARGET_CHOICES}")
+            raise UsageError(f"--target-data is required: one of {TARGET_CHOICES}")
         fmt_ = str(format).lower()
         if fmt_ not in ("text", "json"):
             raise UsageError(f"--format must be text or json, got {format!r}")
@@ -298,18 +294,22 @@ def evaluate(prompt_data: str = "text", target_data: Optional[str] = None, bundl
                       aggregation_type=aggregation_type, prompt_ratio=prompt_ratio,
                       median_offset_ratio=median_offset_ratio, n_clusters=n_clusters,
                       resolution=resolution, seed=seed, prompt_data_subset=prompt_data_subset,
-                      anchor_set=anchor_set)
-        target = load_dataset(cfg.target_data, dataset_root(cfg.target_data, target_root,
-                                                            data_root, "target_root"),
-                              cfg.target_data_subset)
+                      anchor_set=anchors, prompt_resolution=prompt_resolution,
+                      target_resolution=target_resolution)
+        target = load_target(cfg, lambda: dataset_root(cfg.target_data, target_root, data_root,
+                                                        "target_root"),
+                             target_embeddings=_opt_str(target_embeddings))
         prompt = None
         if cfg.anchor_set is None and cfg.prompt_data != "text" and _none(prompt_embeddings):
             prompt = load_dataset(cfg.prompt_data, dataset_root(cfg.prompt_data, prompt_root,
                                                                 data_root, "prompt_root"),
                                   cfg.prompt_data_subset)
-        scorer, bdir = _scorer(bundle, model, resolution=cfg.resolution, device=device,
+        scorer, bdir = _scorer(bundle, model, resolution=cfg.target_res, device=device,
                                batch_size=batch_size, threads=threads)
-        embed = EmbeddingSource(scorer, cache=not no_cache, progress=_progress(quiet))
+        embed = EmbeddingSource(scorer, cache=not no_cache, progress=_progress(quiet),
+                                make_scorer=_scorer_factory(bdir, device=device,
+                                                            batch_size=batch_size,
+                                                            threads=threads))
         res = run_experiment(cfg, bundle_dir=bdir, scorer=scorer, target_samples=target,
                              prompt_samples=prompt, embed=embed,
                              prompt_embeddings=_opt_str(prompt_embeddings),
@@ -331,7 +331,7 @@ def reproduce(bundle=None, data_root=None, out="quasar-reproduce", prompts=None,
               target_cv_folds=None, aggregation_type: str = "mean", prompt_ratio=1.0,
               median_offset_ratio=None, n_clusters=10, resolution=None, seed=42, model=None,
               device: str = "auto", batch_size=16, threads=None, no_cache: bool = False,
-              quiet: bool = False, report: bool = False) -> None:
+              quiet: bool = False, resolutions=None, report: bool = False) -> None:
     """The paper's grid (prompt data × target datasets) -> results.csv/.json/.md in --out.
 
     Missing datasets are reported and their cells skipped.
@@ -355,15 +355,18 @@ def reproduce(bundle=None, data_root=None, out="quasar-reproduce", prompts=None,
         threads: ONNX Runtime intra-op threads.
         no_cache: do not read or write the embeddings cache.
         quiet: no progress bar, no table on stdout.
+        resolutions: per-dataset resolutions: a preset name (``paper``: the reference's
+            configs/data_config.yml), and/or NAME=RES pairs, comma-separated
+            (``paper,SPAQ=512``).
         report: also write report.html (a scatter per cell, the grid as a table) in --out.
     """
     def go():
         from .datasets import load_dataset
         from .experiment import PROMPT_CHOICES, TARGET_CHOICES, EmbeddingSource
-        from .reproduce import run_grid, write_outputs
+        from .reproduce import check_resolutions, resolution_table, run_grid, write_outputs
 
         if _none(data_root):
-            raise UsageError("--data_root is required (one folder per dataset inside)")
+            raise UsageError("--data-root is required (one folder per dataset inside)")
         ps, ts = _names(prompts, PROMPT_CHOICES), _names(targets, TARGET_CHOICES)
         bad = [p for p in ps if p not in PROMPT_CHOICES] + [t for t in ts if t not in TARGET_CHOICES]
         if bad:
@@ -375,13 +378,26 @@ def reproduce(bundle=None, data_root=None, out="quasar-reproduce", prompts=None,
                        n_clusters=n_clusters, resolution=resolution, seed=seed)
         scorer, bdir = _scorer(bundle, model, resolution=base.resolution, device=device,
                                batch_size=batch_size, threads=threads)
+        preset, overrides = None, {}
+        for item in _names(resolutions, ()):
+            if "=" in item:
+                k, v = item.split("=", 1)
+                overrides[k.strip()] = _resolution(v.strip())
+            else:
+                preset = item
+        table = resolution_table(preset, overrides)
+        check_resolutions(table, list(scorer.manifest.preprocess), scorer.manifest.model)
         root = Path(str(data_root)).expanduser()
         grid = run_grid(base, prompts=ps, targets=ts,
                         load=lambda n: load_dataset(n, root / n), bundle_dir=bdir,
-                        scorer=scorer, embed=EmbeddingSource(scorer, cache=not no_cache,
-                                                             progress=_progress(quiet)),
-                        progress=_progress(quiet))
-        header = (f"QUASAR reproduction: model {scorer.manifest.model} @ {scorer.resolution}, "
+                        scorer=scorer, embed=EmbeddingSource(
+                            scorer, cache=not no_cache, progress=_progress(quiet),
+                            make_scorer=_scorer_factory(bdir, device=device,
+                                                        batch_size=batch_size, threads=threads)),
+                        progress=_progress(quiet), resolutions=table)
+        header = (f"QUASAR reproduction: model {scorer.manifest.model} @ "
+                  + (", ".join(f"{k} {v}" for k, v in table.items()) + f", others "
+                     if table else "") + f"{scorer.resolution}, "
                   f"seed {base.seed}, folds {base.target_cv_folds or 1}, aggregation "
                   f"{base.aggregation_type}, prompt_ratio {base.prompt_ratio}. Signed SRCC "
                   "(mean ± std over folds).")

@@ -58,40 +58,19 @@ MIN_PER_SIDE = 2
 Spec = Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]]
 
 
-_API = ("AGGREGATIONS", "ReferenceRandom", "split_median", "aggregate", "l2_normalise",
-        "add_anchor_set")
-# Where the shared anchor math and the bundle writer live. The core refactor moves them from
-# export/anchors.py to evaluate/anchors.py and the bundle layer; the first module that has a
-# name wins, and export/ is imported only while something is still missing.
-_API_MODULES = ("quasar.bundle.io", "quasar.bundle.anchors", "quasar.evaluate.anchors",
-                "quasar.export.anchors")
-_api_cache: Dict[str, Any] = {}
-
-
 def _anchor_math():
-    """The shared anchor math (split_median, aggregate, ReferenceRandom, add_anchor_set...):
-    NumPy + scikit-learn code, never torch."""
-    if not _api_cache:
-        import importlib
-        import types
+    """The shared anchor math (evaluate/anchors.py) and the bundle layer's writer, as one
+    namespace: NumPy + scikit-learn code, never torch."""
+    import types
 
-        found: Dict[str, Any] = {}
-        for mod_name in _API_MODULES:
-            if all(k in found for k in _API):
-                break
-            try:
-                mod = importlib.import_module(mod_name)
-            except ImportError:
-                continue
-            for k in _API:
-                if k not in found and hasattr(mod, k):
-                    found[k] = getattr(mod, k)
-        missing = [k for k in _API if k not in found]
-        if missing:
-            raise ImportError(f"quasar's anchor functions {missing} were not found in "
-                              f"{_API_MODULES}; reinstall quasar")
-        _api_cache["ns"] = types.SimpleNamespace(**found)
-    return _api_cache["ns"]
+    from quasar.bundle.anchors import l2_normalise
+    from quasar.bundle.io import add_anchor_set
+
+    from .anchors import AGGREGATIONS, ReferenceRandom, aggregate, split_median
+
+    return types.SimpleNamespace(AGGREGATIONS=AGGREGATIONS, ReferenceRandom=ReferenceRandom,
+                                 aggregate=aggregate, split_median=split_median,
+                                 l2_normalise=l2_normalise, add_anchor_set=add_anchor_set)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -99,7 +78,8 @@ def _anchor_math():
 def collect_images(spec: Spec, what: str) -> List[str]:
     """Image paths of a ``--good`` / ``--bad`` spec: a folder, ``@list.txt``, a file, or a
     list of those. Missing files are an error naming them."""
-    from quasar.runtime.inputs import InputError, iter_inputs
+    from quasar.errors import InputError
+    from quasar.runtime.inputs import iter_inputs
 
     specs = [os.fspath(s) for s in ([spec] if isinstance(spec, (str, os.PathLike)) else spec)]
     if not specs:
@@ -286,7 +266,7 @@ def _srcc(pred, target) -> float:
 
 
 def _scores(embeddings, anchors) -> np.ndarray:
-    from quasar.runtime.scorer import quasar_scores
+    from quasar.runtime.scoring import quasar_scores
 
     return quasar_scores(embeddings, anchors)
 
@@ -450,7 +430,7 @@ def make_custom_anchors(bundle, name: str, *, good: Optional[Spec] = None,
         existing = scorer.bundle.anchor_names
         embed = lambda p: scorer.embed(p, errors="collect")  # noqa: E731
     else:
-        from quasar.runtime.bundle import load_bundle
+        from quasar.bundle.io import load_bundle
 
         existing = load_bundle(bundle, verify=True).anchor_names
     if name in existing and not overwrite:

@@ -18,16 +18,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import List, Optional, Sequence
 
 import numpy as np
 
+from quasar.bundle.atomic import atomic_output, atomic_write_text
 from quasar.errors import DatasetError
 from quasar.home import embeddings_cache_dir
 
@@ -103,15 +102,9 @@ def _read_chunk(path: Path, digest: str, n: int, dim: int) -> Optional[np.ndarra
 def _write_chunk(path: Path, emb: np.ndarray, digest: str) -> None:
     from safetensors.numpy import save_file
 
-    fd, tmp = tempfile.mkstemp(prefix=".chunk-", suffix=".tmp", dir=str(path.parent))
-    os.close(fd)
-    try:
-        save_file({"embeddings": np.ascontiguousarray(emb, dtype=np.float32)}, tmp,
+    with atomic_output(path) as tmp:
+        save_file({"embeddings": np.ascontiguousarray(emb, dtype=np.float32)}, str(tmp),
                   metadata={"paths_sha256": digest})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _prepare_dir(d: Path, index: dict) -> None:
@@ -127,9 +120,7 @@ def _prepare_dir(d: Path, index: dict) -> None:
         log.info("embeddings cache %s describes other images; recomputing", d)
         shutil.rmtree(d, ignore_errors=True)
     d.mkdir(parents=True, exist_ok=True)
-    tmp = d / f".{INDEX}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(index))
-    os.replace(tmp, ipath)
+    atomic_write_text(ipath, json.dumps(index))
 
 
 def _progress(total: int, desc: str, enabled: Optional[bool]):

@@ -8,33 +8,38 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import numpy as np
 
 from quasar.errors import BundleError, DatasetError
-from quasar.export.anchors import (AGGREGATIONS, DEFAULT_N_CLUSTERS, DEFAULT_SEED,
-                                   PROMPT_DATA_SPLIT, ReferenceRandom, build_anchor_set,
-                                   read_anchor_file)
-from quasar.models.manifest import ANCHORS_FILE
+from quasar.bundle.io import bundle_anchor_set
+from quasar.runtime.scoring import quasar_scores
+from quasar.models.preprocess import RESOLUTIONS
 
+from .anchors import (AGGREGATIONS, DEFAULT_N_CLUSTERS, DEFAULT_SEED, PROMPT_DATA_SPLIT,
+                      ReferenceRandom, build_anchor_set)
 from .datasets.base import DatasetSamples
 from .metrics import CVMetrics, cross_validated, fmt
 
 log = logging.getLogger(__name__)
 
-LOGIT_SCALE = 1.0 / 0.07  # the reference's fixed scale
 PROMPT_CHOICES = ("text",) + tuple(PROMPT_DATA_SPLIT)
 TARGET_CHOICES = ("TID2013", "KonIQ10k", "KADID10k", "LIVEitW", "SPAQ", "TAD66k", "AADB", "PieAPP")
 
 
 @dataclass(frozen=True)
 class ExperimentConfig:
-    """The reference's ``main.py`` flags (plus ``n_clusters``, ``resolution``, ``anchor_set``).
+    """The reference's ``main.py`` flags (plus ``n_clusters``, resolutions, ``anchor_set``).
 
     ``anchor_set`` names a set stored in the bundle (e.g. one added by ``quasar anchors``) and
-    then replaces ``prompt_data``'s anchors.
+    then replaces ``prompt_data``'s anchors; the random draws recorded with it are replayed
+    first, so the folds are those of the run that builds the anchors.
+
+    Resolutions (``224``, ``512``, ``native``): ``prompt_resolution`` embeds the prompt
+    images, ``target_resolution`` the target images; each falls back to ``resolution``, then
+    to the bundle's default. The reference extracts every dataset on its own
+    (``generate_embeddigs.py --resolution``), so prompt and target may differ.
     """
 
     prompt_data: str = "text"
@@ -49,8 +54,24 @@ class ExperimentConfig:
     seed: int = DEFAULT_SEED
     prompt_data_subset: Optional[str] = None
     anchor_set: Optional[str] = None
+    prompt_resolution: Optional[str] = None
+    target_resolution: Optional[str] = None
+
+    @property
+    def prompt_res(self) -> Optional[str]:
+        """Resolution of the prompt images (None: the bundle's default)."""
+        return self.prompt_resolution or self.resolution
+
+    @property
+    def target_res(self) -> Optional[str]:
+        """Resolution of the target images (None: the bundle's default)."""
+        return self.target_resolution or self.resolution
 
     def __post_init__(self) -> None:
+        for name in ("resolution", "prompt_resolution", "target_resolution"):
+            value = getattr(self, name)
+            if value is not None and str(value) not in RESOLUTIONS:
+                raise ValueError(f"{name} must be one of {RESOLUTIONS}, got {value!r}")
         if self.anchor_set is None and self.prompt_data not in PROMPT_CHOICES:
             raise ValueError(f"prompt_data must be one of {PROMPT_CHOICES}, got {self.prompt_data!r}")
         if self.aggregation_type not in AGGREGATIONS:
@@ -82,6 +103,7 @@ class ExperimentResult:
     anchors: Dict[str, Any]
     metrics: CVMetrics
     predictions: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
+    prompt_resolution: Optional[str] = None  # None for text anchors / a stored set
 
     def to_dict(self) -> Dict[str, Any]:
         d = {k: v for k, v in asdict(self).items() if k not in ("metrics", "predictions")}
@@ -92,7 +114,9 @@ class ExperimentResult:
         """Human-readable report: one line per fold, then mean ± std."""
         m = self.metrics
         head = (f"prompt {self.prompt_data} -> target {self.target_data} ({self.target_subset}, "
-                f"{self.n_images} images), model {self.model} @ {self.resolution}, "
+                f"{self.n_images} images), model {self.model} @ {self.resolution}"
+                + (f" (prompt @ {self.prompt_resolution})" if self.prompt_resolution else "")
+                + ", "
                 f"seed {self.seed}, folds {self.cv_folds or 1}")
         cols = ("srcc", "abs_srcc", "krcc", "plcc", "plcc_logistic")
         names = ("SRCC", "|SRCC|", "KRCC", "PLCC", "PLCC-logistic")
@@ -107,50 +131,74 @@ class ExperimentResult:
         return "\n".join(lines)
 
 
-def scores_from_anchors(embeddings: np.ndarray, anchors: np.ndarray) -> np.ndarray:
-    """softmax(cos(embedding, anchors) / 0.07)[good] for raw embeddings [N, D]."""
-    e = np.asarray(embeddings, dtype=np.float64)
-    e = e / np.linalg.norm(e, axis=1, keepdims=True)
-    a = np.asarray(anchors, dtype=np.float64)
-    logits = LOGIT_SCALE * e @ a.T
-    return 1.0 / (1.0 + np.exp(logits[:, 1] - logits[:, 0]))
-
-
-def bundle_anchor_set(bundle_dir, name: str) -> Tuple[np.ndarray, Dict[str, Any]]:
-    sets, recipes = read_anchor_file(Path(bundle_dir) / ANCHORS_FILE)
-    if name not in sets:
-        raise BundleError(f"{bundle_dir}: no anchor set {name!r} (has {sorted(sets)}); "
-                          + ("this model has no text tower — use image prompt data"
-                             if name == "text" else "add it with `quasar anchors`"))
-    return sets[name].astype(np.float32), dict(recipes.get(name, {}))
-
-
 class EmbeddingSource:
     """Embeddings of datasets: through the runtime (cached), or the authors' released files.
-    Keeps what it computed in memory for reuse within a run (``quasar reproduce``)."""
+    Keeps what it computed in memory for reuse within a run (``quasar reproduce``).
+
+    ``make_scorer(resolution)`` builds a scorer of the same bundle at another resolution
+    (needed when prompt and target resolutions differ); each is built once.
+    """
 
     def __init__(self, scorer, *, cache: bool = True, cache_root=None,
-                 progress: Optional[bool] = None, chunk_size: Optional[int] = None) -> None:
+                 progress: Optional[bool] = None, chunk_size: Optional[int] = None,
+                 make_scorer: Optional[Callable[[str], Any]] = None) -> None:
         self.scorer = scorer
         self.cache, self.cache_root, self.progress = cache, cache_root, progress
         self.chunk_size = chunk_size
-        self._memo: Dict[Tuple[str, str, str], np.ndarray] = {}
+        self._make_scorer = make_scorer
+        self._scorers: Dict[str, Any] = {}
+        if scorer is not None:
+            self._scorers[str(scorer.resolution)] = scorer
+        self._memo: Dict[Tuple[str, str, str, str], np.ndarray] = {}
 
-    def __call__(self, samples: DatasetSamples, reference_file=None) -> np.ndarray:
-        key = (samples.name, samples.subset, str(reference_file or ""))
+    def scorer_for(self, resolution: Optional[str] = None):
+        """The scorer at ``resolution`` (None: the main scorer's)."""
+        if resolution is None or self.scorer is None:
+            return self.scorer
+        resolution = str(resolution)
+        if resolution not in self._scorers:
+            if self._make_scorer is None:
+                raise ValueError(f"no scorer at resolution {resolution!r} (this source has "
+                                 f"{sorted(self._scorers)}; pass make_scorer)")
+            self._scorers[resolution] = self._make_scorer(resolution)
+        return self._scorers[resolution]
+
+    def __call__(self, samples: DatasetSamples, reference_file=None,
+                 resolution: Optional[str] = None) -> np.ndarray:
+        scorer = None if reference_file is not None else self.scorer_for(resolution)
+        res = "" if reference_file is not None else str(scorer.resolution)
+        key = (samples.name, samples.subset, str(reference_file or ""), res)
         if key not in self._memo:
             if reference_file is not None:
                 from .reference_embeddings import align, load_reference_embeddings
 
                 ref = load_reference_embeddings(reference_file)
-                self._memo[key] = ref.embeddings[align(ref, samples.paths)]
+                rows = samples.extra.get("embedding_rows")  # samples read from this file
+                self._memo[key] = ref.embeddings[rows if rows is not None
+                                                 else align(ref, samples.paths)]
             else:
                 from .embeddings import DEFAULT_CHUNK, dataset_embeddings
 
                 self._memo[key] = dataset_embeddings(
-                    self.scorer, samples, cache=self.cache, cache_root=self.cache_root,
+                    scorer, samples, cache=self.cache, cache_root=self.cache_root,
                     chunk_size=self.chunk_size or DEFAULT_CHUNK, progress=self.progress)
         return self._memo[key]
+
+
+def replay_anchor_draws(rng: ReferenceRandom, recipe: Dict[str, Any], name: str) -> None:
+    """Advance ``rng`` by the draws recorded when the stored set ``name`` was built, so the
+    folds that follow are those of the reference's run (which draws its anchors first)."""
+    draws = recipe.get("rng_draws")
+    if draws is None:
+        if recipe.get("source") == "images":
+            log.warning("anchor set %r records no random draws (built by an older version); "
+                        "the fold permutation may differ from the reference's run", name)
+        return
+    if recipe.get("seed") is not None and int(recipe["seed"]) != rng.seed:
+        log.warning("anchor set %r was built with seed %s, this run uses seed %d: the folds "
+                    "are the reference's for seed %d, the anchors are those of seed %s",
+                    name, recipe["seed"], rng.seed, rng.seed, recipe["seed"])
+    rng.replay(draws)
 
 
 def make_anchors(cfg: ExperimentConfig, rng: ReferenceRandom, *, bundle_dir,
@@ -158,7 +206,9 @@ def make_anchors(cfg: ExperimentConfig, rng: ReferenceRandom, *, bundle_dir,
                  prompt_embeddings=None) -> Tuple[np.ndarray, Dict[str, Any]]:
     """Anchors [2, D] and their recipe for ``cfg`` (drawing from ``rng`` as the reference)."""
     if cfg.anchor_set is not None:
-        return bundle_anchor_set(bundle_dir, cfg.anchor_set)
+        anchors, recipe = bundle_anchor_set(bundle_dir, cfg.anchor_set)
+        replay_anchor_draws(rng, recipe, cfg.anchor_set)
+        return anchors, recipe
     if cfg.prompt_data == "text":
         return bundle_anchor_set(bundle_dir, "text")
     if prompt_embeddings is not None:  # the authors' file, in its own order (as the reference)
@@ -170,7 +220,7 @@ def make_anchors(cfg: ExperimentConfig, rng: ReferenceRandom, *, bundle_dir,
     else:
         if prompt_samples is None or embed is None:
             raise ValueError("image prompt data needs its samples and an embedding source")
-        emb = embed(prompt_samples)
+        emb = embed(prompt_samples, None, cfg.prompt_res)
         paths, scores = prompt_samples.paths, prompt_samples.scores
         is_ref = prompt_samples.extra.get("is_reference")
         groups = prompt_samples.extra.get("group", prompt_samples.extra.get("reference"))
@@ -182,6 +232,30 @@ def make_anchors(cfg: ExperimentConfig, rng: ReferenceRandom, *, bundle_dir,
                             n_clusters=cfg.n_clusters, rng=rng, is_reference=is_ref,
                             groups=groups)
     return aset.anchors, aset.recipe
+
+
+def _resolution_used(embed, scorer, resolution: Optional[str], reference_file) -> str:
+    if reference_file is not None:
+        return "authors' embeddings"
+    if isinstance(embed, EmbeddingSource):
+        return str(embed.scorer_for(resolution).resolution)
+    return str(resolution or scorer.resolution)
+
+
+def load_target(cfg: ExperimentConfig, root: Union[Callable[[], Any], Any, None], *,
+                target_embeddings=None, **options) -> DatasetSamples:
+    """The target dataset of ``cfg``: read from ``root`` (a folder, or a callable returning
+    one), or - for AADB with the authors' embeddings, as the reference - from the files."""
+    from .datasets import load_dataset, resolve_name
+    from .reference_embeddings import SELF_CONTAINED_TARGETS, target_samples_from_reference
+
+    if target_embeddings is not None and resolve_name(cfg.target_data) in SELF_CONTAINED_TARGETS:
+        if cfg.target_data_subset not in (None, "all"):
+            raise DatasetError(f"{cfg.target_data} from the authors' embeddings has one subset, "
+                               f"'all' (as the reference), not {cfg.target_data_subset!r}")
+        return target_samples_from_reference(cfg.target_data, target_embeddings)
+    folder = root() if callable(root) else root
+    return load_dataset(cfg.target_data, folder, cfg.target_data_subset, **options)
 
 
 def run_experiment(cfg: ExperimentConfig, *, bundle_dir, scorer, target_samples: DatasetSamples,
@@ -196,8 +270,8 @@ def run_experiment(cfg: ExperimentConfig, *, bundle_dir, scorer, target_samples:
     if anchors.shape[1] != scorer.embed_dim:
         raise BundleError(f"anchors have dim {anchors.shape[1]} but {scorer.manifest.model} "
                           f"embeds to {scorer.embed_dim}")
-    emb = embed(target_samples, target_embeddings)
-    pred = scores_from_anchors(emb, anchors)
+    emb = embed(target_samples, target_embeddings, cfg.target_res)
+    pred = quasar_scores(emb, anchors)
     target = np.asarray(target_samples.scores, dtype=np.float64)
     ok = np.isfinite(target)
     if not ok.all():
@@ -206,7 +280,11 @@ def run_experiment(cfg: ExperimentConfig, *, bundle_dir, scorer, target_samples:
     return ExperimentResult(
         prompt_data=cfg.anchor_set or cfg.prompt_data, target_data=target_samples.name,
         target_subset=target_samples.subset, model=scorer.manifest.model,
-        resolution=scorer.resolution, n_images=len(target_samples),
+        resolution=_resolution_used(embed, scorer, cfg.target_res, target_embeddings),
+        prompt_resolution=(None if cfg.anchor_set is not None or cfg.prompt_data == "text"
+                           else _resolution_used(embed, scorer, cfg.prompt_res,
+                                                 prompt_embeddings)),
+        n_images=len(target_samples),
         cv_folds=cfg.target_cv_folds, seed=cfg.seed,
         higher_is_better=bool(target_samples.higher_is_better), anchors=recipe,
         metrics=metrics, predictions=pred)

@@ -6,7 +6,7 @@ Conventions (QUASAR reference ``main.py``):
   ``perm[i*test_size:(i+1)*test_size]``, the last fold takes the remainder;
 * the permutation comes from the legacy global NumPy stream the reference seeded with
   ``seed_everything(seed)`` — here an explicit :class:`numpy.random.RandomState` that the
-  caller passes after the anchors consumed their draws (see ``quasar.export.anchors``);
+  caller passes after the anchors consumed their draws (see ``quasar.evaluate.anchors``);
 * the reference prints ``abs(SRCC)``; we keep the sign (a negative value means the
   ranking is reversed, e.g. on DMOS-scored datasets) and also report ``|SRCC|``.
 

@@ -116,3 +116,33 @@ def align(ref: ReferenceEmbeddings, paths: Sequence, max_components: int = 4) ->
                            f"unique match among the released embeddings, e.g. "
                            f"{os.path.basename(missing[0])!r}; check the dataset subset")
     return out
+
+
+#: Targets whose image set, order and scores the reference takes from the released embedding
+#: files alone (``embeddings/datasets.py`` ``AADB``: ``download_and_prepare_data`` -> the
+#: ``.pt``, the ``.json`` paths and ``labels.json``); no images are needed on disk.
+SELF_CONTAINED_TARGETS = ("AADB",)
+
+
+def target_samples_from_reference(name: str, path):
+    """DatasetSamples of ``name`` built from the authors' embedding files, as the reference
+    does for AADB: rows in file order, scores from ``labels.json``, ``extra["embedding_rows"]``
+    the identity (so no path matching is needed)."""
+    from .datasets import DATASET_INFO, resolve_name
+    from .datasets.base import DatasetSamples
+
+    canonical = resolve_name(name)
+    if canonical not in SELF_CONTAINED_TARGETS:
+        raise DatasetError(f"{canonical}: the reference reads its image set from the dataset, "
+                           f"not from the embedding files (only {list(SELF_CONTAINED_TARGETS)})")
+    ref = load_reference_embeddings(path)
+    if ref.scores is None:
+        raise DatasetError(f"{ref.source}: no scores: {canonical} needs a labels.json "
+                           "({path: score}) next to the .pt/.json pair, as in the authors' "
+                           "release")
+    info = DATASET_INFO[canonical]
+    return DatasetSamples(
+        name=canonical, subset="all", root=ref.source.parent, paths=[Path(p) for p in ref.paths],
+        scores=ref.scores.copy(), higher_is_better=info.higher_is_better,
+        extra={"embedding_rows": np.arange(len(ref), dtype=np.int64),
+               "embeddings_file": str(ref.source)})

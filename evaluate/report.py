@@ -545,19 +545,11 @@ def build_report(score_files: Sequence, *, top: int = DEFAULT_TOP, columns=None,
 
 def write_html(path, text: str) -> Path:
     """Write ``text`` to ``path`` atomically (temp file beside it + rename)."""
+    from quasar.bundle.atomic import atomic_write_text
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return atomic_write_text(path, text)
 
 
 def report(*scores, out: str = "report.html", top: int = DEFAULT_TOP, columns=None,
@@ -588,22 +580,16 @@ def report(*scores, out: str = "report.html", top: int = DEFAULT_TOP, columns=No
         max_failed: failed inputs listed per file (default 1000).
         title: page title.
         quiet: print nothing.
-    """
-    from quasar.errors import QuasarError
-    import sys
 
-    try:
-        labs = labels
-        if isinstance(labs, str):
-            labs = [s.strip() for s in labs.split(",")]
-        text = build_report([os.fspath(s) for s in scores], top=int(top), columns=columns,
-                            path_column=path_column, labels=labs, key=str(key), root=root,
-                            thumb_size=int(thumb_size), n_boot=int(bootstrap), seed=int(seed),
-                            max_failed=int(max_failed), title=title)
-        p = write_html(out, text)
-    except (QuasarError, ValueError, OSError) as exc:
-        print(f"quasar report: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    Raises DatasetError (a score file that cannot be read: names the file, row, column and
+    the flag that fixes it) or ValueError (a bad option value); nothing is written then.
+    """
+    labs = [x.strip() for x in labels.split(",")] if isinstance(labels, str) else labels
+    text = build_report([os.fspath(s) for s in scores], top=int(top), columns=columns,
+                        path_column=path_column, labels=labs, key=str(key), root=root,
+                        thumb_size=int(thumb_size), n_boot=int(bootstrap), seed=int(seed),
+                        max_failed=int(max_failed), title=title)
+    p = write_html(out, text)
     if not quiet:
         print(f"quasar report: wrote {p} ({p.stat().st_size / 1e6:.2f} MB)")
 

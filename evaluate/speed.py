@@ -22,6 +22,8 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+
+from quasar.timing import timed
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -60,117 +62,23 @@ def _worker_runtime(job: Dict[str, Any]) -> Dict[str, Any]:
     def run(batch):
         return s.score(batch)
 
-    return _timed(run, files, job["batch_size"], first, job["repeats"])
-
-
-def _worker_torch(job: Dict[str, Any]) -> Dict[str, Any]:
-    import open_clip
-    import torch
-    from PIL import Image
-    from torchvision.transforms import Compose, Normalize, ToTensor
-
-    if job["threads"]:
-        torch.set_num_threads(int(job["threads"]))
-    model, _, _ = open_clip.create_model_and_transforms(
-        job["source_name"], pretrained=job["checkpoint"], force_quick_gelu=True)
-    model.eval()
-    mean, std = job["mean"], job["std"]
-    if job["resolution"] == "224":
-        tf = open_clip.image_transform(224, is_train=False, mean=mean, std=std)
-    else:  # the reference's native mode: convert, ToTensor, Normalize
-        tf = Compose([lambda im: im.convert("RGB"), ToTensor(), Normalize(mean, std)])
-    if job["nopos"]:
-        from quasar.export.encoders import NoPosModifiedResNet
-        encode = NoPosModifiedResNet(model.visual).eval()
-    else:
-        encode = model.encode_image
-    tokens = open_clip.get_tokenizer(job["source_name"])(["Good photo.", "Bad photo."])
-    with torch.no_grad():
-        anchors = model.encode_text(tokens).float()
-        anchors = anchors / anchors.norm(dim=-1, keepdim=True)
-    scale = torch.tensor([1 / 0.07])
-
-    def run(batch):  # the reference: DataLoader(num_workers=0) + encode + main.py formula
-        with torch.no_grad():
-            x = []
-            for f in batch:
-                with Image.open(f) as im:
-                    x.append(tf(im))
-            groups: Dict[Any, List[int]] = {}
-            for i, t in enumerate(x):
-                groups.setdefault(tuple(t.shape), []).append(i)
-            out = torch.empty(len(x))
-            for idx in groups.values():
-                e = encode(torch.stack([x[i] for i in idx])).float()
-                e = e / e.norm(dim=-1, keepdim=True)
-                p = (scale * e @ anchors.t()).softmax(dim=-1)[:, 0]
-                out[idx] = p
-            return out.numpy()
-
-    files = job["files"]
-    run(files[:1])
-    first = time.time()
-    return _timed(run, files, job["batch_size"], first, job["repeats"])
-
-
-def _timed(run, files: Sequence[str], batch_size: int, first: float,
-           repeats: int = 2) -> Dict[str, Any]:
-    """Warm up at full batch size, then ``repeats`` passes over ``files`` batch by batch:
-    images/s from the median pass, latency = median batch time."""
-    run(files[:batch_size])
-    passes, lat = [], []
-    for _ in range(max(1, int(repeats))):
-        total = 0.0
-        for i in range(0, len(files), batch_size):
-            tb = time.perf_counter()
-            run(files[i:i + batch_size])
-            dt = time.perf_counter() - tb
-            lat.append(dt)
-            total += dt
-        passes.append(total)
-    passes.sort()
-    lat.sort()
-    return {
-        "first_score_at": first,
-        "images_per_s": len(files) / passes[len(passes) // 2],
-        "batch_latency_s": lat[len(lat) // 2],
-        "peak_rss_mb": peak_rss_mb(),
-    }
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process in MB: ``VmHWM`` of /proc/self/status.
-
-    (``getrusage().ru_maxrss`` is not used: Linux carries the parent's peak across
-    fork + exec, so a worker spawned by a parent holding torch would report torch's memory.)
-    """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return timed(run, files, job["batch_size"], first, job["repeats"])
 
 
 def _worker_main(arg: str) -> None:
     job = json.loads(Path(arg).read_text())
-    fn = _worker_runtime if job["path"] == "runtime" else _worker_torch
-    print("QUASAR_BENCH " + json.dumps(fn(job)), flush=True)
+    print("QUASAR_BENCH " + json.dumps(_worker_runtime(job)), flush=True)
 
 
 def _spawn(job: Dict[str, Any], workdir: Path) -> Measurement:
     jpath = workdir / f"job-{job['case']}-{job['path']}.json"
     jpath.write_text(json.dumps(job))
     t_spawn = time.time()
-    proc = subprocess.run([sys.executable, "-m", "quasar.evaluate.speed", str(jpath)],
-                          capture_output=True, text=True)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("QUASAR_BENCH ")]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"benchmark worker {job['case']}/{job['path']} failed:\n"
-                           f"{proc.stderr[-3000:]}")
-    r = json.loads(lines[-1][len("QUASAR_BENCH "):])
+    if job["path"] == "torch":
+        args, module = ["run", str(jpath)], "quasar.export.reference"
+    else:
+        args, module = [str(jpath)], "quasar.evaluate.speed"
+    r = _run_worker(args, module, f"{job['case']}/{job['path']}")
     return Measurement(job["case"], job["path"], len(job["files"]), job["batch_size"],
                        r["images_per_s"],
                        r["batch_latency_s"], r["first_score_at"] - t_spawn, r["peak_rss_mb"])
@@ -210,33 +118,20 @@ def make_images(out: Path, n: int, size=(1024, 768)) -> List[str]:
     return files
 
 
-def _ensure_bundle(model_id: str, given: Optional[str], workdir: Path) -> Path:
-    if given:
-        return Path(given)
-    from quasar.export.bundle import export_bundle
-
-    out = workdir / "bundles" / model_id
-    if not (out / "bundle.json").exists():
-        _log(f"exporting a random-init {model_id} bundle (speed only) to {out}")
-        export_bundle(model_id, out, random_init=True, seed=0)
-    return out
+def _prepare(model_id: str, workdir: Path) -> Dict[str, str]:
+    """Random-init bundle + torch checkpoint of ``model_id`` (made by the export side in a
+    subprocess: evaluate never imports export)."""
+    _log(f"preparing a random-init {model_id} bundle and checkpoint (speed only) in {workdir}")
+    return _run_worker(["prepare", model_id, str(workdir)], "quasar.export.reference",
+                       f"prepare {model_id}")
 
 
-def _torch_checkpoint(model_id: str, workdir: Path) -> Path:
-    """Random weights of the architecture, saved as an open_clip checkpoint file."""
-    import torch
-    import open_clip
-
-    from quasar.models.catalog import get_model_spec
-
-    spec = get_model_spec(model_id)
-    path = workdir / f"{spec.source_name}-random.pt"
-    if not path.exists():
-        torch.manual_seed(0)
-        m = open_clip.create_model(spec.source_name, pretrained=None,
-                                   force_quick_gelu=spec.quick_gelu)
-        torch.save(m.state_dict(), path)
-    return path
+def _run_worker(args: List[str], module: str, what: str) -> Dict[str, Any]:
+    proc = subprocess.run([sys.executable, "-m", module] + args, capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("QUASAR_BENCH ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"benchmark worker {what} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1][len("QUASAR_BENCH "):])
 
 
 def _dist_size(dist: str) -> int:
@@ -367,9 +262,9 @@ def bench(rn50_bundle: Optional[str] = None, vit_bundle: Optional[str] = None,
           workdir: Optional[str] = None, paths: str = "torch,runtime", repeats: int = 3,
           native_images: int = 4, native_batch_size: int = 2) -> str:
     """Runtime vs PyTorch reference: images/s, latency per batch, cold start, peak RSS, and
-    installed sizes. Bundles: --rn50_bundle / --vit_bundle, else random-init ones are
-    exported into the work dir (random weights are fine for speed). Prints a markdown table
-    (also written to --out)."""
+    installed sizes. Bundles: ``rn50_bundle`` / ``vit_bundle``, else random-init ones are
+    exported into the work dir (random weights are fine for speed). Returns a markdown table
+    (also written to ``out``). CLI: ``quasar bench`` (options in quasar/commands/bench.py)."""
     case_list = [c.strip() for c in str(cases).split(",") if c.strip()]
     unknown = [c for c in case_list if c not in CASES]
     if unknown:
@@ -390,7 +285,8 @@ def bench(rn50_bundle: Optional[str] = None, vit_bundle: Optional[str] = None,
         model_id, res = CASES[case]
         spec = get_model_spec(model_id)
         given = rn50_bundle if model_id.startswith("clip-rn50") else vit_bundle
-        bundle = _ensure_bundle(model_id, given, wd)
+        prepared = _prepare(model_id, wd) if (given is None or "torch" in path_list) else {}
+        bundle = given or prepared["bundle"]
         random_weights |= given is None
         for path in path_list:
             native = res == "native"
@@ -402,7 +298,7 @@ def bench(rn50_bundle: Optional[str] = None, vit_bundle: Optional[str] = None,
             if path == "torch":
                 random_weights = True
                 job.update(source_name=spec.source_name,
-                           checkpoint=str(_torch_checkpoint(model_id, wd)),
+                           checkpoint=prepared["checkpoint"],
                            nopos=not spec.positional_embedding,
                            mean=list(spec.mean), std=list(spec.std))
             _log(f"{case} / {path} ...")

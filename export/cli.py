@@ -1,6 +1,8 @@
-"""``quasar models`` and ``quasar export`` (Fire functions).
+"""The bodies of ``quasar models`` and ``quasar export``.
 
-No torch at module level: ``quasar/cli.py`` imports this module for every command.
+Their options (names, help, parsing) are declared in quasar/commands/models.py and
+quasar/commands/export.py; errors become exit codes in quasar/commands/base.py.
+No torch at module level: the command line imports this module before it runs.
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from typing import List, Optional
 
 from quasar.home import bundle_cache_dir
 from quasar.models.catalog import CATALOG, list_models
-from quasar.models.manifest import BUNDLE_JSON
+from quasar.constants import BUNDLE_JSON
 
 log = logging.getLogger("quasar.export")
 
@@ -30,16 +32,22 @@ def models(heavy: bool = True) -> str:
         spec = CATALOG[mid]
         cached = (bundle_cache_dir(mid) / BUNDLE_JSON).is_file()
         rows.append([mid, spec.family, spec.embed_dim, ",".join(spec.resolutions),
-                     "yes" if spec.heavy else "", "yes" if cached else ""])
-    table = _table(rows, ["model", "family", "dim", "resolutions", "heavy", "bundle"])
+                     spec.default_resolution, "yes" if spec.heavy else "",
+                     "yes" if cached else ""])
+    table = _table(rows, ["model", "family", "dim", "resolutions", "default", "heavy", "bundle"])
     print(table)
-    return None  # printed; returning the string would make Fire print it twice
+    notes = [f"{mid}: {CATALOG[mid].resolution_note}." for mid in list_models(include_heavy=heavy)
+             if CATALOG[mid].resolution_note]
+    if notes:
+        print("\nDefault resolution:\n" + "\n".join(notes))
+    return None
 
 
 def export(model: str, out: Optional[str] = None, checkpoint: Optional[str] = None,
            random_init: bool = False, seed: int = 0, overwrite: bool = False,
            exporter: str = "auto", quiet: bool = False) -> None:
-    """Export MODEL to a verified ONNX bundle (default: the QUASAR bundle cache).
+    """Export MODEL to a verified ONNX bundle (default: the QUASAR bundle cache); prints
+    its path. Raises QuasarError subclasses (unknown model, bad checkpoint, failed parity).
 
     Args:
         model: catalogue id, e.g. clip-rn50-nopos.openai (see `quasar models`).
@@ -51,21 +59,17 @@ def export(model: str, out: Optional[str] = None, checkpoint: Optional[str] = No
         exporter: auto | torchscript | dynamo.
         quiet: only print the bundle path.
     """
-    from quasar.errors import QuasarError
     from quasar.models.catalog import get_model_spec
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("quasar").setLevel(logging.WARNING if quiet else logging.INFO)
-    try:
-        spec = get_model_spec(model)  # fail fast on unknown ids, before importing torch
-        target = Path(out).expanduser() if out else bundle_cache_dir(spec.id)
-        log.info("exporting %s -> %s", spec.id, target)
-        from .bundle import export_bundle
+    spec = get_model_spec(model)  # fail fast on unknown ids, before importing torch
+    target = Path(out).expanduser() if out else bundle_cache_dir(spec.id)
+    log.info("exporting %s -> %s", spec.id, target)
+    from .bundle import export_bundle
 
-        path = export_bundle(spec.id, target, checkpoint=checkpoint,
-                             random_init=bool(random_init), seed=int(seed),
-                             overwrite=bool(overwrite), exporter=exporter)
-    except QuasarError as err:
-        raise SystemExit(f"quasar export: error: {err}") from None
+    path = export_bundle(spec.id, target, checkpoint=checkpoint,
+                         random_init=bool(random_init), seed=int(seed),
+                         overwrite=bool(overwrite), exporter=exporter)
     print(path)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from quasar.runtime.bundle import sha256_file  # noqa: F401 (re-exported)
+from quasar.bundle.io import sha256_file  # noqa: F401 (re-exported)
 from quasar.errors import CheckpointError
 from quasar.models.catalog import ModelSpec, get_model_spec
 
@@ -43,7 +43,8 @@ class BuiltEncoder:
 
     Attributes:
         spec: the catalogue entry.
-        image_tower: eval fp32 module, pixels [N,3,H,W] -> embedding [N,D] (unnormalised).
+        image_tower: eval fp32 module, pixels [N,3,H,W] -> embedding [N,D] (unnormalised,
+            except where ``spec.normalized_output``: CoCa, as open_clip's encode_image).
         model: the full open_clip model (text tower for text anchors), None for DINOv2.
         provenance: where the weights came from (recorded in ``bundle.json``).
     """
@@ -55,19 +56,22 @@ class BuiltEncoder:
 
 
 class ImageEncoder(nn.Module):
-    """Image tower of a spec: ``forward(pixels) -> embedding`` (unnormalised, fp32).
+    """Image tower of a spec: ``forward(pixels) -> embedding`` (fp32).
 
     Also carries ``spec``, ``provenance`` and (unregistered, so it does not join the
-    state dict) the full ``model`` it was taken from.
+    state dict) the full ``model`` it was taken from. ``normalize=True`` L2-normalises the
+    output (open_clip CoCa's ``encode_image`` default, which the reference calls).
     """
 
     def __init__(self, tower: nn.Module, spec: ModelSpec, model: Optional[nn.Module],
-                 provenance: Dict[str, Any], first_output: bool = False) -> None:
+                 provenance: Dict[str, Any], first_output: bool = False,
+                 normalize: bool = False) -> None:
         super().__init__()
         self.tower = tower
         self.spec = spec
         self.provenance = provenance
         self.first_output = first_output
+        self.normalize = normalize
         self.__dict__["_full_model"] = model  # not a submodule
 
     @property
@@ -82,6 +86,8 @@ class ImageEncoder(nn.Module):
         out = self.tower(pixels)
         if self.first_output and isinstance(out, (tuple, list)):
             out = out[0]
+        if self.normalize:
+            out = F.normalize(out, dim=-1)
         return out
 
 
@@ -100,12 +106,13 @@ class NoPosAttentionPool(nn.Module):
         self.num_heads = pool.num_heads
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, c, h, w = x.shape
         x = x.flatten(2).permute(2, 0, 1)  # N C H W -> (HW) N C
-        x = torch.cat([x.mean(dim=0, keepdim=True), x], dim=0)
+        return self._attend(torch.cat([x.mean(dim=0, keepdim=True), x], dim=0))
+
+    def _attend(self, x: torch.Tensor) -> torch.Tensor:
         out, _ = F.multi_head_attention_forward(
             query=x[:1], key=x, value=x,  # only token 0 is returned: query it alone
-            embed_dim_to_check=c,
+            embed_dim_to_check=x.shape[-1],
             num_heads=self.num_heads,
             q_proj_weight=self.q_proj.weight,
             k_proj_weight=self.k_proj.weight,
@@ -119,13 +126,43 @@ class NoPosAttentionPool(nn.Module):
         return out[0]
 
 
-class NoPosModifiedResNet(nn.Module):
-    """open_clip's ModifiedResNet trunk + :class:`NoPosAttentionPool` (any input size)."""
+def resize_positional_embedding(pos: torch.Tensor, tokens) -> torch.Tensor:
+    """The reference's resize of the attention-pool positional embedding [T0, C] to
+    ``tokens`` rows (``clip_custom/clip.py`` ``AttentionPool2d.forward``, ``pos_embedding=True``):
+    ``F.interpolate`` in bicubic mode of the matrix taken as a one-channel (T0 x C) image to
+    (tokens x C). The width is unchanged, so it is a cubic interpolation along the flattened
+    token sequence (mean token first, then the H x W grid row by row), not a 2-D spatial
+    resize of the grid; the identity when ``tokens == T0`` (224 input, 7 x 7 + 1)."""
+    return F.interpolate(pos[None, None], size=(tokens, pos.shape[1]), mode="bicubic")[0, 0]
 
-    def __init__(self, visual: nn.Module) -> None:
+
+class InterpolatedPosAttentionPool(NoPosAttentionPool):
+    """CLIP ModifiedResNet attention pool with the reference's resized positional embedding:
+    ``clip_custom/clip.py`` ``AttentionPool2d.forward(x, pos_embedding=True)`` - prepend the
+    mean token, add :func:`resize_positional_embedding` to (HW+1) tokens, attention, token 0.
+    Accepts any H×W; at 224 it equals open_clip's own attention pool."""
+
+    def __init__(self, pool: nn.Module) -> None:
+        super().__init__(pool)
+        self.positional_embedding = pool.positional_embedding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        x = x.flatten(2).permute(2, 0, 1)  # N C H W -> (HW) N C
+        x = torch.cat([x.mean(dim=0, keepdim=True), x], dim=0)
+        pos = resize_positional_embedding(self.positional_embedding, x.shape[0])
+        return self._attend(x + pos[:, None, :].to(x.dtype))
+
+
+class AnySizeModifiedResNet(nn.Module):
+    """open_clip's ModifiedResNet trunk + an attention pool that accepts any input size:
+    :class:`NoPosAttentionPool` (default) or :class:`InterpolatedPosAttentionPool`."""
+
+    def __init__(self, visual: nn.Module, positional_embedding: bool = False) -> None:
         super().__init__()
         self.visual = visual
-        self.pool = NoPosAttentionPool(visual.attnpool)
+        self.pool = (InterpolatedPosAttentionPool(visual.attnpool) if positional_embedding
+                     else NoPosAttentionPool(visual.attnpool))
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         v = self.visual
@@ -134,6 +171,7 @@ class NoPosModifiedResNet(nn.Module):
         return self.pool(x)
 
 
+NoPosModifiedResNet = AnySizeModifiedResNet  # the default pool drops the positional embedding
 
 
 def _check_checkpoint_file(checkpoint: PathLike) -> Path:
@@ -223,11 +261,19 @@ def _build_open_clip(spec: ModelSpec, checkpoint: Optional[Path], random_init: b
     visual = model.visual
     first_output = False
     if spec.source_name.startswith("RN"):
-        tower = visual if spec.positional_embedding else NoPosModifiedResNet(visual)
+        if spec.positional_embedding and not spec.dynamic_hw:
+            tower = visual
+        else:
+            tower = AnySizeModifiedResNet(visual, positional_embedding=spec.positional_embedding)
+        if spec.positional_embedding and spec.dynamic_hw:
+            provenance["positional_embedding"] = (
+                "resized to (HW+1) tokens: bicubic F.interpolate of the (tokens x C) matrix "
+                "(reference clip_custom/clip.py AttentionPool2d.forward, pos_embedding=True)")
     else:
         tower = visual
         first_output = spec.source_name.startswith("coca")  # CoCa visual -> (pooled, tokens)
-    encoder = ImageEncoder(tower, spec, model, provenance, first_output=first_output).eval()
+    encoder = ImageEncoder(tower, spec, model, provenance, first_output=first_output,
+                           normalize=spec.normalized_output).eval()
     return BuiltEncoder(spec, encoder, model, provenance)
 
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from quasar.errors import ExportError
-from quasar.models.manifest import ENCODER_ONNX, INPUT_NAME, OUTPUT_NAME
+from quasar.constants import ENCODER_ONNX, INPUT_NAME, OUTPUT_NAME
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,8 @@ from torch import nn
 
 from quasar.errors import ExportError
 from quasar.models.catalog import ModelSpec
-from quasar.models.manifest import TEXT_PROMPTS
-
-TEXT_SET = "text"
+from quasar.constants import TEXT_ANCHOR_SET as TEXT_SET
+from quasar.constants import TEXT_PROMPTS
 
 
 def text_anchors(spec: ModelSpec, model: Optional[nn.Module],

@@ -27,11 +27,15 @@ class ModelSpec:
         pretrained: open_clip pretrained tag / weights id used on a connected machine.
         embed_dim: size of the embedding the image tower returns.
         quick_gelu: build with QuickGELU (OpenAI weights); decides random-init builds too.
-        positional_embedding: RN50 only: keep the attention-pool positional embedding.
-        dynamic_hw: the ONNX graph accepts any H×W (RN50 without positional embedding).
+        positional_embedding: RN50 only: keep the attention-pool positional embedding (with
+            ``dynamic_hw``, resized to any input size as the reference's clip_custom does).
+        dynamic_hw: the ONNX graph accepts any H×W (the RN50 entries).
         resolutions: the preprocessing modes this encoder accepts (``224``/``512``/``native``).
         default_resolution: resolution used when none is asked for.
         mean, std: normalisation constants.
+        normalized_output: the image tower's output is L2-normalised (open_clip CoCa's
+            ``encode_image`` default, which the reference uses); recorded in the manifest.
+        resolution_note: why the default resolution is what it is (``quasar models``).
         has_text_tower: CLIP family; gets the text anchors "Good photo." / "Bad photo.".
         heavy: large architecture, exported only in the ``heavy`` test run.
         notes: anything a user must know (reference conventions, known differences).
@@ -53,6 +57,8 @@ class ModelSpec:
     has_text_tower: bool = True
     heavy: bool = False
     notes: str = ""
+    normalized_output: bool = False
+    resolution_note: str = ""
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -77,12 +83,22 @@ class ModelSpec:
         if resolution not in self.resolutions:
             raise ValueError(
                 f"{self.id} accepts resolutions {list(self.resolutions)}, not {resolution!r}; "
-                "512 and native need an encoder with dynamic input size (clip-rn50-nopos.openai)"
+                "512 and native need an encoder with dynamic input size (the clip-rn50 entries)"
             )
         return resolution_cfg(resolution, self.mean, self.std)
 
 
 _OPENAI_RN50_NOTE = "OpenAI CLIP RN50 (open_clip 'RN50' with QuickGELU text tower)."
+# Item 8 of issue 10: the reference's extraction script defaults to native resolution
+# (generate_embeddigs.py line 52, ``--resolution`` default None: no resize); we keep 224.
+_RN50_DEFAULT_224 = (
+    "default 224, whereas the reference's generate_embeddigs.py defaults to native (no "
+    "resize): 224 bounds the cost and memory of arbitrary photos (a 12 MP image at native "
+    "size is ~240x the pixels), and the paper's released embeddings use 224 for TID2013, "
+    "KADID10k, LIVEitW, TAD66k and PieAPP (configs/data_config.yml); pass --resolution native "
+    "for the reference's default, or `quasar reproduce --resolutions paper` for the paper's "
+    "per-dataset table"
+)
 _DINO_NOTE = (
     "Embedding is the hub model's output: the final-LayerNorm CLS token. Normalised with "
     "OpenAI CLIP mean/std as the QUASAR reference does (generate_embeddigs.py applies the "
@@ -91,10 +107,16 @@ _DINO_NOTE = (
 
 _SPECS: List[ModelSpec] = [
     ModelSpec("clip-rn50", "openai", "open_clip", "RN50", "openai", 1024, quick_gelu=True,
-              positional_embedding=True, notes=_OPENAI_RN50_NOTE),
+              positional_embedding=True, dynamic_hw=True,
+              resolutions=("224", "512", "native"), default_resolution="224",
+              resolution_note=_RN50_DEFAULT_224,
+              notes=_OPENAI_RN50_NOTE + " At sizes other than 224 the attention-pool "
+              "positional embedding is resized as the reference's clip_custom does "
+              "(bicubic along the flattened token sequence)."),
     ModelSpec("clip-rn50-nopos", "openai", "open_clip", "RN50", "openai", 1024, quick_gelu=True,
               positional_embedding=False, dynamic_hw=True,
               resolutions=("224", "512", "native"), default_resolution="224",
+              resolution_note=_RN50_DEFAULT_224,
               notes=_OPENAI_RN50_NOTE + " Attention-pool positional embedding dropped, so "
               "it accepts any input size (the paper's main encoder)."),
     ModelSpec("vit-b-32", "openai", "open_clip", "ViT-B-32", "openai", 512, quick_gelu=True,
@@ -107,7 +129,9 @@ _SPECS: List[ModelSpec] = [
               "laion2b_s39b_b160k", 1280, heavy=True,
               notes="fp32 ONNX is ~7.4 GB: written with ONNX external data."),
     ModelSpec("coca-vit-l-14", "mscoco_finetuned_laion2b_s13b_b90k", "open_clip", "coca_ViT-L-14",
-              "mscoco_finetuned_laion2b_s13b_b90k", 768, heavy=True),
+              "mscoco_finetuned_laion2b_s13b_b90k", 768, heavy=True, normalized_output=True,
+              notes="Embedding is open_clip CoCa encode_image(x) with its default "
+              "normalize=True (unit vectors), as the reference calls it."),
     ModelSpec("dinov2-vits14", "lvd142m", "dinov2", "dinov2_vits14", "lvd142m", 384,
               has_text_tower=False, notes=_DINO_NOTE),
     ModelSpec("dinov2-vitl14", "lvd142m", "dinov2", "dinov2_vitl14", "lvd142m", 1024,

@@ -5,6 +5,7 @@ transform is described by a frozen dataclass that travels inside every bundle.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, Optional, Tuple
 
@@ -16,6 +17,7 @@ IMAGENET_STD: Tuple[float, float, float] = (0.229, 0.224, 0.225)
 RESIZE_MODES = ("shortest", "none")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 RESOLUTIONS = ("224", "512", "native")
+MAX_SIZE = 4096  # resize / crop edge limit: a bundle asking for more is refused
 
 
 @dataclass(frozen=True)
@@ -42,8 +44,21 @@ class PreprocessCfg:
             raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
         if self.resize_mode == "shortest" and (self.size is None or self.size <= 0):
             raise ValueError("resize_mode='shortest' needs a positive size")
-        if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):
-            raise ValueError("mean and std need three values each, std > 0")
+        for name in ("size", "crop"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int)
+                                  or not 1 <= v <= MAX_SIZE):
+                raise ValueError(f"{name} must be an integer in [1, {MAX_SIZE}] or null, "
+                                 f"got {v!r}"[:200])
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise ValueError("mean and std need three values each")
+        for v in tuple(self.mean) + tuple(self.std):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"mean and std must be finite numbers, got {v!r}"[:200])
+        if not all(-1.0 <= m <= 2.0 for m in self.mean) or \
+                not all(1e-3 <= s <= 10.0 for s in self.std):
+            raise ValueError(f"mean must be in [-1, 2] and std in [0.001, 10] (pixels are "
+                             f"scaled to [0, 1]), got mean {list(self.mean)} std {list(self.std)}")
 
     @property
     def fixed_size(self) -> Optional[Tuple[int, int]]:
@@ -61,6 +76,8 @@ class PreprocessCfg:
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "PreprocessCfg":
         known = {k: d[k] for k in ("resize_mode", "size", "crop", "interpolation") if k in d}
+        if not isinstance(d.get("mean"), (list, tuple)) or not isinstance(d.get("std"), (list, tuple)):
+            raise TypeError("preprocess mean and std must be lists of three numbers")
         return cls(mean=tuple(d["mean"]), std=tuple(d["std"]), **known)
 
 

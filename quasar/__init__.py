@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "Scorer": ("quasar.runtime.scorer", "Scorer"),
-    "load_bundle": ("quasar.runtime.bundle", "load_bundle"),
+    "load_bundle": ("quasar.bundle.io", "load_bundle"),
     "export_bundle": ("quasar.export.bundle", "export_bundle"),
     "get_model_spec": ("quasar.models.catalog", "get_model_spec"),
     "list_models": ("quasar.models.catalog", "list_models"),

@@ -1,13 +1,47 @@
-"""Exception family. Every message names the file or input, the problem and the fix."""
+"""QUASAR's exception family: the only place error classes are defined.
+
+Every message names the file or input, the problem and the fix. Each class carries
+
+* ``status``: the row status of an input that failed with it (``quasar score`` tables,
+  ``errors="collect"``), e.g. ``not_found``, ``decode_error``, ``inference_error``;
+* ``exit_code``: what a command exits with when the error ends it.
+
+Exit codes, the same for every command (documented in docs/cli.md):
+
+====  =============================================================================
+0     success: everything done (every input scored)
+1     unexpected error (a bug, a full disk, ...): the message says what happened
+2     usage error: bad flag or value, missing/invalid bundle, model, dataset or output
+3     finished, but some inputs failed (each has a row with its status and reason)
+130   interrupted (Ctrl-C / SIGTERM): what was written so far is kept (``--resume``)
+====  =============================================================================
+"""
 from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_SOME_FAILED = 3
+EXIT_INTERRUPTED = 130
 
 
 class QuasarError(Exception):
     """Base class of QUASAR's own errors."""
 
+    status = "error"
+    exit_code = EXIT_USAGE
+
+
+class UsageError(QuasarError, ValueError):
+    """A bad command line (unknown flag, bad value, no inputs)."""
+
+    status = "usage_error"
+
 
 class UnknownModelError(QuasarError, KeyError):
     """A model id that the catalogue does not hold."""
+
+    status = "unknown_model"
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else ""
@@ -16,50 +50,162 @@ class UnknownModelError(QuasarError, KeyError):
 class CheckpointError(QuasarError, ValueError):
     """A checkpoint file that is missing, unreadable or of another architecture."""
 
+    status = "checkpoint_error"
+
 
 class ExportError(QuasarError, RuntimeError):
     """Export failed (e.g. ONNX-vs-torch parity out of tolerance); nothing was written."""
+
+    status = "export_error"
+    exit_code = EXIT_ERROR
 
 
 class BundleError(QuasarError, ValueError):
     """A bundle that is missing files, tampered with, or inconsistent."""
 
-
-class ImageDecodeError(QuasarError, ValueError):
-    """An input that cannot be decoded as an image (missing, empty, truncated, not an image)."""
+    status = "bundle_error"
 
 
-class ImageTooLargeError(ImageDecodeError):
-    """An image over the decompression-bomb pixel limit."""
-
-
-class DeviceError(QuasarError, RuntimeError):
-    """The requested execution device (e.g. CUDA) is not available."""
+class BundleExistsError(BundleError, FileExistsError):
+    """The output directory of an export already exists."""
 
 
 class DatasetError(QuasarError, ValueError):
     """A dataset file that is missing or malformed."""
 
-
-class ImageNotFoundError(ImageDecodeError, FileNotFoundError):
-    """An image path that does not exist (or is not a regular file)."""
+    status = "dataset_error"
 
 
-class EmptyImageError(ImageDecodeError):
-    """A zero-byte file or empty ``bytes`` input."""
+class InputError(QuasarError, ValueError):
+    """An input spec that cannot be read (e.g. a missing ``@list`` file)."""
+
+    status = "input_error"
 
 
-class TruncatedImageError(ImageDecodeError):
-    """An image file whose data ends early (partial download, interrupted copy)."""
+class OutputError(QuasarError, ValueError):
+    """An output file that cannot be written or resumed (wrong format, other columns, corrupt)."""
+
+    status = "output_error"
 
 
-class NotAnImageError(ImageDecodeError):
-    """A file that Pillow does not recognise as any image format."""
+class DeviceError(QuasarError, RuntimeError):
+    """The requested execution device (e.g. CUDA) is not available."""
+
+    status = "device_error"
 
 
 class MissingDependencyError(QuasarError, ImportError):
     """An optional dependency (onnxruntime, torch, ...) that is not installed."""
 
+    status = "missing_dependency"
 
-class InferenceError(QuasarError, RuntimeError):
-    """ONNX Runtime failed on an input (e.g. an image too small for the encoder)."""
+
+# --- per-input errors: each becomes one row with its status, never stops a run ------------
+
+
+class InputFailure(QuasarError):
+    """Base of the errors of one input (a row of a run); the run goes on."""
+
+    exit_code = EXIT_SOME_FAILED
+
+
+class ImageDecodeError(InputFailure, ValueError):
+    """An input that cannot be decoded as an image (missing, empty, truncated, not an image)."""
+
+    status = "decode_error"
+
+
+class ImageTooLargeError(ImageDecodeError):
+    """An image over the decompression-bomb pixel limit."""
+
+    status = "too_large"
+
+
+class ImageNotFoundError(ImageDecodeError, FileNotFoundError):
+    """An image path that does not exist (or is not a regular file)."""
+
+    status = "not_found"
+
+
+class EmptyImageError(ImageDecodeError):
+    """A zero-byte file or empty ``bytes`` input."""
+
+    status = "empty_file"
+
+
+class TruncatedImageError(ImageDecodeError):
+    """An image file whose data ends early (partial download, interrupted copy)."""
+
+    status = "truncated"
+
+
+class NotAnImageError(ImageDecodeError):
+    """A file that Pillow does not recognise as any image format."""
+
+    status = "not_an_image"
+
+
+class ReadError(ImageDecodeError, OSError):
+    """An input file that exists but cannot be read (I/O error)."""
+
+    status = "read_error"
+
+
+class PermissionDeniedError(ReadError, PermissionError):
+    """An input (or a folder to scan) that this user may not read."""
+
+    status = "permission_denied"
+
+
+class NotAFileError(ImageNotFoundError):
+    """An input path that is a directory, FIFO, socket or device, not a regular file."""
+
+    status = "not_a_file"
+
+
+class BrokenLinkError(ImageNotFoundError):
+    """A symbolic link whose target does not exist."""
+
+    status = "broken_link"
+
+
+class SymlinkLoopError(ImageNotFoundError):
+    """A symbolic link that points back to itself (directly or through others)."""
+
+    status = "symlink_loop"
+
+
+class UnlistableDirError(ReadError):
+    """A folder met while scanning the inputs whose entries cannot be listed."""
+
+    status = "unlistable_dir"
+
+
+class InferenceError(InputFailure, RuntimeError):
+    """ONNX Runtime failed on an input (e.g. an image too small for the encoder), or the
+    encoder returned a non-finite embedding."""
+
+    status = "inference_error"
+
+
+def error_status(exc: BaseException) -> str:
+    """Row status of an input's failure: the class's ``status``, else a generic one."""
+    status = getattr(exc, "status", None)
+    if isinstance(exc, QuasarError) and status:
+        return status
+    if isinstance(exc, FileNotFoundError):
+        return "not_found"
+    if isinstance(exc, PermissionError):
+        return "permission_denied"
+    if isinstance(exc, OSError):
+        return "read_error"
+    return "decode_error"
+
+
+def exit_code_of(exc: BaseException) -> int:
+    """Exit code of a command that ends with ``exc``."""
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    if isinstance(exc, QuasarError):
+        return int(exc.exit_code)
+    return EXIT_ERROR

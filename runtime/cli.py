@@ -1,9 +1,11 @@
-"""``quasar score``: score files, folders, globs, lists or stdin into CSV / JSONL / Parquet.
+"""The body of ``quasar score``: score files, folders, globs, lists or stdin into CSV / JSONL /
+Parquet. Its options are declared in quasar/commands/score.py (parsed there, strictly,
+before anything here runs).
 
-Exit codes: 0 every input scored; 3 some inputs failed (each has a row with its status);
-2 usage error (bad option, no inputs, unknown model, bad bundle, output that exists
-without --resume/--overwrite); 130 interrupted (rows written so far are kept: --resume);
-1 unexpected error (e.g. the disk is full).
+Exit codes (as every command, quasar/commands/base.py): 0 every input scored; 3 some inputs
+failed (each has a row with its status); 2 usage error (bad value, no inputs, unknown model,
+bad bundle, output that exists without --resume/--overwrite); 130 interrupted (rows written
+so far are kept: --resume); 1 unexpected error (e.g. the disk is full).
 """
 from __future__ import annotations
 
@@ -12,20 +14,15 @@ import logging
 import os
 import sys
 import threading
-from typing import Optional, Sequence
+from typing import Optional
 
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-EXIT_SOME_FAILED = 3
-EXIT_INTERRUPTED = 130
+from quasar.console import silence_stdout
+from quasar.errors import (EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK,  # noqa: F401
+                           EXIT_SOME_FAILED, EXIT_USAGE, UsageError)
+
 MAX_FAILURES_SHOWN = 10
 
 log = logging.getLogger("quasar.score")
-
-
-class UsageError(Exception):
-    """Bad command line; reported on stderr with exit code 2."""
 
 
 def _as_list(value) -> Optional[str]:
@@ -74,63 +71,17 @@ def _count_in_background(specs, done, bar) -> None:
     threading.Thread(target=count, name="quasar-count", daemon=True).start()
 
 
-def build_parser():
-    """argparse parser of ``quasar score`` (both ``--batch-size`` and ``--batch_size``)."""
-    import argparse
-
-    p = argparse.ArgumentParser(
-        prog="quasar score",
-        description="Score images: files, directories (recursive), globs, @list.txt, or - (paths "
-                    "on stdin). One row per input: path, score_<anchor set>..., status, error.",
-        epilog="Exit codes: 0 all scored; 3 some inputs failed (see their rows); 2 usage error; "
-               "130 interrupted (continue with --resume). See docs/score.md.")
-
-    def opt(name, short=None, **kw):  # short flags as Fire's help lists them
-        names = ["--" + name] + (["--" + name.replace("-", "_")] if "-" in name else [])
-        names += [short] if short else []
-        p.add_argument(*names, dest=name.replace("-", "_"), **kw)
-
-    p.add_argument("inputs", nargs="*", help="image files, directories, globs, @list.txt, -")
-    opt("bundle", help="bundle directory (from quasar export)")
-    opt("model", help="model id whose bundle is in the cache (default clip-rn50-nopos.openai)")
-    opt("anchors", "-a", default="text", help='anchor set(s), comma-separated, or "all" (default text)')
-    opt("resolution", choices=["224", "512", "native"], help="default: the bundle's")
-    opt("device", "-d", default="auto", choices=["auto", "cpu", "cuda"])
-    opt("batch-size", type=int, default=16, help="images per inference batch (default 16)")
-    opt("workers", "-w", type=int, help="decoding threads (default min(4, CPUs))")
-    opt("out", help="output .csv / .jsonl / .parquet (default: CSV on stdout)")
-    opt("resume", action="store_true", help="continue --out: skip ok rows, retry failed ones")
-    opt("overwrite", action="store_true", help="replace an existing --out / --save-embeddings")
-    opt("quiet", "-q", action="store_true", help="no progress bar, no summary")
-    opt("save-embeddings", "-s", help="also write embeddings (.npy or .safetensors) + <stem>.paths.txt")
-    opt("max-pixels", type=int, help="decompression-bomb limit in pixels (0: none)")
-    opt("threads", "-t", type=int, help="ONNX Runtime intra-op threads")
-    opt("group-factor", "-g", type=int, default=8,
-        help="variable-shape resolutions: group batch_size*N inputs by shape (default 8)")
-    return p
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run ``quasar score`` on command-line tokens; returns the exit code."""
-    try:
-        ns = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
-        return int(exc.code or 0)
-    kw = vars(ns)
-    return _score(kw.pop("inputs"), **kw)
-
-
 def score(*inputs, bundle: Optional[str] = None, model: Optional[str] = None,
           anchors="text", resolution=None, device: str = "auto", batch_size: int = 16,
           workers: Optional[int] = None, out: Optional[str] = None, resume: bool = False,
           overwrite: bool = False, quiet: bool = False, save_embeddings: Optional[str] = None,
           max_pixels: Optional[int] = None, threads: Optional[int] = None,
-          group_factor: int = 8) -> None:
+          group_factor: int = 8) -> int:
     """Score images: files, directories (recursive), globs, @list.txt or - (paths on stdin).
 
     Writes one row per input (path, score_<anchor set>..., status, error) to --out
     (.csv/.jsonl/.parquet) or as CSV to stdout; a summary goes to stderr.
-    Exit code 0: all scored; 3: some failed; 2: usage error; 130: interrupted.
+    Returns the exit code: 0 all scored; 3 some failed; 2 usage error; 130 interrupted.
 
     Args:
         inputs: image files, directories, globs, @list.txt files, or - for stdin.
@@ -152,13 +103,12 @@ def score(*inputs, bundle: Optional[str] = None, model: Optional[str] = None,
         group_factor: for variable-shape resolutions, batch_size * group_factor inputs are
             grouped by shape at a time.
     """
-    code = _score([os.fspath(v) if isinstance(v, os.PathLike) else str(v) for v in inputs], bundle=bundle, model=model, anchors=anchors,
-                  resolution=resolution, device=device, batch_size=batch_size, workers=workers,
-                  out=out, resume=resume, overwrite=overwrite, quiet=quiet,
+    return _score([os.fspath(v) if isinstance(v, os.PathLike) else str(v) for v in inputs],
+                  bundle=bundle, model=model, anchors=anchors, resolution=resolution,
+                  device=device, batch_size=batch_size, workers=workers, out=out,
+                  resume=resume, overwrite=overwrite, quiet=quiet,
                   save_embeddings=save_embeddings, max_pixels=max_pixels, threads=threads,
                   group_factor=group_factor)
-    if code:
-        sys.exit(code)
 
 
 def load_scorer(**kw):
@@ -183,10 +133,7 @@ def _score(inputs, **kw) -> int:
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # `quasar score dir | head`: the reader went away
-        try:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        except (OSError, ValueError):
-            pass
+        silence_stdout()
         return EXIT_ERROR
     except QuasarError as exc:  # unknown model, bad bundle, device, unreadable output/list
         _err(str(exc))

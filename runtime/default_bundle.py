@@ -16,14 +16,29 @@ from typing import Optional, Union
 from quasar.errors import BundleError, UnknownModelError
 from quasar.home import bundle_cache_dir
 from quasar.models.catalog import DEFAULT_MODEL, get_model_spec
-from quasar.models.manifest import BUNDLE_JSON
+from quasar.constants import BUNDLE_JSON
 
 log = logging.getLogger(__name__)
+
+
+EXPORTERS = "quasar.exporters"  # entry-point group: (model_id, out_dir) -> bundle dir
 
 
 def export_available() -> bool:
     """True when the export extra (torch + open_clip) is importable."""
     return all(importlib.util.find_spec(m) is not None for m in ("torch", "open_clip"))
+
+
+def exporter():
+    """The bundle exporter, found through the ``quasar.exporters`` entry point (the runtime
+    never imports ``quasar.export``: export plugs itself in)."""
+    from importlib.metadata import entry_points
+
+    eps = entry_points()
+    group = eps.select(group=EXPORTERS) if hasattr(eps, "select") else eps.get(EXPORTERS, [])
+    for ep in group:
+        return ep.load()
+    raise BundleError("no bundle exporter is installed; pip install \"quasar[export]\"")
 
 
 # Where open_clip / the DINOv2 hub fetch pretrained weights from.
@@ -76,9 +91,7 @@ def resolve_bundle(path: Union[str, Path, None] = None, *, model: Optional[str] 
     log.warning("no cached bundle for %s: exporting it to %s (downloads the weights)",
                 model_id, target)
     try:
-        from quasar.export.bundle import export_bundle
-
-        return Path(export_bundle(model_id, target))
+        return Path(exporter()(model_id, target))
     except Exception as exc:
         raise BundleError(f"exporting {model_id} failed ({type(exc).__name__}: {exc}). "
                           + how_to_get(model_id, target)) from exc

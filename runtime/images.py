@@ -12,8 +12,10 @@ result is bit-for-bit the tensor open_clip produces.
 """
 from __future__ import annotations
 
+import errno
 import io
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Tuple, Union
@@ -22,11 +24,16 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from quasar.errors import (
+    BrokenLinkError,
     EmptyImageError,
     ImageDecodeError,
     ImageNotFoundError,
     ImageTooLargeError,
+    NotAFileError,
     NotAnImageError,
+    PermissionDeniedError,
+    ReadError,
+    SymlinkLoopError,
     TruncatedImageError,
 )
 from quasar.models.preprocess import PreprocessCfg
@@ -58,6 +65,45 @@ def describe_source(src: Any) -> str:
 
 
 # --------------------------------------------------------------------------- decoding
+
+def check_path(path: Union[str, os.PathLike]) -> os.stat_result:
+    """The ``stat`` of an input path that is a readable regular file, or the specific error:
+    ``not_found``, ``broken_link``, ``symlink_loop``, ``not_a_file`` (a directory, FIFO,
+    socket or device - never opened, so a FIFO cannot hang the run), ``permission_denied``.
+    """
+    name = str(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise BrokenLinkError(f"{name}: a symbolic link whose target "
+                                  f"{os.readlink(path)!r} does not exist; fix or remove the "
+                                  "link") from None
+        raise ImageNotFoundError(f"{name}: no such file; check the path") from None
+    except PermissionError:
+        raise PermissionDeniedError(f"{name}: permission denied (a folder on the path cannot "
+                                    "be entered); check its permissions") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise SymlinkLoopError(f"{name}: a symbolic link loop (the link points back to "
+                                   "itself); fix or remove the link") from None
+        if exc.errno == errno.ENAMETOOLONG:
+            raise ImageNotFoundError(f"{name[:200]}...: the path is too long for this file "
+                                     "system") from None
+        raise ReadError(f"{name}: cannot be read ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a directory" if stat.S_ISDIR(st.st_mode) else
+                "a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode) else
+                "a socket" if stat.S_ISSOCK(st.st_mode) else
+                "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else
+                "not a regular file")
+        raise NotAFileError(f"{name}: {kind}, not an image file; pass image files (folders are "
+                            "scanned for images only when given as inputs)")
+    if not os.access(path, os.R_OK):
+        raise PermissionDeniedError(f"{name}: permission denied; check the file's permissions "
+                                    "(chmod +r) or run as a user who may read it")
+    return st
+
 
 def _raise_pillow_limit(max_pixels: Optional[int]) -> None:
     """Pillow refuses images over 2x ``Image.MAX_IMAGE_PIXELS`` inside ``Image.open``; lift its
@@ -139,12 +185,7 @@ def open_image(src: ImageInput, *, apply_exif: bool = False,
     else:
         if isinstance(src, (str, os.PathLike)):
             path = Path(src)
-            if not path.exists():
-                raise ImageNotFoundError(f"{name}: no such file; check the path")
-            if not path.is_file():
-                raise ImageNotFoundError(f"{name}: not a regular file (a directory?); "
-                                         "pass image files")
-            if path.stat().st_size == 0:
+            if check_path(path).st_size == 0:
                 raise EmptyImageError(f"{name}: the file is empty (0 bytes); re-download or "
                                       "re-copy it")
             fp: Any = path
@@ -170,9 +211,12 @@ def open_image(src: ImageInput, *, apply_exif: bool = False,
                 f"{name}: not an image (Pillow recognises no image format in it); check that "
                 "the file is really an image and not text, HTML or a partial download"
             ) from exc
+        except PermissionError as exc:
+            raise PermissionDeniedError(f"{name}: permission denied ({exc.strerror}); check "
+                                        "the file's permissions") from exc
         except OSError as exc:
-            raise ImageDecodeError(f"{name}: cannot read the file ({exc}); check permissions "
-                                   "and that the file is an image") from exc
+            raise ReadError(f"{name}: cannot read the file ({exc.strerror or exc}); check the "
+                            "disk and that the file is an image") from exc
         try:
             _check_size(name, img, max_pixels)
             img.load()

@@ -24,20 +24,12 @@ import os
 import sys
 from typing import Callable, Iterable, Iterator, Optional, Sequence, TextIO
 
-from quasar.errors import QuasarError
+from quasar.constants import IMAGE_EXTENSIONS  # noqa: F401 (re-exported)
+from quasar.errors import InputError  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = frozenset({
-    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".dib", ".tif", ".tiff",
-    ".gif", ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico", ".jp2", ".j2k", ".avif",
-    ".heic", ".heif",
-})
 GLOB_CHARS = ("*", "?", "[")
-
-
-class InputError(QuasarError, ValueError):
-    """An input spec that cannot be read (e.g. a missing ``@list`` file)."""
 
 
 def is_image_name(name: str) -> bool:

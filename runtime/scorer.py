@@ -1,34 +1,31 @@
 """Scorer: images -> embeddings (ONNX Runtime) -> QUASAR scores against anchor sets.
 
-Score of an image for an anchor set (good, bad) is, exactly as the reference ``main.py``::
-
-    x = e / ||e||;  logits = (1 / 0.07) * x @ anchors.T;  score = softmax(logits)[0]
-
-computed in float64 (the reference works in float32; the two agree to ~1e-7, and float64
-keeps scores of near-identical images distinguishable). Fixed-size inputs are batched;
-native-resolution inputs are grouped by H×W and each group batched - nothing is padded or
-resized behind your back. Results always come back in input order.
+QUASAR (Kastryulin et al., "QUASAR: QUality and Aesthetics Scoring with Advanced
+Representations", arXiv:2403.06866) scores an image by how much closer its embedding is to
+the "good" than to the "bad" anchor: :func:`quasar.runtime.scoring.quasar_scores`, exactly
+as the reference ``main.py``. Batching, decode-ahead, grouping by shape at native
+resolution and per-input failure isolation are the engine's
+(:mod:`quasar.runtime.engine`); results always come back in input order.
 """
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from quasar.errors import BundleError, ImageDecodeError, InferenceError
-from quasar.models.manifest import BundleManifest
+from quasar.bundle import Bundle, BundleManifest, load_bundle
+from quasar.errors import BundleError, InferenceError
 
-from .bundle import Bundle, load_bundle
-from .images import ImageInput, ImageLoader, describe_source
+from .engine import Engine, EngineConfig
+from .images import ImageInput, ImageLoader
+from .scoring import quasar_scores
 from .session import SessionConfig, active_device, create_session
 
 log = logging.getLogger(__name__)
 
-LOGIT_SCALE = 1.0 / 0.07  # the reference's fixed scale (not CLIP's learned 100)
 ERRORS = ("raise", "collect")
 
 
@@ -43,16 +40,6 @@ class ScoreResult:
     @property
     def ok(self) -> np.ndarray:
         return np.array([e is None for e in self.errors], dtype=bool)
-
-
-def quasar_scores(embeddings: np.ndarray, anchors: np.ndarray,
-                  logit_scale: float = LOGIT_SCALE) -> np.ndarray:
-    """softmax(scale * cos(embedding, [good, bad]))[good] for every row, in float64."""
-    x = np.asarray(embeddings, dtype=np.float64)
-    x = x / np.linalg.norm(x, axis=-1, keepdims=True)
-    logits = logit_scale * (x @ np.asarray(anchors, dtype=np.float64).T)  # [N, 2]
-    # softmax over 2 = logistic of the difference: stable for any logit range
-    return 1.0 / (1.0 + np.exp(logits[:, 1] - logits[:, 0]))
 
 
 def select_anchors(bundle: Bundle, anchors: Union[str, Sequence[str], None]) -> List[str]:
@@ -223,78 +210,33 @@ class Scorer:
         return {n: quasar_scores(e, a) for n, a in self._anchor_mats.items()}
 
     # ------------------------------------------------------------------ many images
+    def engine_for(self, cfg: Optional[EngineConfig] = None) -> Engine:
+        """An :class:`Engine` over this scorer's loader and session (default: the scorer's
+        batch size and decode threads; variable shapes at native / 512)."""
+        if cfg is None:
+            cfg = EngineConfig(batch_size=self.batch_size, workers=max(1, self.decode_workers),
+                               variable_shapes=self.fixed_size is None)
+        return Engine.for_scorer(self, cfg)
+
+    @property
+    def engine(self) -> Engine:
+        return self.engine_for()
+
     def _embed_many(self, images: Any, errors: str) -> Tuple[np.ndarray, List[Optional[Exception]]]:
         if errors not in ERRORS:
             raise ValueError(f"errors must be one of {ERRORS}, got {errors!r}")
         items = _as_list(images)
-        n = len(items)
-        out = np.full((n, self.embed_dim), np.nan, dtype=np.float32)
-        errs: List[Optional[Exception]] = [None] * n
-        buckets: Dict[Tuple[int, ...], List[Tuple[int, np.ndarray]]] = {}
-        pending = 0
-        max_pending = 4 * self.batch_size
-
-        def flush(key: Tuple[int, ...]) -> None:
-            nonlocal pending
-            group = buckets.pop(key)
-            pending -= len(group)
-            idx = [i for i, _ in group]
-            batch = np.stack([p for _, p in group])
-            try:
-                out[idx] = self.embed_pixels(batch)
-            except InferenceError:
-                if errors == "raise" and len(group) == 1:
-                    raise
-                for i, p in group:  # isolate the input(s) that fail
-                    try:
-                        out[i] = self.embed_pixels(p[None])[0]
-                    except InferenceError as exc:
-                        err = InferenceError(
-                            f"{describe_source(items[i])}: the encoder failed on this image "
-                            f"(input {p.shape[1]}x{p.shape[2]}): {exc.__cause__ or exc}")
-                        if errors == "raise":
-                            raise err from exc
-                        errs[i] = err
-
-        for i, pix in self._decode_iter(items):
-            if isinstance(pix, Exception):
-                if errors == "raise":
-                    raise pix
-                errs[i] = pix
-                continue
-            key = tuple(pix.shape)
-            buckets.setdefault(key, []).append((i, pix))
-            pending += 1
-            if len(buckets[key]) >= self.batch_size:
-                flush(key)
-            elif pending >= max_pending:  # many distinct native shapes: run the biggest group
-                flush(max(buckets, key=lambda k: len(buckets[k])))
-        for key in list(buckets):
-            flush(key)
-        return out, errs
-
-    def _decode_one(self, src: Any) -> Any:
-        try:
-            return self.loader(src)
-        except ImageDecodeError as exc:
-            return exc
-
-    def _decode_iter(self, items: List[Any]) -> Iterable[Tuple[int, Any]]:
-        """(index, pixels or ImageDecodeError) in input order; decodes run ahead in threads
-        (Pillow releases the GIL) so decoding overlaps inference."""
-        if self.decode_workers <= 1 or len(items) <= 1:
-            for i, src in enumerate(items):
-                yield i, self._decode_one(src)
-            return
-        ahead = max(2 * self.batch_size, 2 * self.decode_workers)
-        with ThreadPoolExecutor(self.decode_workers, thread_name_prefix="quasar-decode") as ex:
-            futures: Dict[int, Any] = {}
-            nxt = 0
-            for i in range(len(items)):
-                while nxt < len(items) and nxt < i + ahead:
-                    futures[nxt] = ex.submit(self._decode_one, items[nxt])
-                    nxt += 1
-                yield i, futures.pop(i).result()
+        if errors == "collect":
+            w = self.engine.run(items)
+            return w.embeddings, w.errors
+        embs: List[np.ndarray] = []
+        for w in self.engine.windows(items):
+            for err in w.errors:
+                if err is not None:
+                    raise err
+            embs.append(w.embeddings)
+        emb = np.concatenate(embs) if embs else np.zeros((0, self.embed_dim), np.float32)
+        return emb, [None] * len(emb)
 
     def embed(self, images: Any, errors: str = "raise") -> Union[np.ndarray, ScoreResult]:
         """Embeddings float32 [N, D] (unnormalised, as the encoder returns them)."""
@@ -307,9 +249,8 @@ class Scorer:
         emb, errs = self._embed_many(images, errors)
         if not self.anchor_names:
             self.scores_from_embeddings(emb[:0])  # raises the no-anchors error
-        with np.errstate(invalid="ignore"):
-            scores = {n: quasar_scores(emb, a) if len(emb) else np.zeros(0)
-                      for n, a in self._anchor_mats.items()}
+        scores = {n: quasar_scores(emb, a) if len(emb) else np.zeros(0)
+                  for n, a in self._anchor_mats.items()}
         return ScoreResult(scores, errs) if errors == "collect" else scores
 
     def score(self, images: Any, errors: str = "raise") -> Union[np.ndarray, ScoreResult]:

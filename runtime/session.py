@@ -22,13 +22,13 @@ import json
 import logging
 import os
 import platform
-import secrets
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Optional, Tuple, Union
 
+from quasar.bundle.atomic import atomic_write_text, fsync_dir, temp_name
 from quasar.errors import BundleError, DeviceError, MissingDependencyError
 
 log = logging.getLogger(__name__)
@@ -191,18 +191,18 @@ def _store_cached(ort: Any, model: str, entry: Path, key: dict, cfg: SessionConf
                   providers: List[Any]) -> Any:
     """Build the session from ``model`` and save its optimised graph into ``entry``
     (written in a temporary directory, then renamed). None when that fails."""
-    tmp = entry.parent / f".{entry.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp = temp_name(entry)
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
         now = time.time()
-        for old in entry.parent.glob(f".{entry.name}.tmp-*"):  # left by killed processes
+        for old in entry.parent.glob(f".{entry.name}.*.tmp"):  # left by killed processes
             try:
                 if now - old.stat().st_mtime > _STALE_TMP_S:
                     _rmtree(old)
             except OSError:
                 pass
         tmp.mkdir()
-        (tmp / "key.json").write_text(json.dumps(key, indent=1, sort_keys=True) + "\n")
+        atomic_write_text(tmp / "key.json", json.dumps(key, indent=1, sort_keys=True) + "\n")
     except OSError as exc:
         log.debug("ONNX Runtime cache disabled: cannot write %s (%s)", entry.parent, exc)
         _rmtree(tmp)
@@ -225,6 +225,7 @@ def _store_cached(ort: Any, model: str, entry: Path, key: dict, cfg: SessionConf
         if not (tmp / _CACHED_MODEL).is_file():
             raise OSError("ONNX Runtime wrote no optimised model")
         os.rename(tmp, entry)  # atomic; fails when another process stored it first
+        fsync_dir(entry.parent)
         sess.quasar_ort_cache = "stored"
         log.debug("saved the optimised graph of %s to %s", model, entry)
     except OSError as exc:

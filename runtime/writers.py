@@ -27,15 +27,12 @@ from typing import Dict, IO, Iterator, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
-from quasar.errors import QuasarError
+from quasar.bundle.atomic import atomic_output, atomic_write
+from quasar.constants import STATUS_OK
+from quasar.errors import OutputError
 
-STATUS_OK = "ok"
 TABLE_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 PARQUET_HINT = 'Parquet output needs pyarrow: pip install "quasar[parquet]" (or pip install pyarrow), or write .csv / .jsonl'
-
-
-class OutputError(QuasarError, ValueError):
-    """An output file that cannot be written or resumed (wrong format, other columns, corrupt)."""
 
 
 @dataclass(frozen=True)
@@ -235,14 +232,12 @@ class ScoreTable:
                 f"{self.path} has columns {names}, this run writes {self.columns} (another "
                 "--anchors selection?); resume with the same options or use another --out"
             )
-        tmp = self.journal + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as out:
+        with atomic_write(self.journal, "w", encoding="utf-8") as out:
             for batch in pf.iter_batches(batch_size=65536):
                 for d in batch.to_pylist():
                     scores = {a: (float("nan") if d[score_column(a)] is None else d[score_column(a)])
                               for a in self.anchors}
                     out.write(_json_line(Row(d["path"], scores, d["status"], d["error"] or ""), self.anchors))
-        os.replace(tmp, self.journal)
 
     def scan_ok(self) -> Tuple[Set[str], int]:
         """Paths with an ``ok`` row in the existing output, and the number of other rows.
@@ -289,8 +284,7 @@ class ScoreTable:
             if scan.valid_end < size:
                 os.truncate(src, scan.valid_end)  # cut the torn last line
             return kept
-        tmp = src + ".compact.tmp"
-        with open(src, "rb") as fin, open(tmp, "wb") as fout:
+        with open(src, "rb") as fin, atomic_write(src, "wb") as fout:
             if self._line_format == "csv" and scan.header is not None:
                 fin.seek(0)
                 fout.write(fin.readline())
@@ -301,9 +295,6 @@ class ScoreTable:
                     chunk = fin.read(min(remaining, 1 << 20))
                     fout.write(chunk)
                     remaining -= len(chunk)
-            fout.flush()
-            os.fsync(fout.fileno())
-        os.replace(tmp, src)
         return kept
 
     def discard(self) -> None:
@@ -359,9 +350,8 @@ class ScoreTable:
         schema = pa.schema([("path", pa.string())]
                            + [(score_column(a), pa.float64()) for a in self.anchors]
                            + [("status", pa.string()), ("error", pa.string())])
-        tmp = f"{self.path}.tmp-{os.getpid()}"
-        try:
-            with pq.ParquetWriter(tmp, schema) as w:
+        with atomic_output(self.path) as tmp:
+            with pq.ParquetWriter(str(tmp), schema) as w:
                 buf: List[dict] = []
                 with open(self.journal, "rb") as f:
                     for raw in f:
@@ -373,10 +363,6 @@ class ScoreTable:
                             buf = []
                 if buf:
                     w.write_table(pa.Table.from_pylist(buf, schema=schema))
-            os.replace(tmp, self.path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
         os.remove(self.journal)
 
 
@@ -442,7 +428,7 @@ class EmbeddingsWriter:
         shape, offset = _raw_header(self.path)
         if len(shape) != 2 or shape[1] != self.dim:
             raise OutputError(f"{self.path} holds shape {shape}, this model gives [N, {self.dim}]; use another file")
-        with open(self.path, "rb") as fin, open(self.raw + ".tmp", "wb") as fout:
+        with open(self.path, "rb") as fin, atomic_write(self.raw, "wb") as fout:
             fin.seek(offset)
             remaining = shape[0] * self._row_bytes()
             while remaining:
@@ -451,7 +437,6 @@ class EmbeddingsWriter:
                     raise OutputError(f"{self.path} is truncated; delete it or use another file")
                 fout.write(chunk)
                 remaining -= len(chunk)
-        os.replace(self.raw + ".tmp", self.raw)
 
     def journal_paths(self) -> List[str]:
         """Paths of the rows already journalled (repairing a torn tail of either file)."""
@@ -486,14 +471,12 @@ class EmbeddingsWriter:
         if len(sel) == len(paths):
             return
         rb = self._row_bytes()
-        with open(self.raw, "rb") as fin, open(self.raw + ".tmp", "wb") as fout, \
-                open(self.paths_file + ".tmp", "w", encoding="utf-8", errors="surrogateescape", newline="\n") as pout:
+        with open(self.raw, "rb") as fin, atomic_write(self.raw, "wb") as fout, \
+                atomic_write(self.paths_file, "wb") as pout:
             for i in sel:
                 fin.seek(i * rb)
                 fout.write(fin.read(rb))
-                pout.write(paths[i] + "\n")
-        os.replace(self.raw + ".tmp", self.raw)
-        os.replace(self.paths_file + ".tmp", self.paths_file)
+                pout.write(paths[i].encode("utf-8", "surrogateescape") + b"\n")
 
     def write(self, paths: Sequence[str], emb: np.ndarray) -> None:
         if self._raw_f is None:
@@ -522,8 +505,7 @@ class EmbeddingsWriter:
             open(self.raw, "wb").close()
             open(self.paths_file, "a").close()
         n = os.path.getsize(self.raw) // self._row_bytes()
-        tmp = f"{self.path}.tmp-{os.getpid()}"
-        with open(tmp, "wb") as fout:
+        with atomic_write(self.path, "wb") as fout:
             if self.path.lower().endswith(".npy"):
                 np.lib.format.write_array_header_2_0(
                     fout, {"descr": "<f4", "fortran_order": False, "shape": (n, self.dim)})
@@ -543,9 +525,6 @@ class EmbeddingsWriter:
                     if not chunk:
                         break
                     fout.write(chunk)
-            fout.flush()
-            os.fsync(fout.fileno())
-        os.replace(tmp, self.path)
         os.remove(self.raw)
 
 

@@ -22,13 +22,13 @@ quiet_pip() {  # pip, showing its output only when it fails
 }
 
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-quiet_pip "$VENV/bin/pip" install "torch==2.14.1" "torchvision==0.29.1"
-quiet_pip "$VENV/bin/pip" install -e ".[cpu,export,evaluate,report,test]"
+quiet_pip "$VENV/bin/python" -m pip install "torch==2.14.1" "torchvision==0.29.1"
+quiet_pip "$VENV/bin/python" -m pip install -e ".[cpu,export,evaluate,report,test]"
 "$VENV/bin/python" -c "import quasar.runtime, quasar.export, onnxruntime, torch, open_clip"
 
 # The everyday install: quasar[cpu] without torch (tests/runtime/test_lean_venv.py).
 [ -x "$LEAN/bin/python" ] || "$PY" -m venv "$LEAN"
-quiet_pip "$LEAN/bin/pip" install -e ".[cpu]"
+quiet_pip "$LEAN/bin/python" -m pip install -e ".[cpu]"
 "$LEAN/bin/python" -c "import quasar.runtime.scorer, onnxruntime"
 export QUASAR_LEAN_PYTHON="$PWD/$LEAN/bin/python"
 

@@ -27,7 +27,7 @@ def test_wheel_installs_everything_under_quasar(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert top == {"quasar"}, top
-    for module in ("quasar/models/catalog.py", "quasar/runtime/__init__.py",
+    for module in ("quasar/models/catalog.py", "quasar/runtime/__init__.py", "quasar/bundle/io.py",
                    "quasar/export/__init__.py", "quasar/evaluate/datasets/base.py",
                    "quasar/cli.py"):
         assert module in names, module
@@ -50,7 +50,7 @@ def test_wheel_declares_extras_and_console_script(wheel):
 
 def test_bare_top_level_names_not_importable():
     code = ("import importlib.util, sys; "
-            "print([m for m in ('models', 'runtime', 'export', 'evaluate') "
+            "print([m for m in ('models', 'bundle', 'runtime', 'export', 'evaluate') "
             "if importlib.util.find_spec(m) is not None])")
     out = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True,
                          text=True, check=True).stdout.strip()

@@ -86,7 +86,7 @@ def load_dataset(name: str, root, subset: Optional[str] = None, **options) -> Da
         subset: ``None`` for the reference's default (``DATASET_INFO[name].default_subset``).
         **options: reader options, e.g. ``check_files=False`` (all readers), ``score="MOS"``
             and ``resolution="512x384"`` (KonIQ10k), ``image_dir`` (SPAQ),
-            ``skip_missing`` (AVA).
+            ``skip_missing`` (AVA), ``include_references`` (PieAPP).
     """
     module = _BY_NAME[resolve_name(name)]
     params = inspect.signature(module.load).parameters

@@ -11,13 +11,13 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from quasar.constants import IMAGE_EXTENSIONS
 from quasar.errors import DatasetError
 
 from .base import DatasetSamples
 
 log = logging.getLogger("quasar.evaluate.datasets")
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 MAX_LISTED = 5  # names shown in a "missing images" error
 
 

@@ -1,7 +1,15 @@
-"""KADID-10k: 10,125 distorted images of 81 references, DCR "dmos" 1..5 (``dmos.csv``)."""
+"""KADID-10k: 10,125 distorted images of 81 references, DCR "dmos" 1..5 (``dmos.csv``).
+
+The released ``dmos.csv`` (kadid10k.zip from database.mmsp-kn.de) has the header
+``dist_img,ref_img,dmos,var``. The QUASAR reference (``embeddings/datasets.py``, class
+``KADID10k``) renames ``image``/``reference`` to ``dist_img``/``ref_img``, so it reads both
+spellings; so does this reader.
+"""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Dict, List, Optional
+
+from quasar.errors import DatasetError
 
 from ._common import (
     DatasetInfo,
@@ -15,7 +23,9 @@ from .base import DatasetSamples
 
 LABELS = "dmos.csv"
 IMAGES = "images"
-COLUMNS = ("image", "reference", "dmos")
+SCORE = "dmos"
+# column -> accepted header names, the release's first
+COLUMNS: Dict[str, tuple] = {"image": ("dist_img", "image"), "reference": ("ref_img", "reference")}
 
 INFO = DatasetInfo(
     name="KADID10k",
@@ -27,8 +37,18 @@ INFO = DatasetInfo(
     # higher means better quality.
     score="DMOS (degradation category rating 1..5, higher is better)",
     higher_is_better=True,
-    layout=(f"{LABELS} (columns {', '.join(COLUMNS)})", f"{IMAGES}/<image>"),
+    layout=(f"{LABELS} (columns dist_img, ref_img, dmos, var)", f"{IMAGES}/<image>"),
 )
+
+
+def _column(labels, cols: Dict[str, List[str]], key: str) -> List[str]:
+    for name in COLUMNS[key]:
+        if name in cols:
+            return cols[name]
+    raise DatasetError(
+        f"KADID10k: {labels}: missing column {COLUMNS[key][0]!r} (or {COLUMNS[key][1]!r}); "
+        f"the release's header is dist_img,ref_img,dmos,var. {INFO.where()}."
+    )
 
 
 def load(root, subset: Optional[str] = None, *, check_files: bool = True) -> DatasetSamples:
@@ -36,10 +56,12 @@ def load(root, subset: Optional[str] = None, *, check_files: bool = True) -> Dat
     subset = resolve_subset(INFO, subset)
     root = check_root(INFO, root)
     labels = root / LABELS
-    cols = read_csv_columns(INFO, labels, COLUMNS)
-    scores = [parse_float(INFO, labels, v, f"row {i}") for i, v in enumerate(cols["dmos"], 2)]
-    paths = [root / IMAGES / name for name in cols["image"]]
-    refs = [root / IMAGES / name for name in cols["reference"]]
+    optional = [n for names in COLUMNS.values() for n in names]
+    cols = read_csv_columns(INFO, labels, (SCORE,), optional=optional)
+    images, references = _column(labels, cols, "image"), _column(labels, cols, "reference")
+    scores = [parse_float(INFO, labels, v, f"row {i}") for i, v in enumerate(cols[SCORE], 2)]
+    paths = [root / IMAGES / name for name in images]
+    refs = [root / IMAGES / name for name in references]
     return make_samples(
         INFO, subset, root, paths, scores, check_files=check_files, extra={"reference_path": refs}
     )

@@ -171,8 +171,11 @@ def write_koniq10k(root: Path, n: int = 9, rng: RngLike = 0, combined: bool = Fa
     return root
 
 
-def write_kadid10k(root: Path, n: int = 6, rng: RngLike = 0) -> Path:
-    """``dmos.csv`` (image, reference, dmos, var) + ``images/`` (distorted and references)."""
+def write_kadid10k(root: Path, n: int = 6, rng: RngLike = 0, header: Sequence[str] = (
+        "dist_img", "ref_img", "dmos", "var")) -> Path:
+    """``dmos.csv`` with the release's header ``dist_img,ref_img,dmos,var`` (kadid10k.zip,
+    database.mmsp-kn.de) + ``images/`` (distorted and references). ``header`` writes another
+    spelling (the reference also accepts ``image,reference,dmos``)."""
     rng, root = _rng(rng), Path(root)
     rows, pairs = [], []
     for k in range(n):
@@ -184,7 +187,7 @@ def write_kadid10k(root: Path, n: int = 6, rng: RngLike = 0) -> Path:
         score = _score(rng.uniform(1, 5), 2)
         rows.append([name, ref, score, _score(rng.uniform(0, 1), 3)])
         pairs.append((f"images/{name}", score))
-    _write_csv(root / "dmos.csv", ["image", "reference", "dmos", "var"], rows)
+    _write_csv(root / "dmos.csv", list(header), rows)
     _write_expected(root, "KADID10k", "all", True, {"all": pairs})
     return root
 
@@ -306,8 +309,8 @@ def write_pieapp(
 
     ``merged=True`` writes the reference's merged ``test_scores.csv`` at the root instead,
     with the distorted images in one flat ``distorted_images/test/`` folder.
-    ``include_reference=True`` also scores each reference image (0), as the pairwise tests
-    of the release do.
+    ``include_reference=True`` also lists each reference image (score 0) in the labels; the
+    reader leaves those rows out unless ``include_references=True``.
     """
     rng, root = _rng(rng), Path(root)
     per_ref: Dict[str, list] = {}
@@ -328,13 +331,15 @@ def write_pieapp(
         score = _score(rng.uniform(0, 5), 4)
         per_ref[ref].append([ref, name, score])
     header = ["reference image", " distorted image", " score for distorted image"]
+    with_refs: Pairs = []
     for ref, rows in per_ref.items():
         for row in rows:
             if row[1] == ref:
-                pairs.append((f"reference_images/test/{ref}", row[2]))
+                with_refs.append((f"reference_images/test/{ref}", row[2]))
             else:
                 sub = "" if merged else f"{ref[:-4]}/"
                 pairs.append((f"distorted_images/test/{sub}{row[1]}", row[2]))
+                with_refs.append(pairs[-1])
     if merged:
         _write_csv(
             root / "test_scores.csv",
@@ -348,7 +353,9 @@ def write_pieapp(
             body = "".join(f"{a}, {b}, {c}\n" for a, b, c in rows)
             path.write_text(",".join(header) + "\n" + body)
     (root / "test_reference_list.txt").write_text("\n".join(per_ref) + "\n")
-    _write_expected(root, "PieAPP", "test", False, {"test": pairs})
+    # default: the distorted images only (what the reference embeds); reference rows on request
+    _write_expected(root, "PieAPP", "test", False, {"test": pairs},
+                    extra={"test_with_references": with_refs})
     return root
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from quasar.errors import BundleError, DatasetError
 from quasar.evaluate.metrics import kfold_indices
-from quasar.export import anchors as A
+from quasar.evaluate import anchors as A
 
 D = 16
 
@@ -205,80 +205,6 @@ def test_bad_inputs():
         A.build_anchor_set(emb, [f"/x/a_{i}.png" for i in range(20)], prompt_data="KADIS700k")
     # string ratio (what argparse hands the reference) is accepted as a number
     A.build_anchor_set(emb, paths, scores, prompt_data="AVA", prompt_ratio="0.5")
-
-
-# ---- bundle file ----------------------------------------------------------------------
-
-def _sha(path):
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _fake_bundle(tmp_path, dim=D):
-    b = tmp_path / "bundle"
-    b.mkdir()
-    (b / "encoder.onnx").write_bytes(b"not really onnx")
-    text = _unit(np.random.RandomState(0).randn(2, dim)).astype(np.float32)
-    A.write_anchor_file(b / "anchors.safetensors", {"text": text}, {"text": {"source": "text"}})
-    manifest = {"schema_version": 1, "model": "x", "encoder": {"embed_dim": dim},
-                "anchors": ["text"],
-                "files": {"encoder.onnx": _sha(b / "encoder.onnx"),
-                          "anchors.safetensors": _sha(b / "anchors.safetensors")}}
-    (b / "bundle.json").write_text(json.dumps(manifest))
-    return b, text
-
-
-def test_add_anchor_set(tmp_path):
-    b, text = _fake_bundle(tmp_path)
-    new = np.random.RandomState(1).randn(2, D)
-    A.add_anchor_set(b, "kadis700k", new, {"source": "images", "seed": 3})
-    sets, recipes = A.read_anchor_file(b / "anchors.safetensors")
-    np.testing.assert_array_equal(sets["text"], text)
-    np.testing.assert_allclose(sets["kadis700k"], _unit(new), atol=1e-6)
-    assert sets["kadis700k"].dtype == np.float32
-    assert recipes["kadis700k"] == {"source": "images", "seed": 3}
-    assert recipes["text"] == {"source": "text"}
-    m = json.loads((b / "bundle.json").read_text())
-    assert m["anchors"] == ["text", "kadis700k"]
-    assert m["files"]["anchors.safetensors"] == _sha(b / "anchors.safetensors")
-    assert m["files"]["encoder.onnx"] == _sha(b / "encoder.onnx")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]  # no leftovers
-    # replace
-    A.add_anchor_set(b, "kadis700k", -new, {"source": "images", "seed": 4})
-    sets, recipes = A.read_anchor_file(b / "anchors.safetensors")
-    np.testing.assert_allclose(sets["kadis700k"], _unit(-new), atol=1e-6)
-    assert json.loads((b / "bundle.json").read_text())["anchors"] == ["text", "kadis700k"]
-
-
-def test_add_anchor_set_refuses(tmp_path):
-    b, _ = _fake_bundle(tmp_path)
-    before = (b / "bundle.json").read_text()
-    with pytest.raises(BundleError, match=r"\[2, 16\]"):
-        A.add_anchor_set(b, "ava", np.ones((2, 8)), {})
-    with pytest.raises(ValueError, match="name"):
-        A.add_anchor_set(b, "../evil", np.ones((2, D)), {})
-    with pytest.raises(BundleError, match="bundle.json"):
-        A.add_anchor_set(tmp_path, "ava", np.ones((2, D)), {})
-    with open(b / "anchors.safetensors", "ab") as f:
-        f.write(b" ")
-    with pytest.raises(BundleError, match="sha256"):
-        A.add_anchor_set(b, "ava", np.ones((2, D)), {})
-    assert (b / "bundle.json").read_text() == before
-
-
-def test_add_anchor_set_failure_leaves_bundle(tmp_path, monkeypatch):
-    b, _ = _fake_bundle(tmp_path)
-    before = {p.name: p.read_bytes() for p in b.iterdir()}
-
-    def boom(*a, **k):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(A, "write_anchor_file", boom)
-    with pytest.raises(OSError, match="disk full"):
-        A.add_anchor_set(b, "ava", np.ones((2, D)), {})
-    assert {p.name: p.read_bytes() for p in b.iterdir()} == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
 
 
 def test_full_reference_groups_agree_with_stem_rule_and_handle_underscores():

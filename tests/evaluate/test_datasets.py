@@ -213,13 +213,51 @@ def test_koniq_row_missing_from_sets_file(tmp_path):
 # --- other dataset specifics ---------------------------------------------------------------
 
 
-def test_pieapp_merged_file_and_reference_rows(tmp_path):
+def _reference_pieapp_selection(root):
+    """(file name, score) pairs the QUASAR reference would score, re-implemented from its code:
+    ``extraction/datasets.py`` embeds the files of ``distorted_images/test`` (sorted
+    ``os.listdir``, files only, no dot files) and ``embeddings/datasets.py`` ``PieAPP`` takes
+    the rows of ``test_scores.csv`` in order, looking each up as ``<folder>/<distorted image>``
+    among those embeddings (a row without an embedding would be a KeyError there, so only
+    rows that have one are part of a run that completes)."""
+    import csv
+    import os
+
+    folder = os.path.join(str(root), "distorted_images", "test")
+    embedded = {os.path.join(folder, f) for f in sorted(os.listdir(folder))
+                if os.path.isfile(os.path.join(folder, f)) and not f.startswith(".")}
+    with open(root / "test_scores.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return [(r["distorted image"], float(r["score for distorted image"])) for r in rows
+            if os.path.join(folder, r["distorted image"]) in embedded]
+
+
+def test_pieapp_default_set_is_the_references_and_reference_rows_on_request(tmp_path):
     root = fx.write_pieapp(tmp_path / "merged", merged=True, include_reference=True)
     samples = load_dataset("PieAPP", root)
+    want = _reference_pieapp_selection(root)
+    assert len(want) == 6
+    assert [(p.name, float(s)) for p, s in zip(samples.paths, samples.scores)] == want
+    assert samples.extra["reference_rows_skipped"] == 2
     _assert_same(_pairs(samples, root), _expected(root, "test"))
-    assert any(p.parent.name == "test" and p.name.startswith("ref_") for p in samples.paths)
+    with_refs = load_dataset("PieAPP", root, include_references=True)
+    _assert_same(_pairs(with_refs, root), fx.read_expected(root)["extra"]["test_with_references"])
+    assert any(p.parent.name == "test" and p.name.startswith("ref_") for p in with_refs.paths)
+    # the release's nested layout: same selection, reference rows only on request
     root = fx.write_pieapp(tmp_path / "nested", include_reference=True)
     _assert_same(_pairs(load_dataset("PieAPP", root), root), _expected(root, "test"))
+    _assert_same(_pairs(load_dataset("PieAPP", root, include_references=True), root),
+                 fx.read_expected(root)["extra"]["test_with_references"])
+
+
+def test_kadid_reads_the_release_header_and_the_old_names(tmp_path):
+    root = fx.write_kadid10k(tmp_path / "release")
+    assert (root / "dmos.csv").read_text().splitlines()[0] == "dist_img,ref_img,dmos,var"
+    samples = load_dataset("KADID10k", root)
+    _assert_same(_pairs(samples, root), _expected(root, "all"))
+    assert [p.name for p in samples.extra["reference_path"]][:3] == ["I01.png"] * 3
+    root = fx.write_kadid10k(tmp_path / "alias", header=("image", "reference", "dmos", "var"))
+    _assert_same(_pairs(load_dataset("KADID10k", root), root), _expected(root, "all"))
 
 
 def test_aadb_all_without_validation_file_and_duplicates(tmp_path):
@@ -312,6 +350,7 @@ def test_missing_label_file_is_named_with_url(tmp_path, name):
     "name, relpath, column",
     [
         ("KADID10k", "dmos.csv", "dmos"),
+        ("KADID10k", "dmos.csv", "dist_img"),
         ("TAD66k", "labels/merge/test.csv", "score"),
         ("KonIQ10k", "koniq10k_scores.csv", "MOS_zscore"),
         ("KonIQ10k", "koniq10k_distributions_sets.csv", "set"),

@@ -84,7 +84,7 @@ def check_fold(fold, pred, target):
 
 
 def test_evaluate_text_one_fold(capsys, home, data_root, rn50_nopos_bundle, scorer):
-    res = evaluate_json(capsys, rn50_nopos_bundle, data_root, "--target_data", "KonIQ10k")
+    res = evaluate_json(capsys, rn50_nopos_bundle, data_root, "--target-data", "KonIQ10k")
     target = load_dataset("KonIQ10k", data_root / "KonIQ10k")  # default subset
     pred = scorer.score([str(p) for p in target.paths])
     assert res["target_data"] == "KonIQ10k" and res["target_subset"] == target.subset
@@ -97,8 +97,8 @@ def test_evaluate_text_one_fold(capsys, home, data_root, rn50_nopos_bundle, scor
 
 
 def test_evaluate_text_folds_and_text_report(capsys, home, data_root, rn50_nopos_bundle, scorer):
-    res = evaluate_json(capsys, rn50_nopos_bundle, data_root, "--target_data", "KonIQ10k",
-                        "--target_data_subset", "all", "--target_cv_folds", 3, "--seed", 7)
+    res = evaluate_json(capsys, rn50_nopos_bundle, data_root, "--target-data", "KonIQ10k",
+                        "--target-data-subset", "all", "--target-cv-folds", 3, "--seed", 7)
     target = load_dataset("KonIQ10k", data_root / "KonIQ10k", "all")
     pred = scorer.score([str(p) for p in target.paths])
     np.random.seed(7)  # text anchors draw nothing: the folds are the first draw
@@ -112,9 +112,9 @@ def test_evaluate_text_folds_and_text_report(capsys, home, data_root, rn50_nopos
     assert res["metrics"]["mean"]["srcc"] == pytest.approx(np.mean(srccs), abs=1e-6)
     assert res["metrics"]["std"]["srcc"] == pytest.approx(np.std(srccs), abs=1e-6)
 
-    text = run(capsys, "evaluate", "--bundle", rn50_nopos_bundle, "--data_root", data_root,
-               "--target_data", "KonIQ10k", "--target_data_subset", "all",
-               "--target_cv_folds", 3, "--seed", 7, "--quiet")
+    text = run(capsys, "evaluate", "--bundle", rn50_nopos_bundle, "--data-root", data_root,
+               "--target-data", "KonIQ10k", "--target-data-subset", "all",
+               "--target-cv-folds", 3, "--seed", 7, "--quiet")
     assert "|SRCC|" in text and "mean±std" in text and len(text.splitlines()) == 6
 
 
@@ -127,8 +127,8 @@ def _reference_fr(emb, is_ref, group, ratio):
 
 
 def test_evaluate_kadis_prompt(capsys, home, data_root, rn50_nopos_bundle, scorer):
-    res = evaluate_json(capsys, rn50_nopos_bundle, data_root, "--prompt_data", "KADIS700k",
-                        "--target_data", "TID2013", "--target_cv_folds", 2, "--prompt_ratio", 0.5)
+    res = evaluate_json(capsys, rn50_nopos_bundle, data_root, "--prompt-data", "KADIS700k",
+                        "--target-data", "TID2013", "--target-cv-folds", 2, "--prompt-ratio", 0.5)
     prompt = load_dataset("KADIS700k", data_root / "KADIS700k")
     target = load_dataset("TID2013", data_root / "TID2013")
     exp = json.loads((data_root / "KADIS700k" / F.EXPECTED).read_text())["extra"]
@@ -161,8 +161,8 @@ def test_anchors_cli_and_ava_prompt(capsys, home, data_root, rn50_nopos_bundle, 
 
     bundle = tmp_path / "bundle"
     shutil.copytree(rn50_nopos_bundle, bundle)
-    run(capsys, "anchors", bundle, "--prompt_data", "AVA", "--data_root", data_root,
-        "--prompt_ratio", 0.75, "--name", "ava_test", "--quiet")
+    run(capsys, "anchors", bundle, "--prompt-data", "AVA", "--data-root", data_root,
+        "--prompt-ratio", 0.75, "--name", "ava_test", "--quiet")
     prompt = load_dataset("AVA", data_root / "AVA")
     emb = scorer.embed([str(p) for p in prompt.paths]).astype(np.float64)
     random.seed(SEED)
@@ -177,17 +177,17 @@ def test_anchors_cli_and_ava_prompt(capsys, home, data_root, rn50_nopos_bundle, 
     assert json.loads((bundle / "bundle.json").read_text())["anchors"][-1] == "ava_test"
 
     # the stored set and the on-the-fly AVA anchors give the same evaluation
-    a = evaluate_json(capsys, bundle, data_root, "--anchor_set", "ava_test", "--target_data", "TID2013")
-    b = evaluate_json(capsys, bundle, data_root, "--prompt_data", "AVA", "--prompt_ratio", 0.75,
-                      "--target_data", "TID2013")
+    a = evaluate_json(capsys, bundle, data_root, "--anchors", "ava_test", "--target-data", "TID2013")
+    b = evaluate_json(capsys, bundle, data_root, "--prompt-data", "AVA", "--prompt-ratio", 0.75,
+                      "--target-data", "TID2013")
     target = load_dataset("TID2013", data_root / "TID2013")
     pred = quasar_scores(scorer.embed([str(p) for p in target.paths]), want)
     check_fold(a["metrics"]["folds"][0], pred, target.scores)
     assert a["metrics"]["folds"][0]["srcc"] == pytest.approx(b["metrics"]["folds"][0]["srcc"], abs=1e-9)
 
     # a second prompt set with clustering: added next to the first
-    run(capsys, "anchors", bundle, "--prompt_data", "PIPAL", "--data_root", data_root,
-        "--aggregation_type", "clustering", "--n_clusters", 2, "--quiet")
+    run(capsys, "anchors", bundle, "--prompt-data", "PIPAL", "--data-root", data_root,
+        "--aggregation-type", "clustering", "--n-clusters", 2, "--quiet")
     s3 = Scorer.from_bundle(bundle, anchors="all", device="cpu")
     assert s3.anchor_names[-2:] == ["ava_test", "pipal"]
     assert s3.bundle.recipes["pipal"]["n_clusters"] == 2
@@ -195,9 +195,9 @@ def test_anchors_cli_and_ava_prompt(capsys, home, data_root, rn50_nopos_bundle, 
 
 def test_reproduce(capsys, home, data_root, rn50_nopos_bundle, scorer, tmp_path):
     out = tmp_path / "repro"
-    text = run(capsys, "reproduce", "--bundle", rn50_nopos_bundle, "--data_root", data_root,
+    text = run(capsys, "reproduce", "--bundle", rn50_nopos_bundle, "--data-root", data_root,
                "--out", out, "--prompts", "text,KADIS700k,PIPAL",
-               "--targets", "KonIQ10k,TID2013,SPAQ", "--target_cv_folds", 2, "--quiet")
+               "--targets", "KonIQ10k,TID2013,SPAQ", "--target-cv-folds", 2, "--quiet")
     assert text == ""
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert [(r["prompt_data"], r["target_data"]) for r in rows] == [
@@ -210,8 +210,8 @@ def test_reproduce(capsys, home, data_root, rn50_nopos_bundle, scorer, tmp_path)
     assert "SPAQ" in js["missing"]
 
     # each cell equals the single run with the same settings
-    one = evaluate_json(capsys, rn50_nopos_bundle, data_root, "--prompt_data", "KADIS700k",
-                        "--target_data", "TID2013", "--target_cv_folds", 2)
+    one = evaluate_json(capsys, rn50_nopos_bundle, data_root, "--prompt-data", "KADIS700k",
+                        "--target-data", "TID2013", "--target-cv-folds", 2)
     row = next(r for r in rows if r["prompt_data"] == "KADIS700k" and r["target_data"] == "TID2013")
     assert float(row["srcc_mean"]) == pytest.approx(one["metrics"]["mean"]["srcc"], abs=1e-9)
     assert float(row["abs_srcc_mean"]) == pytest.approx(one["metrics"]["mean"]["abs_srcc"], abs=1e-9)
@@ -219,14 +219,14 @@ def test_reproduce(capsys, home, data_root, rn50_nopos_bundle, scorer, tmp_path)
 
 def test_errors(capsys, home, data_root, rn50_nopos_bundle):
     for args, msg in [
-        (["--target_data", "SPAQ"], "SPAQ"),
-        (["--target_data", "KonIQ10k", "--target_cv_folds", "x"], "target_cv_folds"),
-        (["--target_data", "KonIQ10k", "--prompt_data", "LIVE"], "prompt_data"),
-        (["--target_data", "KonIQ10k", "--prompt_ratio", 2], "prompt_ratio"),
-        (["--prompt_data", "text"], "target_data"),
+        (["--target-data", "SPAQ"], "SPAQ"),
+        (["--target-data", "KonIQ10k", "--target-cv-folds", "x"], "--target-cv-folds"),
+        (["--target-data", "KonIQ10k", "--prompt-data", "LIVE"], "prompt_data"),
+        (["--target-data", "KonIQ10k", "--prompt-ratio", 2], "prompt_ratio"),
+        (["--prompt-data", "text"], "--target-data"),
     ]:
         with pytest.raises(SystemExit) as e:
-            run(capsys, "evaluate", "--bundle", rn50_nopos_bundle, "--data_root", data_root, *args)
+            run(capsys, "evaluate", "--bundle", rn50_nopos_bundle, "--data-root", data_root, *args)
         assert e.value.code == 2
         assert msg in capsys.readouterr().err
 
@@ -251,12 +251,12 @@ def test_evaluate_with_authors_embedding_files(capsys, home, data_root, rn50_nop
     torch.save(torch.from_numpy(p_emb), d / "ava_clip_RN50_openai_False.pt")
     (d / "ava_clip_RN50_openai_False.json").write_text(json.dumps({"results_paths": entries}))
 
-    ours = evaluate_json(capsys, rn50_nopos_bundle, data_root, "--prompt_data", "AVA",
-                         "--target_data", "TID2013", "--target_cv_folds", 2)
-    theirs = evaluate_json(capsys, rn50_nopos_bundle, data_root, "--prompt_data", "AVA",
-                           "--target_data", "TID2013", "--target_cv_folds", 2,
-                           "--prompt_embeddings", d / "ava_clip_RN50_openai_False.pt",
-                           "--target_embeddings", d / "tid2013_clip_RN50_openai_False")
+    ours = evaluate_json(capsys, rn50_nopos_bundle, data_root, "--prompt-data", "AVA",
+                         "--target-data", "TID2013", "--target-cv-folds", 2)
+    theirs = evaluate_json(capsys, rn50_nopos_bundle, data_root, "--prompt-data", "AVA",
+                           "--target-data", "TID2013", "--target-cv-folds", 2,
+                           "--prompt-embeddings", d / "ava_clip_RN50_openai_False.pt",
+                           "--target-embeddings", d / "tid2013_clip_RN50_openai_False")
     for a, b in zip(ours["metrics"]["folds"], theirs["metrics"]["folds"]):
         assert a["srcc"] == pytest.approx(b["srcc"], abs=1e-6)
         assert a["n"] == b["n"]

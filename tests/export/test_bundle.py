@@ -10,8 +10,8 @@ torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
 from quasar.models.catalog import get_model_spec  # noqa: E402
-from quasar.models.manifest import (ANCHORS_FILE, BUNDLE_JSON, ENCODER_ONNX,  # noqa: E402
-                                    TEXT_PROMPTS, BundleManifest)
+from quasar.bundle.manifest import BundleManifest  # noqa: E402
+from quasar.constants import ANCHORS_FILE, BUNDLE_JSON, ENCODER_ONNX, TEXT_PROMPTS  # noqa: E402
 
 SEED = 0
 
@@ -162,12 +162,12 @@ def test_nopos_wrapper_equals_reference_math_at_any_size():
 
 @pytest.mark.torch
 def test_rn50_with_pos_bundle(rn50_bundle):
-    m = _manifest(rn50_bundle)
-    assert not m.encoder.dynamic_hw and m.encoder.input_size == 224
-    assert list(m.preprocess) == ["224"]
+    m = _manifest(rn50_bundle)  # any size since issue 10 (resized positional embedding)
+    assert m.encoder.dynamic_hw and m.encoder.input_size is None
+    assert list(m.preprocess) == ["224", "512", "native"] and m.default_resolution == "224"
     model = _rebuild("clip-rn50.openai")
-    for n in (1, 2):
-        x = _pixels(n, 3, 224, 224, seed=n)
+    for n, h, w in ((1, 224, 224), (2, 224, 224), (1, 161, 289)):
+        x = _pixels(n, 3, h, w, seed=n)
         _close(_onnx(rn50_bundle, x), _torch(model, x))
 
 

@@ -11,7 +11,7 @@ ort = pytest.importorskip("onnxruntime")
 
 from quasar.errors import CheckpointError, ExportError, UnknownModelError  # noqa: E402
 from quasar.models.catalog import get_model_spec  # noqa: E402
-from quasar.models.manifest import ANCHORS_FILE, BUNDLE_JSON, ENCODER_ONNX  # noqa: E402
+from quasar.constants import ANCHORS_FILE, BUNDLE_JSON, ENCODER_ONNX  # noqa: E402
 
 VIT = "vit-b-32.openai"
 DINO = "dinov2-vits14.lvd142m"
@@ -166,8 +166,8 @@ def test_add_anchor_set_keeps_bundle_consistent(tmp_path, rn50_nopos_bundle):
 
     from safetensors.numpy import load_file
 
-    from quasar.export.anchors import add_anchor_set
-    from quasar.runtime.bundle import load_bundle
+    from quasar.bundle import add_anchor_set
+    from quasar.bundle.io import load_bundle
 
     b = tmp_path / "copy"
     shutil.copytree(rn50_nopos_bundle, b)

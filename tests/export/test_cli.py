@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from quasar.models.manifest import BUNDLE_JSON, ENCODER_ONNX
+from quasar.constants import BUNDLE_JSON, ENCODER_ONNX
 
 QUASAR = Path(sys.executable).parent / "quasar"
 

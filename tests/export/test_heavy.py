@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
 from quasar.models.catalog import CATALOG, get_model_spec  # noqa: E402
-from quasar.models.manifest import BUNDLE_JSON, ENCODER_ONNX  # noqa: E402
+from quasar.constants import BUNDLE_JSON, ENCODER_ONNX  # noqa: E402
 
 HEAVY = [mid for mid, spec in CATALOG.items() if spec.heavy]
 

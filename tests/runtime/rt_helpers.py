@@ -11,7 +11,7 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-from quasar.models.manifest import BundleManifest, EncoderInfo
+from quasar.bundle.manifest import BundleManifest, EncoderInfo
 from quasar.models.preprocess import resolution_cfg
 
 TINY_DIM = 8

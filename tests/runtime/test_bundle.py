@@ -3,18 +3,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import sys
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
 import rt_helpers  # noqa: E402
 
 from quasar.errors import BundleError  # noqa: E402
-from quasar.runtime.bundle import load_bundle, sha256_file  # noqa: E402
+from quasar.bundle.io import load_bundle, sha256_file  # noqa: E402
 
 pytest.importorskip("onnx")
 
@@ -114,7 +111,7 @@ def test_anchor_listed_but_absent(tiny):
 
 def test_random_init_warns(tmp_path, caplog):
     b = rt_helpers.write_tiny_bundle(tmp_path / "b", random_init=True)
-    with caplog.at_level(logging.WARNING, logger="quasar.runtime.bundle"):
+    with caplog.at_level(logging.WARNING, logger="quasar.bundle.io"):
         load_bundle(b)
     assert any("RANDOMLY INITIALISED" in r.message and "NO quality meaning" in r.message
                for r in caplog.records)

@@ -1,6 +1,6 @@
 """``quasar score`` end to end.
 
-Part 1 drives ``quasar.runtime.cli.main`` in-process with a fake scorer (fast: formats,
+Part 1 drives ``quasar score`` in-process (``quasar.cli.run``) with a fake scorer (fast: formats,
 resume, exit codes, inputs). Part 2 runs the real ``quasar`` console script in a subprocess
 on a random-init RN50 bundle: values equal the Python API, hostile files, kill + resume.
 """
@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -20,12 +19,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
 import hostile  # noqa: E402
 
+from quasar.cli import run  # noqa: E402
 from quasar.runtime import cli  # noqa: E402
 
 QUASAR = Path(sys.executable).with_name("quasar")
+
+
+def main(argv):
+    """``quasar score ARGV`` in this process; returns the exit code."""
+    return run(["score", *argv])
 
 
 # ============================================================ part 1: fake scorer, in-process
@@ -83,7 +87,7 @@ def _check_fake_rows(rows, good, bad):
 def test_formats(tree, fake, tmp_path, capsys, ext):
     root, good, bad = tree
     out = tmp_path / f"scores{ext}"
-    code = cli.main([str(root / "good"), str(root / "hostile"), "--out", str(out),
+    code = main([str(root / "good"), str(root / "hostile"), "--out", str(out),
                      "--batch-size", "3", "--workers", "2"])
     assert code == cli.EXIT_SOME_FAILED == 3
     rows = _read(out)
@@ -99,7 +103,7 @@ def test_formats(tree, fake, tmp_path, capsys, ext):
 
 def test_all_good_exit_0_and_stdout_table(tree, fake, capsys):
     root, good, _ = tree
-    assert cli.main([str(root / "good"), "--quiet"]) == 0
+    assert main([str(root / "good"), "--quiet"]) == 0
     cap = capsys.readouterr()
     rows = list(csv.DictReader(io.StringIO(cap.out)))
     assert [r["path"] for r in rows] == [str(p) for p in good]
@@ -112,7 +116,7 @@ def test_inputs_stdin_list_glob(tree, fake, tmp_path, monkeypatch):
     lst.write_text(f"{good[2]}\n{bad['text.png']}\n")
     monkeypatch.setattr(sys, "stdin", io.StringIO(f"{good[1]}\n{root / 'missing.png'}\n"))
     out = tmp_path / "o.jsonl"
-    code = cli.main(["-", "@" + str(lst), str(root / "good" / "*.png"), "--out", str(out)])
+    code = main(["-", "@" + str(lst), str(root / "good" / "*.png"), "--out", str(out)])
     assert code == 3
     rows = _read(out)
     globbed = sorted(str(p) for p in good if p.parent == root / "good" and p.suffix == ".png")
@@ -127,26 +131,26 @@ def test_usage_errors(tree, fake, tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     out = tmp_path / "x.csv"
-    assert cli.main([str(empty), "--out", str(out)]) == 2 and not out.exists()
+    assert main([str(empty), "--out", str(out)]) == 2 and not out.exists()
     assert "no images found" in capsys.readouterr().err
-    assert cli.main([str(good[0]), "--out", str(tmp_path / "x.xlsx")]) == 2
-    assert cli.main([str(good[0]), "--resume"]) == 2  # needs --out
-    assert cli.main([str(good[0]), "--batch-size", "0"]) == 2
-    assert cli.main([str(good[0]), "--bogus"]) == 2
-    assert cli.main([]) == 2
-    assert cli.main(["@" + str(tmp_path / "nolist.txt")]) == 2
+    assert main([str(good[0]), "--out", str(tmp_path / "x.xlsx")]) == 2
+    assert main([str(good[0]), "--resume"]) == 2  # needs --out
+    assert main([str(good[0]), "--batch-size", "0"]) == 2
+    assert main([str(good[0]), "--bogus"]) == 2
+    assert main([]) == 2
+    assert main(["@" + str(tmp_path / "nolist.txt")]) == 2
     # an existing output is never overwritten silently
-    assert cli.main([str(good[0]), "--out", str(out)]) == 0
-    assert cli.main([str(good[1]), "--out", str(out)]) == 2
+    assert main([str(good[0]), "--out", str(out)]) == 0
+    assert main([str(good[1]), "--out", str(out)]) == 2
     assert "--resume" in capsys.readouterr().err
-    assert cli.main([str(good[1]), "--out", str(out), "--overwrite"]) == 0
+    assert main([str(good[1]), "--out", str(out), "--overwrite"]) == 0
     assert [r["path"] for r in _read(out)] == [str(good[1])]
 
 
 def test_max_pixels_option(tree, fake, tmp_path):
     root, good, _ = tree
     out = tmp_path / "m.csv"
-    assert cli.main([str(good[0]), str(good[-1]), "--max-pixels", "4000", "--out", str(out)]) == 3
+    assert main([str(good[0]), str(good[-1]), "--max-pixels", "4000", "--out", str(out)]) == 3
     assert [r["status"] for r in _read(out)] == ["ok", "too_large"]  # 50x70 ok, 96x64 not
 
 
@@ -159,12 +163,12 @@ def test_resume_repairs_torn_tail_and_retries_failures(tree, fake, tmp_path, ext
     args = [str(late), str(work), "--batch-size", "2"]
     full = tmp_path / f"full{ext}"
     shutil.copy(good[0], late)
-    assert cli.main(args + ["--out", str(full)]) == 0
+    assert main(args + ["--out", str(full)]) == 0
     reference = _read(full)
     late.unlink()
 
     out = tmp_path / f"part{ext}"
-    assert cli.main(args + ["--out", str(out)]) == 3  # late.png: not_found
+    assert main(args + ["--out", str(out)]) == 3  # late.png: not_found
     journal = out if ext != ".parquet" else Path(str(out) + ".partial.jsonl")
     if ext == ".parquet":  # simulate a kill: no final file, a journal with a torn tail
         from quasar.runtime.writers import ScoreTable
@@ -175,7 +179,7 @@ def test_resume_repairs_torn_tail_and_retries_failures(tree, fake, tmp_path, ext
     cut = data.index(b"\n", len(data) // 2) + 5
     journal.write_bytes(data[:cut])  # killed mid-line, second half missing
     shutil.copy(good[0], late)
-    assert cli.main(args + ["--out", str(out), "--resume"]) == 0
+    assert main(args + ["--out", str(out), "--resume"]) == 0
     rows = _read(out)
     # each input once; input order, except that the retried failure (first input) now comes
     # after the rows kept from the killed run
@@ -190,7 +194,7 @@ def test_resume_repairs_torn_tail_and_retries_failures(tree, fake, tmp_path, ext
         assert a["score_text"] == pytest.approx(b["score_text"], abs=1e-6)
     assert not Path(str(out) + ".partial.jsonl").exists()
     # resuming a complete output scores nothing again
-    assert cli.main(args + ["--out", str(out), "--resume"]) == 0
+    assert main(args + ["--out", str(out), "--resume"]) == 0
     assert len(_read(out)) == len(reference)
 
 
@@ -201,7 +205,7 @@ def test_save_embeddings(tree, fake, tmp_path, ext):
     emb_path = tmp_path / f"e{ext}"
     args = [str(root / "good"), str(bad["zero.png"]), str(bad["cmyk.jpg"]), "--out", str(out),
             "--save-embeddings", str(emb_path), "--batch-size", "4"]
-    assert cli.main(args) == 3
+    assert main(args) == 3
     rows = _read(out)
     ok_paths = [r["path"] for r in rows if r["status"] == "ok"]
     names = (tmp_path / "e.paths.txt").read_text().splitlines()
@@ -218,13 +222,13 @@ def test_save_embeddings(tree, fake, tmp_path, ext):
         np.testing.assert_allclose(e, np.concatenate([x.mean(-1), x.std(-1)]), atol=1e-6)
     # resume after a kill that left the embeddings journal one batch behind the table
     raw = Path(str(emb_path) + ".partial")
-    assert cli.main(args + ["--overwrite"]) == 3
+    assert main(args + ["--overwrite"]) == 3
     # rebuild the killed state: table complete, embeddings journal holding 3 rows
     emb_full = np.load(emb_path) if ext == ".npy" else load_file(str(emb_path))["embeddings"]
     emb_path.unlink()
     raw.write_bytes(emb_full[:3].astype("<f4").tobytes() + b"\x01\x02")
     (tmp_path / "e.paths.txt").write_text("\n".join(names[:3]) + "\n" + names[3][:4])
-    assert cli.main(args + ["--resume"]) == 3  # zero.png retried, still failing
+    assert main(args + ["--resume"]) == 3  # zero.png retried, still failing
     rows2 = _read(out)
     assert sorted(r["path"] for r in rows2) == sorted(r["path"] for r in rows)
     names2 = (tmp_path / "e.paths.txt").read_text().splitlines()
@@ -342,6 +346,6 @@ def test_parquet_without_pyarrow_gives_install_hint(tree, fake, tmp_path, monkey
     root, good, _ = tree
     monkeypatch.setitem(sys.modules, "pyarrow", None)  # import pyarrow -> ImportError
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
-    assert cli.main([str(good[0]), "--out", str(tmp_path / "x.parquet")]) == 2
+    assert main([str(good[0]), "--out", str(tmp_path / "x.parquet")]) == 2
     assert 'pip install "quasar[parquet]"' in capsys.readouterr().err
     assert not (tmp_path / "x.parquet").exists()

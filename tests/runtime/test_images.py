@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import io
-import os
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(__file__))
 import rt_helpers  # noqa: E402
 
 from quasar.errors import (EmptyImageError, ImageDecodeError, ImageNotFoundError,  # noqa: E402
@@ -210,7 +207,7 @@ def test_missing_file():
 
 
 def test_directory_is_not_an_image(tmp_path):
-    with pytest.raises(ImageNotFoundError, match="not a regular file"):
+    with pytest.raises(ImageNotFoundError, match="a directory, not an image file"):
         open_image(tmp_path)
 
 

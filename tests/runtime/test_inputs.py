@@ -2,12 +2,9 @@
 from __future__ import annotations
 
 import io
-import os
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
 import hostile  # noqa: E402
 
 from quasar.runtime.inputs import InputError, check_specs, is_image_name, iter_inputs  # noqa: E402

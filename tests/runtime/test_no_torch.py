@@ -3,14 +3,12 @@ torchvision, onnx): checked in a fresh interpreter where importing them raises."
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
 import rt_helpers  # noqa: E402
 
 FORBIDDEN = ("torch", "torchvision", "open_clip", "timm", "onnx")
@@ -30,7 +28,7 @@ SCRIPT = textwrap.dedent("""
     import quasar, quasar.runtime
     from quasar.runtime import Scorer, load_bundle
     import quasar.runtime.scorer, quasar.runtime.images, quasar.runtime.session
-    import quasar.runtime.bundle, quasar.runtime.default_bundle
+    import quasar.bundle.io, quasar.runtime.default_bundle
     after_import = sorted(m for m in sys.modules if m.split(".")[0] in FORBIDDEN)
     s = Scorer.from_bundle({bundle!r}, resolution={res!r}, batch_size=2)
     img = np.random.default_rng(0).integers(0, 256, (70, 90, 3), dtype=np.uint8)

@@ -3,12 +3,10 @@ from __future__ import annotations
 
 import itertools
 import os
-import sys
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
 import hostile  # noqa: E402
 
 from quasar.runtime.pipeline import PipelineConfig, error_status, run_pipeline  # noqa: E402
@@ -123,7 +121,7 @@ def test_error_status_of_exception_classes():
     from quasar import errors
     assert error_status(errors.ImageTooLargeError("x")) == "too_large"
     assert error_status(errors.ImageDecodeError("x")) == "decode_error"
-    assert error_status(PermissionError("x")) == "read_error"
+    assert error_status(PermissionError("x")) == "permission_denied"
     assert error_status(ValueError("x")) == "decode_error"
     if hasattr(errors, "TruncatedImageError"):
         assert error_status(errors.TruncatedImageError("x")) == "truncated"

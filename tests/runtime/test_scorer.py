@@ -3,20 +3,18 @@ batching, native-resolution grouping, several anchor sets, error collection, def
 from __future__ import annotations
 
 import dataclasses
-import os
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(__file__))
 import rt_helpers  # noqa: E402
 
 from quasar.errors import (BundleError, DeviceError, ImageNotFoundError,  # noqa: E402
                            NotAnImageError)
-from quasar.runtime.bundle import load_bundle  # noqa: E402
-from quasar.runtime.scorer import Scorer, ScoreResult, quasar_scores  # noqa: E402
+from quasar.bundle.io import load_bundle  # noqa: E402
+from quasar.runtime.scorer import Scorer, ScoreResult
+from quasar.runtime.scoring import quasar_scores  # noqa: E402
 
 pytest.importorskip("onnxruntime")
 

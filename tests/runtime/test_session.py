@@ -3,13 +3,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
 import rt_helpers  # noqa: E402
 
 from quasar.errors import DeviceError, MissingDependencyError, QuasarError  # noqa: E402

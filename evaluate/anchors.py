@@ -1,7 +1,7 @@
-"""Image anchors: embeddings of prompt data -> two L2-normalised centroids (good, bad),
-and the bundle's ``anchors.safetensors`` (read / write / add a named set atomically).
+"""Image anchors: embeddings of prompt data -> two L2-normalised centroids (good, bad).
 
-NumPy + scikit-learn only (no torch): the embeddings come from the runtime.
+NumPy + scikit-learn only (no torch): the embeddings come from the runtime; the anchors are
+stored through the bundle layer (:func:`quasar.bundle.add_anchor_set`).
 
 Index selection reproduces the QUASAR reference (``aggregation/fr.py``, ``aggregation/nr.py``)
 draw for draw. The reference seeds the global streams once (``seed_everything(seed)``:
@@ -17,22 +17,16 @@ same images and the same folds as the reference.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
-import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from quasar.errors import BundleError, DatasetError
-from quasar.models.manifest import ANCHORS_FILE, BUNDLE_JSON
-from quasar.runtime.bundle import sha256_file
+from quasar.bundle.anchors import l2_normalise
+from quasar.errors import DatasetError
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +40,6 @@ PROMPT_DATA_SPLIT = {"KADIS700k": FULL_REFERENCE, "PIPAL": FULL_REFERENCE, "AVA"
 # (and its faiss code is commented out); 10 per side is our documented default.
 DEFAULT_N_CLUSTERS = 10
 DEFAULT_SEED = 42  # the reference's --seed default
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
 class ReferenceRandom:
@@ -61,6 +54,29 @@ class ReferenceRandom:
         self.seed = int(seed)
         self.np = np.random.RandomState(self.seed)
         self.py = random.Random(self.seed)
+        self.draws: List[List[Any]] = []  # [stream, n] per draw, in order (see replay)
+
+    def permutation(self, n: int) -> np.ndarray:
+        """``np.random.permutation(n)`` of the NumPy stream, recorded."""
+        self.draws.append(["np.permutation", int(n)])
+        return self.np.permutation(int(n))
+
+    def shuffle(self, items: list) -> None:
+        """``random.shuffle(items)`` of the Python stream, recorded."""
+        self.draws.append(["py.shuffle", len(items)])
+        self.py.shuffle(items)
+
+    def replay(self, draws: Sequence[Sequence[Any]]) -> None:
+        """Repeat recorded draws (same streams, same sizes) so that both streams stand where
+        they stood after them: a run with a stored anchor set then permutes its folds as the
+        reference's run that built those anchors first. The sizes do not depend on the seed."""
+        for kind, n in draws:
+            if kind == "np.permutation":
+                self.permutation(int(n))
+            elif kind == "py.shuffle":
+                self.shuffle(list(range(int(n))))
+            else:
+                raise ValueError(f"unknown recorded draw {kind!r}")
 
 
 def _check_ratio(name: str, value, low_open: bool = True) -> float:
@@ -126,7 +142,7 @@ def split_full_reference(paths: Sequence, prompt_ratio: float = 1.0,
                     "image were ignored", orphans)
     ref_idx_arr = np.asarray(ref_idx, dtype=np.int64)
     limit = round(len(ref_idx_arr) * ratio)
-    chosen = ref_idx_arr[rng.np.permutation(len(ref_idx_arr))][:limit]
+    chosen = ref_idx_arr[rng.permutation(len(ref_idx_arr))][:limit]
     bad: List[int] = []
     for i in chosen:
         bad.extend(dists[keys[i]])
@@ -184,15 +200,15 @@ def split_median(scores, prompt_ratio: float = 1.0, median_offset_ratio: Optiona
 
     if aggregation_type == "mean":
         high_lim, low_lim = round(len(high) * ratio), round(len(low) * ratio)
-        rng.py.shuffle(high)
+        rng.shuffle(high)
         good = high[:high_lim]
-        rng.py.shuffle(low)
+        rng.shuffle(low)
         bad = low[:low_lim]
     else:
         h = np.asarray(high, dtype=np.int64)
         lo = np.asarray(low, dtype=np.int64)
-        good = h[rng.np.permutation(len(h))][:round(len(h) * ratio)]
-        bad = lo[rng.np.permutation(len(lo))][:round(len(lo) * ratio)]
+        good = h[rng.permutation(len(h))][:round(len(h) * ratio)]
+        bad = lo[rng.permutation(len(lo))][:round(len(lo) * ratio)]
     good, bad = np.asarray(good, dtype=np.int64), np.asarray(bad, dtype=np.int64)
     if good.size == 0 or bad.size == 0:
         raise DatasetError(f"median split selected {good.size} good and {bad.size} bad images; "
@@ -224,14 +240,6 @@ def aggregate(embeddings: np.ndarray, aggregation_type: str = "mean",
     labels = KMeans(n_clusters=k, n_init=1, random_state=int(seed)).fit(e).labels_
     centroids = [e[labels == c].mean(axis=0) for c in np.unique(labels)]
     return np.mean(centroids, axis=0), len(centroids)
-
-
-def l2_normalise(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    n = np.linalg.norm(x, axis=-1, keepdims=True)
-    if np.any(n == 0) or not np.all(np.isfinite(n)):
-        raise ValueError("cannot L2-normalise a zero or non-finite anchor vector")
-    return x / n
 
 
 @dataclass(frozen=True)
@@ -270,6 +278,7 @@ def build_anchor_set(embeddings: np.ndarray, paths: Sequence, scores=None, *,
         raise ValueError(f"embeddings {emb.shape} do not match {len(paths)} paths")
     prompt_ratio = _check_ratio("prompt_ratio", prompt_ratio)
     rng = rng if rng is not None else ReferenceRandom(seed)
+    first_draw = len(rng.draws)
     recipe: Dict[str, Any] = {
         "source": "images", "prompt_data": prompt_data, "split": split,
         "aggregation_type": aggregation_type, "prompt_ratio": float(prompt_ratio),
@@ -287,7 +296,8 @@ def build_anchor_set(embeddings: np.ndarray, paths: Sequence, scores=None, *,
         recipe["median"] = median
     g, kg = aggregate(emb[good], aggregation_type, n_clusters, rng.seed)
     b, kb = aggregate(emb[bad], aggregation_type, n_clusters, rng.seed)
-    recipe.update(n_good=int(good.size), n_bad=int(bad.size))
+    recipe.update(n_good=int(good.size), n_bad=int(bad.size),
+                  rng_draws=[list(d) for d in rng.draws[first_draw:]])
     if aggregation_type == "clustering":
         recipe.update(n_clusters=int(n_clusters), n_clusters_good=kg, n_clusters_bad=kb,
                       kmeans="sklearn k-means++ n_init=1 random_state=seed")
@@ -295,125 +305,5 @@ def build_anchor_set(embeddings: np.ndarray, paths: Sequence, scores=None, *,
     return AnchorSet(anchors=anchors, recipe=recipe, good_idx=good, bad_idx=bad)
 
 
-# --- anchors.safetensors ------------------------------------------------------------------
-
-def read_anchor_file(path) -> Tuple[Dict[str, np.ndarray], Dict[str, Dict[str, Any]]]:
-    """(set name -> [2, D] float32, set name -> recipe dict) of an anchors.safetensors."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise BundleError(f"{path}: anchors file is missing; re-export the bundle")
-    try:
-        with safe_open(str(path), framework="numpy") as f:
-            meta = f.metadata() or {}
-            sets = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises its own error types
-        raise BundleError(f"{path}: cannot read anchors ({e}); re-export the bundle") from e
-    recipes = {}
-    for k in sets:
-        try:
-            recipes[k] = json.loads(meta[k]) if k in meta else {}
-        except json.JSONDecodeError:
-            recipes[k] = {"raw": meta[k]}
-    return sets, recipes
-
-
-def write_anchor_file(path, sets: Dict[str, np.ndarray], recipes: Dict[str, Dict[str, Any]]) -> None:
-    """Write anchors.safetensors (temp file in the same folder + rename)."""
-    from safetensors.numpy import save_file
-
-    path = Path(path)
-    tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in sets.items()}
-    meta = {k: json.dumps(recipes.get(k, {}), sort_keys=True) for k in tensors}
-    fd, tmp = tempfile.mkstemp(prefix=".anchors-", suffix=".tmp", dir=str(path.parent))
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
-def add_anchor_set(bundle_dir, name: str, anchors: np.ndarray, recipe: Dict[str, Any]) -> Path:
-    """Add (or replace) the anchor set ``name`` in a bundle, atomically.
-
-    The new ``anchors.safetensors`` and ``bundle.json`` (``anchors`` list, ``files`` sha256)
-    are written into a sibling copy of the bundle (other files hard-linked), which then
-    takes the bundle's place by rename; a failure leaves the bundle untouched. Refuses an
-    anchors file that no longer matches its recorded checksum and a dimension mismatch.
-    """
-    bundle_dir = Path(bundle_dir)
-    if not name or not _NAME_RE.match(name):
-        raise ValueError(f"anchor set name {name!r}: use letters, digits, '_', '-', '.'")
-    mpath = bundle_dir / BUNDLE_JSON
-    if not mpath.is_file():
-        raise BundleError(f"{bundle_dir}: no {BUNDLE_JSON}; is this a QUASAR bundle directory?")
-    try:
-        manifest = json.loads(mpath.read_text())
-        dim = int(manifest["encoder"]["embed_dim"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise BundleError(f"{mpath}: unreadable manifest ({e}); re-export the bundle") from e
-    a = np.asarray(anchors, dtype=np.float64)
-    if a.shape != (2, dim):
-        raise BundleError(f"anchor set {name!r} has shape {tuple(a.shape)} but the bundle "
-                          f"{bundle_dir} embeds into {dim} dimensions (need [2, {dim}]); build "
-                          "the anchors with this bundle's encoder")
-    a = l2_normalise(a).astype(np.float32)
-    apath = bundle_dir / ANCHORS_FILE
-    files = dict(manifest.get("files", {}))
-    if apath.is_file():
-        recorded = files.get(ANCHORS_FILE)
-        if recorded is not None and recorded != sha256_file(apath):
-            raise BundleError(f"{apath} does not match the sha256 in {mpath}; the bundle was "
-                              "modified — re-export it before adding anchors")
-        sets, recipes = read_anchor_file(apath)
-    else:
-        sets, recipes = {}, {}
-    for k, v in sets.items():
-        if v.shape[-1] != dim:
-            raise BundleError(f"{apath}: existing set {k!r} has dim {v.shape[-1]} != {dim}")
-    if name in sets:
-        log.info("replacing anchor set %r in %s", name, bundle_dir)
-    sets[name] = a
-    recipes[name] = dict(recipe)
-
-    parent = bundle_dir.resolve().parent
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{bundle_dir.name}.new-", dir=str(parent)))
-    try:
-        os.chmod(tmp_dir, os.stat(bundle_dir).st_mode & 0o7777)
-        for item in bundle_dir.iterdir():
-            if item.name in (ANCHORS_FILE, BUNDLE_JSON):
-                continue
-            if item.is_dir():
-                shutil.copytree(item, tmp_dir / item.name, copy_function=_link_or_copy)
-            else:
-                _link_or_copy(item, tmp_dir / item.name)
-        write_anchor_file(tmp_dir / ANCHORS_FILE, sets, recipes)
-        files[ANCHORS_FILE] = sha256_file(tmp_dir / ANCHORS_FILE)
-        manifest["files"] = files
-        names = list(manifest.get("anchors", []))
-        if name not in names:
-            names.append(name)
-        manifest["anchors"] = names
-        (tmp_dir / BUNDLE_JSON).write_text(json.dumps(manifest, indent=2) + "\n")
-        from .bundle import replace_directory
-
-        replace_directory(tmp_dir, bundle_dir.resolve())
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
-    return bundle_dir
+# The anchors file and adding a set to a bundle are the bundle layer's job.
+from quasar.bundle.io import add_anchor_set  # noqa: E402,F401 (re-exported for callers)

@@ -1,0 +1,174 @@
+"""Atomic file and directory writes: the one helper every writer in QUASAR uses.
+
+A file is written to a unique temporary name in the same directory (``.<name>.<random>.tmp``,
+so two processes writing side by side never collide), flushed and fsync'ed, then renamed over
+the target with ``os.replace`` (atomic on POSIX and Windows); the directory is fsync'ed so the
+rename survives a power cut. On any error the temporary file is removed and the target is
+left as it was. A directory is built the same way: a unique temporary sibling, renamed into
+place at the end (:func:`atomic_dir`), or swapped for an existing one
+(:func:`replace_directory`).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import tempfile
+from pathlib import Path
+from typing import IO, Iterator, Union
+
+PathLike = Union[str, os.PathLike]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def fsync_dir(path: PathLike) -> None:
+    """fsync a directory (makes a rename in it durable); a no-op where unsupported."""
+    try:
+        fd = os.open(str(path), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def temp_name(path: PathLike, tag: str = "tmp") -> Path:
+    """A unique hidden sibling of ``path``: ``.<name>.<pid>-<random>.<tag>``."""
+    p = Path(path)
+    return p.with_name(f".{p.name}.{os.getpid()}-{secrets.token_hex(4)}.{tag}")
+
+
+@contextlib.contextmanager
+def atomic_write(path: PathLike, mode: str = "wb", *, encoding: str = "utf-8",
+                 newline: Union[str, None] = None, fsync: bool = True,
+                 perm: Union[int, None] = None) -> Iterator[IO]:
+    """``with atomic_write(p, "w") as f: f.write(...)`` - all of it at ``p``, or nothing.
+
+    The file gets ordinary permissions (0666 minus the umask) unless ``perm`` is given.
+    """
+    if "w" not in mode:
+        raise ValueError(f"atomic_write needs a write mode, got {mode!r}")
+    target = Path(path)
+    tmp = temp_name(target)
+    kw = {} if "b" in mode else {"encoding": encoding, "newline": newline}
+    f = open(tmp, mode, **kw)
+    try:
+        with f:
+            yield f
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
+        os.chmod(tmp, perm if perm is not None else 0o666 & ~_umask())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if fsync:
+        fsync_dir(target.parent)
+
+
+def atomic_write_bytes(path: PathLike, data: bytes, **kw) -> Path:
+    with atomic_write(path, "wb", **kw) as f:
+        f.write(data)
+    return Path(path)
+
+
+def atomic_write_text(path: PathLike, text: str, **kw) -> Path:
+    with atomic_write(path, "w", **kw) as f:
+        f.write(text)
+    return Path(path)
+
+
+@contextlib.contextmanager
+def atomic_output(path: PathLike) -> Iterator[Path]:
+    """For writers that want a *path* (safetensors, pyarrow, ONNX): yields a unique temp
+    path beside ``path``; when the block ends without error it is fsync'ed and renamed over
+    ``path``; otherwise removed."""
+    target = Path(path)
+    tmp = temp_name(target)
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise OSError(f"{target}: nothing was written")
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(target.parent)
+
+
+def _set_tree_permissions(root: Path) -> None:
+    """mkdtemp makes 0700 dirs: give a new tree ordinary permissions (umask applied)."""
+    mask = _umask()
+    os.chmod(root, 0o777 & ~mask)
+    for p in root.rglob("*"):
+        if not p.is_symlink():
+            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+
+
+def replace_directory(new: PathLike, target: PathLike) -> None:
+    """Put directory ``new`` at ``target`` (which may exist): the old one is renamed aside,
+    ``new`` renamed in (the old one restored if that fails), then the old one removed."""
+    new, target = Path(new), Path(target)
+    if not os.path.lexists(target):
+        os.rename(new, target)
+        fsync_dir(target.parent)
+        return
+    old = temp_name(target, "old")
+    os.rename(target, old)
+    try:
+        os.rename(new, target)
+    except BaseException:
+        os.rename(old, target)
+        raise
+    fsync_dir(target.parent)
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        old.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(target: PathLike, *, overwrite: bool = False,
+               exists_error=FileExistsError) -> Iterator[Path]:
+    """Build a directory in a unique temporary sibling and move it to ``target`` when the
+    block succeeds (replacing an existing one only with ``overwrite``); on failure nothing
+    is left behind and an existing ``target`` is untouched."""
+    target = Path(target).expanduser().absolute()
+    if os.path.lexists(target) and not overwrite:
+        raise exists_error(f"{target} already exists. Pass --overwrite to replace it or "
+                           "choose another --out.")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield tmp
+        _set_tree_permissions(tmp)
+        if os.path.lexists(target) and not overwrite:
+            raise exists_error(f"{target} appeared while it was being written. Pass "
+                               "--overwrite to replace it or choose another --out.")
+        replace_directory(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def link_or_copy(src: PathLike, dst: PathLike) -> None:
+    """Hard-link ``src`` to ``dst`` (same file system), else copy it."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)

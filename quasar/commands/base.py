@@ -1,0 +1,479 @@
+"""The command layer: option definitions, strict parsing, help, exit codes.
+
+Why not let Fire parse: Fire binds what it can, *runs the command*, and only then complains
+about the tokens it could not consume (``--sed 1`` exported a whole bundle before
+``ERROR: Could not consume arg``); it also converts values (``1.50`` -> 1.5), lets a
+boolean flag swallow the next token and splits its command line at a lone ``-``. Here every
+command line is parsed completely, against the command's declared options, before the
+command's module body or any heavy library is imported; only a clean parse is handed on.
+
+A command is a :class:`Command`: a name, a one-line summary, the dotted path of the function
+that does the work (``"quasar.export.cli:export"``), and its options. Defaults come from
+that function's signature (one source), descriptions from :class:`Option` objects, most of
+them shared (``quasar/commands/options.py``) so that one concept has one name, one short flag
+and one description across commands.
+
+Exit codes (every command; defined with the errors in quasar/errors.py):
+
+====  ==========================================================================
+0     success
+1     unexpected error (a bug, a full disk, ...): the message or traceback says what
+2     usage: unknown option, bad value, missing extra, unknown model, bad bundle, bad
+      dataset, output exists without --resume/--overwrite; nothing was done
+3     some inputs failed (``quasar score``: each has a row with its status)
+130   interrupted (Ctrl-C); finished work is kept (``--resume`` / the embeddings cache)
+====  ==========================================================================
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import importlib
+import importlib.util
+import inspect
+import os
+import shutil
+import sys
+import textwrap
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from quasar.console import silence_stdout  # noqa: F401 (re-exported)
+from quasar.errors import (EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED,  # noqa: F401
+                           EXIT_USAGE, exit_code_of)
+
+EXIT_CODES_HELP = ("Exit codes: 0 ok; 1 unexpected error; 2 usage error (bad option or value, "
+                   "missing extra, unknown model, bad bundle or dataset; nothing done); "
+                   "3 some inputs failed; 130 interrupted.")
+
+# Optional dependency (top-level module) -> the extra that installs it.
+EXTRA_OF = {"torch": "export", "torchvision": "export", "open_clip": "export", "timm": "export",
+            "onnx": "export", "onnxscript": "export", "scipy": "evaluate",
+            "sklearn": "evaluate", "openpyxl": "evaluate", "onnxruntime": "cpu",
+            "pyarrow": "parquet", "matplotlib": "report"}
+
+
+class CommandLineError(Exception):
+    """A command line that cannot be parsed; reported with the usage line, exit 2."""
+
+
+# --------------------------------------------------------------------------- options
+
+@dataclass(frozen=True)
+class Option:
+    """One option (or positional argument) of a command.
+
+    ``name`` is the parameter name of the command function (snake_case); the flag is its
+    kebab-case form (``batch_size`` -> ``--batch-size``) and the snake_case spelling is
+    accepted silently. ``type`` converts the string (``None``: inferred from the default:
+    bool -> a switch, int, float, else str). A switch whose default is True is spelled
+    ``--no-<name>``. ``default_text`` describes a ``None`` default in words.
+    """
+
+    name: str
+    help: str
+    short: Optional[str] = None
+    type: Optional[Callable[[str], Any]] = None
+    metavar: Optional[str] = None
+    choices: Optional[Tuple[str, ...]] = None
+    default_text: Optional[str] = None
+    aliases: Tuple[str, ...] = ()   # other accepted long flags (hidden), e.g. "--anchor-set"
+
+    def __post_init__(self):
+        if not self.name.isidentifier():
+            raise ValueError(f"option name {self.name!r} must be the parameter name")
+        if not self.help:
+            raise ValueError(f"option {self.name!r} needs a description")
+        if self.short is not None and (len(self.short) != 2 or not self.short.startswith("-")):
+            raise ValueError(f"short flag {self.short!r} of {self.name!r}: use -x")
+
+    def but(self, **changes) -> "Option":
+        """A copy with some fields changed (a command-specific description, metavar...)."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def opt(name: str, help: str, **kw) -> Option:
+    """A command's own option (not shared)."""
+    return Option(name, help, **kw)
+
+
+@dataclass
+class _Param:
+    """An option bound to a command: the Option plus what the signature says."""
+
+    option: Option
+    kind: str               # "positional" | "varargs" | "value" | "switch" | "negswitch"
+    default: Any
+    required: bool
+
+    @property
+    def name(self) -> str:
+        return self.option.name
+
+    @property
+    def flag(self) -> str:
+        if self.kind == "negswitch":
+            return "--no-" + self.name.replace("_", "-")
+        return self.option.flag
+
+    @property
+    def metavar(self) -> str:
+        if self.kind == "positional":
+            return self.name.upper()
+        return self.option.metavar or self.name.upper()
+
+
+def _infer_type(default) -> Callable[[str], Any]:
+    if isinstance(default, bool):
+        return bool
+    if isinstance(default, int):
+        return integer
+    if isinstance(default, float):
+        return number
+    return str
+
+
+def integer(text: str) -> int:
+    """An integer (``1e3`` and ``2.5`` are refused)."""
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def lower(text: str) -> str:
+    return text.lower()
+
+
+# --------------------------------------------------------------------------- commands
+
+@dataclass
+class Command:
+    """A ``quasar`` subcommand.
+
+    Args:
+        name: the word after ``quasar``.
+        summary: one line for ``quasar --help``; the first line of ``quasar NAME --help``.
+        target: ``"module:function"`` doing the work; imported only after a clean parse.
+            Its parameters are the command's options; their defaults are shown in help.
+            It may return an int (the exit code) or a string (printed).
+        options: one :class:`Option` per parameter of ``target`` (a test checks both ways).
+        description: more help text after the summary.
+        examples: command lines shown in help.
+        extra: the pip extra the command needs (``"export"``), with ``requires``: the
+            modules checked (without importing them) before the command runs.
+        user_errors: exception types (besides QuasarError) that mean bad user input:
+            printed as ``quasar NAME: error: ...`` with exit 2, no traceback.
+        interrupt_hint: printed after ``interrupted`` on Ctrl-C.
+        setup: called with the parsed keyword arguments before ``target`` (logging etc.).
+    """
+
+    name: str
+    summary: str
+    target: str
+    options: Sequence[Option]
+    description: str = ""
+    examples: Sequence[str] = ()
+    extra: Optional[str] = None
+    requires: Sequence[str] = ()
+    user_errors: Tuple[type, ...] = ()
+    interrupt_hint: str = ""
+    _params: Optional[List[_Param]] = field(default=None, repr=False)
+
+    # -- binding the options to the target's signature
+    def function(self) -> Callable:
+        module, _, attr = self.target.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def params(self) -> List[_Param]:
+        if self._params is None:
+            self._params = self._bind()
+        return self._params
+
+    def _bind(self) -> List[_Param]:
+        sig = inspect.signature(self.function())
+        by_name = {o.name: o for o in self.options}
+        if len(by_name) != len(self.options):
+            raise ValueError(f"quasar {self.name}: an option is declared twice")
+        missing = [n for n in sig.parameters if n not in by_name]
+        unused = [n for n in by_name if n not in sig.parameters]
+        if missing or unused:
+            raise ValueError(f"quasar {self.name}: options and {self.target} disagree: "
+                             f"undescribed parameters {missing}, options without a parameter "
+                             f"{unused}")
+        params = []
+        for p in sig.parameters.values():
+            o = by_name[p.name]
+            if p.kind is inspect.Parameter.VAR_POSITIONAL:
+                params.append(_Param(o, "varargs", (), False))
+            elif p.default is inspect.Parameter.empty:
+                params.append(_Param(o, "positional", None, True))
+            elif isinstance(p.default, bool) and o.type in (None, bool):
+                params.append(_Param(o, "negswitch" if p.default else "switch", p.default, False))
+            else:
+                params.append(_Param(o, "value", p.default, False))
+        return params
+
+    # -- parsing
+    def usage(self) -> str:
+        parts = [f"quasar {self.name}"]
+        for p in self.params():
+            if p.kind == "positional":
+                parts.append(p.metavar)
+            elif p.kind == "varargs":
+                parts.append(f"[{p.metavar} ...]")
+        return " ".join(parts + ["[options]"])
+
+    def long_flags(self) -> Dict[str, _Param]:
+        flags = {}
+        for p in self.params():
+            if p.kind == "varargs":
+                continue
+            flags[p.flag] = p
+            for a in p.option.aliases:
+                flags[a] = p
+        return flags
+
+    def _parser(self) -> argparse.ArgumentParser:
+        parser = _Parser(prog=f"quasar {self.name}", add_help=False, allow_abbrev=False)
+        for p in self.params():
+            o = p.option
+            if p.kind == "varargs":
+                parser.add_argument(p.name, nargs="*", default=[], metavar=p.metavar)
+                continue
+            names = [p.flag, *o.aliases] + ([o.short] if o.short else [])
+            if p.kind == "positional":  # MODEL or --model MODEL
+                parser.add_argument("_pos_" + p.name, nargs="?", default=None,
+                                    metavar=p.metavar)
+            if p.kind == "switch":
+                parser.add_argument(*names, dest=p.name, action="store_true", default=False)
+            elif p.kind == "negswitch":
+                parser.add_argument(*names, dest=p.name, action="store_false", default=True)
+            else:
+                parser.add_argument(*names, dest=p.name, metavar=p.metavar,
+                                    default=p.default, choices=o.choices,
+                                    type=o.type or _infer_type(p.default))
+        return parser
+
+    def _normalise(self, argv: Sequence[str]) -> List[str]:
+        """``--batch_size`` -> ``--batch-size`` where that is an option (snake_case is
+        accepted silently); everything after a lone ``--`` is left alone."""
+        flags = self.long_flags()
+        out, rest = [], False
+        for tok in argv:
+            if not rest and tok == "--":
+                rest = True
+            elif not rest and tok.startswith("--") and "_" in tok:
+                head, eq, value = tok.partition("=")
+                kebab = head.replace("_", "-")
+                if kebab in flags:
+                    tok = kebab + eq + value
+            out.append(tok)
+        return out
+
+    def parse(self, argv: Sequence[str]) -> Dict[str, Any]:
+        """Keyword arguments for ``target`` from command-line tokens; raises
+        CommandLineError for anything unknown, extra, missing or malformed."""
+        argv = self._normalise(argv)
+        ns, extra = self._parser().parse_known_intermixed_args(argv)
+        if extra:
+            raise CommandLineError(self._explain_extra(extra))
+        kw = vars(ns)
+        for p in self.params():
+            if p.kind == "positional":
+                pos, named = kw.pop("_pos_" + p.name), kw.get(p.name)
+                if pos is not None and named is not None:
+                    raise CommandLineError(f"{p.metavar} given twice ({pos!r} and "
+                                           f"{p.flag} {named!r})")
+                kw[p.name] = pos if pos is not None else named
+                if kw[p.name] is None:
+                    raise CommandLineError(f"missing {p.metavar}: {p.option.help}")
+        return kw
+
+    def _explain_extra(self, extra: List[str]) -> str:
+        flags = self.long_flags()
+        for tok in extra:
+            if tok.startswith("-") and len(tok) > 1 and tok != "--":
+                head = tok.split("=", 1)[0]
+                return f"unknown option {head}{self._did_you_mean(head, flags)}"
+        takes = [p.metavar for p in self.params() if p.kind in ("positional", "varargs")]
+        what = f"it takes {' '.join(takes)}" if takes else "it takes no arguments"
+        return f"unexpected argument {extra[0]!r} ({what}; options start with --)"
+
+    @staticmethod
+    def _did_you_mean(token: str, flags: Dict[str, _Param]) -> str:
+        if not token.startswith("--"):
+            return ""
+        wanted = token.replace("_", "-").lower()
+        canonical = {p.flag for p in flags.values()}
+        match = difflib.get_close_matches(wanted, sorted(canonical), n=1, cutoff=0.6)
+        if not match:  # an alias close to it names the real option
+            alias = difflib.get_close_matches(wanted, sorted(flags), n=1, cutoff=0.6)
+            match = [flags[alias[0]].flag] if alias else []
+        return f" (did you mean {match[0]}?)" if match else ""
+
+    # -- help
+    def help(self, width: Optional[int] = None) -> str:
+        width = width or _width()
+        lines = [f"usage: {self.usage()}", "", textwrap.fill(self.summary, width)]
+        if self.description:
+            lines += [""] + [textwrap.fill(par, width) for par in
+                             textwrap.dedent(self.description).strip().split("\n\n")]
+        rows_args, rows_opts = [], []
+        for p in self.params():
+            o = p.option
+            text = o.help.rstrip(".")
+            if p.kind in ("positional", "varargs"):
+                alt = f" (or {p.flag} {p.metavar})" if p.kind == "positional" else ""
+                rows_args.append((p.metavar, text + alt))
+                continue
+            left = (f"{o.short}, " if o.short else "    ") + p.flag
+            if p.kind == "value":
+                left += f" {p.metavar}"
+                notes = [" | ".join(o.choices)] if o.choices else []
+                if o.default_text:
+                    notes.append(f"default: {o.default_text}")
+                elif p.default is not None:
+                    notes.append(f"default: {p.default}")
+                if notes:
+                    text += f" ({'; '.join(notes)})"
+            rows_opts.append((left, text))
+        rows_opts.append(("-h, --help", "show this help and exit"))
+        col = min(32, max(len(a) for a, _ in rows_args + rows_opts) + 2)
+        if rows_args:
+            lines += ["", "arguments:"] + _rows(rows_args, col, width)
+        lines += ["", "options:"] + _rows(rows_opts, col, width)
+        if self.examples:
+            lines += ["", "examples:"] + [f"  {e}" for e in self.examples]
+        lines += ["", textwrap.fill(EXIT_CODES_HELP, width)]
+        return "\n".join(lines) + "\n"
+
+    # -- running
+    def missing_extra(self) -> Optional[str]:
+        for mod in self.requires:
+            try:
+                found = importlib.util.find_spec(mod) is not None
+            except (ImportError, ValueError):
+                found = False
+            if not found:
+                return self.extra or EXTRA_OF.get(mod, mod)
+        return None
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse would print and exit; we explain ourselves
+        if message.startswith("argument "):  # "argument -o/--out: expected one argument"
+            message = message[len("argument "):]
+        raise CommandLineError(message)
+
+
+def _width() -> int:
+    return max(60, min(100, shutil.get_terminal_size((100, 24)).columns))
+
+
+def _rows(rows, col: int, width: int) -> List[str]:
+    out = []
+    for left, text in rows:
+        wrapped = textwrap.wrap(text, max(20, width - col - 2), break_on_hyphens=False) or [""]
+        if len(left) + 2 > col:
+            out.append(f"  {left}")
+        else:
+            out.append(f"  {left:<{col}}{wrapped.pop(0)}")
+        out += [" " * (col + 2) + w for w in wrapped]
+    return out
+
+
+# --------------------------------------------------------------------------- errors
+
+exit_code_for = exit_code_of  # every error class of quasar/errors.py carries its exit code
+
+
+def extra_hint(command: str, extra: str) -> str:
+    alt = " (or 'quasar[gpu]' for CUDA)" if extra == "cpu" else ""
+    return f"quasar {command} needs the {extra} extra: pip install 'quasar[{extra}]'{alt}"
+
+
+def run_command(cmd: Command, argv: Sequence[str]) -> int:
+    """Parse, check the extra, run; every outcome becomes an exit code (see the table)."""
+    from quasar.errors import QuasarError
+
+    def err(msg: str) -> None:
+        print(f"quasar {cmd.name}: error: {msg}", file=sys.stderr)
+
+    if any(a in ("-h", "--help") for a in _before_dashdash(argv)):
+        return _print(cmd.help())
+    try:
+        kwargs = cmd.parse(argv)
+    except CommandLineError as exc:
+        err(str(exc))
+        print(f"usage: {cmd.usage()}\n(quasar {cmd.name} --help lists every option)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    extra = cmd.missing_extra()
+    if extra:
+        print(extra_hint(cmd.name, extra), file=sys.stderr)
+        return EXIT_USAGE
+    varargs = [p.name for p in cmd.params() if p.kind == "varargs"]
+    args = kwargs.pop(varargs[0]) if varargs else []
+    try:
+        result = cmd.function()(*args, **kwargs)
+        if isinstance(result, str):
+            sys.stdout.write(result if result.endswith("\n") else result + "\n")
+        sys.stdout.flush()
+        return result if isinstance(result, int) and not isinstance(result, bool) else EXIT_OK
+    except BrokenPipeError:
+        silence_stdout()
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"quasar {cmd.name}: interrupted" + (f" ({cmd.interrupt_hint})"
+                                                  if cmd.interrupt_hint else ""),
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except ModuleNotFoundError as exc:
+        top = (exc.name or "").split(".")[0]
+        if top in EXTRA_OF:
+            print(extra_hint(cmd.name, EXTRA_OF[top]) + f" ({top} is not installed)",
+                  file=sys.stderr)
+            return EXIT_USAGE
+        if isinstance(exc, cmd.user_errors):
+            err(str(exc))
+            return EXIT_USAGE
+        raise
+    except QuasarError as exc:
+        err(str(exc))
+        return exit_code_for(exc)
+    except cmd.user_errors as exc:
+        err(str(exc))
+        return EXIT_USAGE
+    except SystemExit as exc:  # a body that exits by itself
+        if exc.code is None or isinstance(exc.code, int):
+            return exc.code or 0
+        print(exc.code, file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _before_dashdash(argv: Sequence[str]) -> List[str]:
+    argv = list(argv)
+    return argv[:argv.index("--")] if "--" in argv else argv
+
+
+def _print(text: str) -> int:
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        silence_stdout()
+        return EXIT_ERROR
+    return EXIT_OK

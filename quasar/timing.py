@@ -1,0 +1,48 @@
+"""Timing helpers shared by the benchmark workers (runtime path in evaluate, torch
+reference path in export). Standard library only."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Dict, Sequence
+
+
+def timed(run, files: Sequence[str], batch_size: int, first: float,
+           repeats: int = 2) -> Dict[str, Any]:
+    """Warm up at full batch size, then ``repeats`` passes over ``files`` batch by batch:
+    images/s from the median pass, latency = median batch time."""
+    run(files[:batch_size])
+    passes, lat = [], []
+    for _ in range(max(1, int(repeats))):
+        total = 0.0
+        for i in range(0, len(files), batch_size):
+            tb = time.perf_counter()
+            run(files[i:i + batch_size])
+            dt = time.perf_counter() - tb
+            lat.append(dt)
+            total += dt
+        passes.append(total)
+    passes.sort()
+    lat.sort()
+    return {
+        "first_score_at": first,
+        "images_per_s": len(files) / passes[len(passes) // 2],
+        "batch_latency_s": lat[len(lat) // 2],
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MB: ``VmHWM`` of /proc/self/status.
+
+    (``getrusage().ru_maxrss`` is not used: Linux carries the parent's peak across
+    fork + exec, so a worker spawned by a parent holding torch would report torch's memory.)
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
