@@ -91,7 +91,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     _photos(out)
     _quasar("anchors", a.bundle, "--good", out / "photos/clean", "--bad",
-            out / "photos/degraded", "--name", "mine", "--skip_failed", "--overwrite")
+            out / "photos/degraded", "--name", "mine", "--skip-failed", "--overwrite")
     _quasar("score", out / "photos", out / "gone.jpg", "--bundle", a.bundle, "--anchors",
             "text,mine", "--out", out / "originals.csv", "--overwrite", "--quiet")
     _quasar("score", out / "recompressed", "--bundle", a.bundle, "--anchors", "text,mine",

@@ -34,7 +34,7 @@ COMMAND = Command(
             type=O.integer),
         O.SEED.but(help="seed of the bootstrap"),
         opt("max_failed", "failed inputs listed per file", metavar="N", type=O.integer),
-        opt("title", "page title", metavar="TEXT", default_text="QUASAR report"),
+        opt("title", "title of the HTML page", metavar="TEXT", default_text="QUASAR report"),
         O.QUIET.but(help="print nothing (errors are still shown)"),
     ],
     examples=["quasar report scores.csv -o report.html",

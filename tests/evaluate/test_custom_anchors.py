@@ -23,7 +23,7 @@ from scipy import stats
 pytestmark = pytest.mark.torch
 
 from quasar.cli import main  # noqa: E402
-from quasar.runtime.cli import main as score_main  # noqa: E402
+from quasar.cli import run as cli_run  # noqa: E402
 
 N_GOOD, N_BAD, N_RATED = 7, 6, 24
 
@@ -178,7 +178,7 @@ def test_lists_mean(capsys, bundle, images, scorer, tmp_path):
 
     # then `quasar score --anchors mine` scores with exactly these anchors
     csv_out = tmp_path / "s.csv"
-    assert score_main([*good, *bad, "--bundle", str(bundle), "--anchors", "mine,text",
+    assert cli_run(["score", *good, *bad, "--bundle", str(bundle), "--anchors", "mine,text",
                        "--out", str(csv_out), "--quiet"]) == 0
     rows = list(csv.DictReader(open(csv_out)))
     emb = scorer.embed(good + bad)
@@ -255,7 +255,7 @@ def test_scores_quantile_kfold_from_quasar_score_output(capsys, bundle, images, 
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not an image")
     prev = tmp_path / "prev.jsonl"
-    assert score_main([*rated, str(broken), "--bundle", str(bundle), "--out", str(prev),
+    assert cli_run(["score", *rated, str(broken), "--bundle", str(bundle), "--out", str(prev),
                        "--quiet"]) == 3
     emb = scorer.embed(rated).astype(np.float64)
     y = softmax_scores(emb, scorer.bundle.anchors["text"])
