@@ -139,8 +139,14 @@ def anchors(bundle, prompt_data: str = "KADIS700k", data_root=None, prompt_root=
             prompt_data_subset=None, aggregation_type: str = "mean", prompt_ratio=1.0,
             median_offset_ratio=None, n_clusters=10, seed=42, name=None, resolution=None,
             prompt_embeddings=None, device: str = "auto", batch_size=16, threads=None,
-            no_cache: bool = False, quiet: bool = False, prompt_resolution=None) -> None:
-    """Build image anchors from prompt data and add them to a bundle as a named set.
+            no_cache: bool = False, quiet: bool = False, prompt_resolution=None, good=None,
+            bad=None, scores=None, split=None, quantile=0.25, score_column=None,
+            path_column=None, root=None, holdout=None, folds=None, skip_failed: bool = False,
+            overwrite: bool = False) -> None:
+    """Build image anchors from prompt data (or your own images) and add them to a bundle.
+
+    Your own images: --good DIR|@list --bad DIR|@list, or --scores FILE with --split
+    median|quantile:Q; see docs/anchors.md.
 
     Args:
         bundle: bundle directory (from `quasar export`); modified in place, atomically.
@@ -162,8 +168,36 @@ def anchors(bundle, prompt_data: str = "KADIS700k", data_root=None, prompt_root=
         no_cache: do not read or write the embeddings cache.
         quiet: no progress bar.
         prompt_resolution: same as resolution (the prompt images' resolution).
+        good: your good images: a folder, @list.txt or image files (with --bad).
+        bad: your bad images: a folder, @list.txt or image files (with --good).
+        scores: a CSV/JSONL/Parquet with a path and a score column (your ratings, or a
+            `quasar score` output) to split into good and bad.
+        split: median | quantile:Q (good = top Q, bad = bottom Q) for --scores.
+        quantile: Q of --split quantile (default 0.25).
+        score_column: the score column of --scores (default: the one score_* / score / mos).
+        path_column: the path column of --scores (default: path).
+        root: folder that relative paths in --scores are relative to.
+        holdout: fraction of --scores images held out to report SRCC (default 0.2).
+        folds: report K-fold SRCC instead (anchors then use all images).
+        skip_failed: leave out images that cannot be decoded instead of failing.
+        overwrite: replace an existing anchor set of the same --name.
     """
     def go():
+        if not all(_none(v) for v in (good, bad, scores)):
+            from .custom_anchors import anchors_command
+            return anchors_command(
+                bundle, name=_opt_str(name), good=None if _none(good) else good,
+                bad=None if _none(bad) else bad, scores=_opt_str(scores), split=_opt_str(split),
+                quantile=_opt_float("quantile", quantile), score_column=_opt_str(score_column),
+                path_column=_opt_str(path_column), root=_opt_str(root),
+                holdout=_opt_float("holdout", holdout), folds=_opt_int("folds", folds, 2),
+                skip_failed=skip_failed, overwrite=overwrite, aggregation_type=aggregation_type,
+                prompt_ratio=_opt_float("prompt_ratio", prompt_ratio),
+                median_offset_ratio=_opt_float("median_offset_ratio", median_offset_ratio),
+                n_clusters=_opt_int("n_clusters", n_clusters), seed=_opt_int("seed", seed, 0),
+                resolution=_resolution(resolution), device=str(device).lower(),
+                batch_size=_opt_int("batch_size", batch_size) or 16,
+                threads=_opt_int("threads", threads), quiet=quiet) and None
         from quasar.bundle.io import add_anchor_set
         from .anchors import PROMPT_DATA_SPLIT
 
@@ -210,7 +244,8 @@ def evaluate(prompt_data: str = "text", target_data: Optional[str] = None, bundl
              prompt_data_subset=None, anchors=None, model=None, prompt_embeddings=None,
              target_embeddings=None, device: str = "auto", batch_size=16, threads=None,
              no_cache: bool = False, format: str = "text", out=None,
-             quiet: bool = False, prompt_resolution=None, target_resolution=None) -> None:
+             quiet: bool = False, prompt_resolution=None, target_resolution=None,
+             report=None) -> None:
     """SRCC (signed and |SRCC|), KRCC, PLCC of QUASAR scores on a target dataset.
 
     Args:
@@ -243,6 +278,7 @@ def evaluate(prompt_data: str = "text", target_data: Optional[str] = None, bundl
         quiet: no progress bar.
         prompt_resolution: resolution of the prompt images (default: --resolution).
         target_resolution: resolution of the target images (default: --resolution).
+        report: also write an HTML report (predicted-vs-subjective scatter) to this file.
     """
     def go():
         from .datasets import load_dataset
@@ -281,6 +317,9 @@ def evaluate(prompt_data: str = "text", target_data: Optional[str] = None, bundl
         d = res.to_dict()
         if not _none(out):
             Path(str(out)).expanduser().write_text(json.dumps(d, indent=2, default=str) + "\n")
+        if not _none(report):
+            from .report import write_evaluation_report
+            write_evaluation_report(Path(str(report)).expanduser(), [(res, target.scores)])
         print(json.dumps(d, default=str) if fmt_ == "json" else res.report())
 
     _run("evaluate", go, quiet)
@@ -292,7 +331,7 @@ def reproduce(bundle=None, data_root=None, out="quasar-reproduce", prompts=None,
               target_cv_folds=None, aggregation_type: str = "mean", prompt_ratio=1.0,
               median_offset_ratio=None, n_clusters=10, resolution=None, seed=42, model=None,
               device: str = "auto", batch_size=16, threads=None, no_cache: bool = False,
-              quiet: bool = False, resolutions=None) -> None:
+              quiet: bool = False, resolutions=None, report: bool = False) -> None:
     """The paper's grid (prompt data × target datasets) -> results.csv/.json/.md in --out.
 
     Missing datasets are reported and their cells skipped.
@@ -319,6 +358,7 @@ def reproduce(bundle=None, data_root=None, out="quasar-reproduce", prompts=None,
         resolutions: per-dataset resolutions: a preset name (``paper``: the reference's
             configs/data_config.yml), and/or NAME=RES pairs, comma-separated
             (``paper,SPAQ=512``).
+        report: also write report.html (a scatter per cell, the grid as a table) in --out.
     """
     def go():
         from .datasets import load_dataset
@@ -362,6 +402,13 @@ def reproduce(bundle=None, data_root=None, out="quasar-reproduce", prompts=None,
                   f"{base.aggregation_type}, prompt_ratio {base.prompt_ratio}. Signed SRCC "
                   "(mean ± std over folds).")
         paths = write_outputs(grid, out, ps, ts, header)
+        if report:
+            from .report import write_evaluation_report
+            cells = [c for c in grid.cells if c.result is not None]
+            tgt = {t: load_dataset(t, root / t).scores for t in {c.target_data for c in cells}}
+            paths["html"] = write_evaluation_report(
+                Path(str(out)) / "report.html", [(c.result, tgt[c.target_data]) for c in cells],
+                grid_markdown=paths["md"].read_text(), title="QUASAR reproduction")
         if not quiet:
             print(paths["md"].read_text(), end="")
             print(f"written: {', '.join(str(p) for p in paths.values())}")

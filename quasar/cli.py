@@ -21,6 +21,7 @@ COMMANDS = {  # name -> module defining COMMAND, in the order `quasar --help` li
     "evaluate": "quasar.commands.evaluate",
     "reproduce": "quasar.commands.reproduce",
     "bench": "quasar.commands.bench",
+    "report": "quasar.commands.report",
 }
 
 

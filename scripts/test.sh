@@ -23,7 +23,7 @@ quiet_pip() {  # pip, showing its output only when it fails
 
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 quiet_pip "$VENV/bin/python" -m pip install "torch==2.14.1" "torchvision==0.29.1"
-quiet_pip "$VENV/bin/python" -m pip install -e ".[cpu,export,evaluate,test]"
+quiet_pip "$VENV/bin/python" -m pip install -e ".[cpu,export,evaluate,report,test]"
 "$VENV/bin/python" -c "import quasar.runtime, quasar.export, onnxruntime, torch, open_clip"
 
 # The everyday install: quasar[cpu] without torch (tests/runtime/test_lean_venv.py).
@@ -31,5 +31,15 @@ quiet_pip "$VENV/bin/python" -m pip install -e ".[cpu,export,evaluate,test]"
 quiet_pip "$LEAN/bin/python" -m pip install -e ".[cpu]"
 "$LEAN/bin/python" -c "import quasar.runtime.scorer, onnxruntime"
 export QUASAR_LEAN_PYTHON="$PWD/$LEAN/bin/python"
+
+# `quasar report` is checked in a real headless Chromium (tests/evaluate/test_report.py):
+# Debian's chromium package, installed here when missing and apt-get is available.
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo -n"
+    if ! { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium; } >/dev/null 2>&1; then
+        echo "WARNING: could not install chromium; the browser tests of quasar report will be skipped" >&2
+    fi
+fi
 
 "$VENV/bin/python" -m pytest -q "$@"

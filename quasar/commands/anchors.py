@@ -27,6 +27,27 @@ COMMAND = Command(
                          default_text="--resolution"),
         *E.ENGINE,
         O.QUIET.but(help="no progress bar, no summary line"),
+        # anchors from the user's own images (docs/anchors.md)
+        opt("good", "your good images: a folder or @list.txt (with --bad)", metavar="DIR|@LIST"),
+        opt("bad", "your bad images: a folder or @list.txt (with --good)", metavar="DIR|@LIST"),
+        opt("scores", "a CSV / JSONL / Parquet with a path and a score column (your ratings or "
+            "a quasar score output), split into good and bad", metavar="FILE"),
+        opt("split", "how --scores is split: median | quantile:Q (good = top Q, bad = bottom "
+            "Q)", metavar="SPLIT", default_text="median"),
+        opt("quantile", "Q of --split quantile", metavar="Q", type=O.number),
+        opt("score_column", "the score column of --scores", metavar="NAME",
+            default_text="the only score_* column, else score / mos / rating"),
+        opt("path_column", "the path column of --scores", metavar="NAME", default_text="path"),
+        opt("root", "folder that relative paths in --scores are relative to", metavar="DIR",
+            default_text="the current folder, then the score file's folder"),
+        opt("holdout", "fraction of the --scores images held out to print the new anchors' "
+            "SRCC", metavar="F", type=O.number, default_text="0.2"),
+        opt("folds", "print K-fold SRCC instead (the anchors then use every image)",
+            metavar="K", type=O.integer, default_text="no folds"),
+        opt("skip_failed", "leave out images that cannot be decoded instead of failing"),
+        O.OVERWRITE.but(help="replace an existing anchor set of the same --name"),
     ],
-    examples=["quasar anchors B --prompt-data KADIS700k --data-root /data"],
+    examples=["quasar anchors B --prompt-data KADIS700k --data-root /data",
+              "quasar anchors B --good good/ --bad @bad.txt --name mine",
+              "quasar anchors B --scores ratings.csv --split quantile:0.25 --name mine"],
 )

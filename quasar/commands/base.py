@@ -51,7 +51,7 @@ EXIT_CODES_HELP = ("Exit codes: 0 ok; 1 unexpected error; 2 usage error (bad opt
 EXTRA_OF = {"torch": "export", "torchvision": "export", "open_clip": "export", "timm": "export",
             "onnx": "export", "onnxscript": "export", "scipy": "evaluate",
             "sklearn": "evaluate", "openpyxl": "evaluate", "onnxruntime": "cpu",
-            "pyarrow": "parquet"}
+            "pyarrow": "parquet", "matplotlib": "report"}
 
 
 class CommandLineError(Exception):

@@ -41,6 +41,8 @@ COMMAND = Command(
         opt("format", "what is printed on stdout", metavar="FMT", choices=("text", "json")),
         O.OUT.but(help="also write the result as JSON to this file"),
         O.QUIET.but(help="no progress bar"),
+        opt("report", "also write an HTML report (predicted-vs-subjective scatter) to this "
+            "file", metavar="FILE"),
     ],
     examples=["quasar evaluate --prompt-data KADIS700k --target-data KonIQ10k -b B "
               "--data-root /data --target-cv-folds 10"],

@@ -27,6 +27,8 @@ COMMAND = Command(
         O.MODEL,
         *E.ENGINE,
         O.QUIET.but(help="no progress bar, no table on stdout"),
+        opt("report", "also write report.html in --out (a scatter per cell, the grid as a "
+            "table)"),
     ],
     examples=["quasar reproduce -b B --data-root /data -o results/"],
 )
