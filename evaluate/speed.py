@@ -178,8 +178,10 @@ def _spawn(job: Dict[str, Any], workdir: Path) -> Measurement:
 
 # --------------------------------------------------------------------------- setup
 
-def make_images(out: Path, n: int, size=(1024, 768)) -> List[str]:
-    """``n`` JPEG photographs (skimage.data, resized to ``size`` W×H, mirrored variants)."""
+def make_images(out: Path, n: int, size=(1024, 768), varied: bool = False) -> List[str]:
+    """``n`` JPEG photographs (skimage.data, resized to ``size`` W×H, mirrored variants);
+    ``varied``: after the first copy of each photo, random crops with random distortions and
+    JPEG qualities (distinct images for agreement measurements)."""
     import numpy as np
     from PIL import Image
 
@@ -200,14 +202,43 @@ def make_images(out: Path, n: int, size=(1024, 768)) -> List[str]:
         photos = [rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)]
     out.mkdir(parents=True, exist_ok=True)
     files = []
+    rng = np.random.default_rng(0)
     for i in range(n):
-        im = Image.fromarray(photos[i % len(photos)]).convert("RGB").resize(size, Image.BICUBIC)
+        im = Image.fromarray(photos[i % len(photos)]).convert("RGB")
+        if varied and i >= len(photos):
+            im = _vary(im, rng)
+        im = im.resize(size, Image.BICUBIC)
         if (i // len(photos)) % 2:
             im = im.transpose(Image.FLIP_LEFT_RIGHT)
         p = out / f"img{i:03d}.jpg"
-        im.save(p, quality=90)
+        im.save(p, quality=int(rng.integers(60, 96)) if varied else 90)
         files.append(str(p))
     return files
+
+
+def _vary(im, rng):
+    """A random crop (40-100 % of each side) with a random blur, noise or colour change, so
+    that the images - and their scores - differ (agreement needs distinct scores)."""
+    import numpy as np
+    from PIL import Image, ImageEnhance, ImageFilter
+
+    w, h = im.size
+    cw, ch = int(w * rng.uniform(0.4, 1.0)), int(h * rng.uniform(0.4, 1.0))
+    x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    im = im.crop((x0, y0, x0 + cw, y0 + ch))
+    kind = int(rng.integers(0, 4))
+    if kind == 0:
+        im = im.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.5, 4.0))))
+    elif kind == 1:
+        a = np.asarray(im, dtype=np.float32)
+        a = a + rng.normal(0, float(rng.uniform(3, 30)), a.shape)
+        im = Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
+    elif kind == 2:
+        im = ImageEnhance.Contrast(im).enhance(float(rng.uniform(0.3, 1.7)))
+    else:
+        im = ImageEnhance.Color(ImageEnhance.Brightness(im).enhance(
+            float(rng.uniform(0.5, 1.5)))).enhance(float(rng.uniform(0.0, 2.0)))
+    return im
 
 
 def _ensure_bundle(model_id: str, given: Optional[str], workdir: Path) -> Path:

@@ -7,8 +7,9 @@ import sys
 
 def _commands() -> dict:
     from quasar.export.cli import export, models
+    from quasar.export.precision import optimize
 
-    commands = {"models": models, "export": export}
+    commands = {"models": models, "export": export, "optimize": optimize}
     try:
         from quasar.runtime.cli import score
         commands["score"] = score

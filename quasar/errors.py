@@ -68,12 +68,3 @@ class InferenceError(QuasarError, RuntimeError):
 class VariantError(QuasarError, ValueError):
     """A requested precision variant / backend is not in the bundle or cannot be used."""
 
-
-class GateRefusedError(QuasarError, RuntimeError):
-    """``quasar optimize``: the variant disagrees with fp32 beyond the gate; nothing written.
-    ``.report`` holds the agreement report, ``.report_path`` where it was stored."""
-
-    def __init__(self, msg: str, report=None, report_path=None):
-        super().__init__(msg)
-        self.report = report
-        self.report_path = report_path
