@@ -301,8 +301,6 @@ def choose_variant(variants: Mapping[str, Any], precision: str = "fp32", *,
         return True, ""
 
     if precision == "auto":
-        if backend is None or backend == "onnxruntime":
-            pass
         candidates = []
         for prec, be in AUTO_ORDER:
             for name, v in models.items():
