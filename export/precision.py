@@ -38,6 +38,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -113,7 +114,8 @@ def agreement_report(ref: np.ndarray, var: np.ndarray, anchors: Mapping[str, np.
     for name, a in anchors.items():
         s_ref, s_var = _scores(ref, a), _scores(var, a)
         d = np.abs(s_var - s_ref)
-        with np.errstate(invalid="ignore", divide="ignore"):
+        with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # constant scores: NaN, which fails the gate
             srcc = float(spearmanr(s_ref, s_var).statistic) if len(d) > 1 else float("nan")
             krcc = float(kendalltau(s_ref, s_var).statistic) if len(d) > 1 else float("nan")
         p99 = float(np.percentile(d, 99)) if len(d) else float("nan")
