@@ -23,7 +23,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 CASES = {
     "rn50-224": ("clip-rn50-nopos.openai", "224"),
@@ -52,10 +52,15 @@ def _worker_runtime(job: Dict[str, Any]) -> Dict[str, Any]:
     from quasar.runtime.scorer import Scorer
 
     s = Scorer.from_bundle(job["bundle"], resolution=job["resolution"],
-                           batch_size=job["batch_size"], threads=job["threads"], device="cpu")
+                           batch_size=job["batch_size"], threads=job["threads"], device="cpu",
+                           precision=job.get("precision", "fp32"), backend=job.get("backend"),
+                           fast_decode=bool(job.get("fast_decode", False)),
+                           decode_workers=job.get("decode_workers"))
     files = job["files"]
     s.score(files[:1])
     first = time.time()
+    if job.get("whole_list"):
+        return _timed_whole(s, files, job, first)
 
     def run(batch):
         return s.score(batch)
@@ -138,6 +143,37 @@ def _timed(run, files: Sequence[str], batch_size: int, first: float,
     }
 
 
+def _timed_whole(s, files: Sequence[str], job: Dict[str, Any], first: float) -> Dict[str, Any]:
+    """Variant runs: each pass scores the whole list in one call (decode overlapped with
+    inference, as `quasar score` does); then the encoder alone on preprocessed batches."""
+    import numpy as np
+
+    bs = int(job["batch_size"])
+    s.score(files[:bs])  # warm-up at full batch size
+    passes = []
+    emb = None
+    for _ in range(max(1, int(job["repeats"]))):
+        t = time.perf_counter()
+        emb = s.embed(files)
+        passes.append(time.perf_counter() - t)
+    x = np.stack([s.load_image(f) for f in files[:bs]])
+    s.encoder.run(x)
+    model = []
+    for _ in range(max(3, int(job["repeats"]) * 2)):
+        t = time.perf_counter()
+        s.encoder.run(x)
+        model.append(time.perf_counter() - t)
+    passes.sort()
+    model.sort()
+    out = {"first_score_at": first, "images_per_s": len(files) / passes[len(passes) // 2],
+           "batch_latency_s": model[len(model) // 2],
+           "model_images_per_s": bs / model[len(model) // 2], "peak_rss_mb": peak_rss_mb(),
+           "run_info": s.run_info}
+    if job.get("embeddings_out"):
+        np.save(job["embeddings_out"], np.asarray(emb, dtype=np.float32))
+    return out
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process in MB: ``VmHWM`` of /proc/self/status.
 
@@ -161,6 +197,14 @@ def _worker_main(arg: str) -> None:
 
 
 def _spawn(job: Dict[str, Any], workdir: Path) -> Measurement:
+    r = _spawn_raw(job, workdir)
+    return Measurement(job["case"], job["path"], len(job["files"]), job["batch_size"],
+                       r["images_per_s"],
+                       r["batch_latency_s"], r["first_score_at"] - r["spawned_at"],
+                       r["peak_rss_mb"])
+
+
+def _spawn_raw(job: Dict[str, Any], workdir: Path) -> Dict[str, Any]:
     jpath = workdir / f"job-{job['case']}-{job['path']}.json"
     jpath.write_text(json.dumps(job))
     t_spawn = time.time()
@@ -171,14 +215,14 @@ def _spawn(job: Dict[str, Any], workdir: Path) -> Measurement:
         raise RuntimeError(f"benchmark worker {job['case']}/{job['path']} failed:\n"
                            f"{proc.stderr[-3000:]}")
     r = json.loads(lines[-1][len("QUASAR_BENCH "):])
-    return Measurement(job["case"], job["path"], len(job["files"]), job["batch_size"],
-                       r["images_per_s"],
-                       r["batch_latency_s"], r["first_score_at"] - t_spawn, r["peak_rss_mb"])
+    r["spawned_at"] = t_spawn
+    return r
 
 
 # --------------------------------------------------------------------------- setup
 
-def make_images(out: Path, n: int, size=(1024, 768), varied: bool = False) -> List[str]:
+def make_images(out: Path, n: int, size=(1024, 768), varied: bool = False,
+                seed: int = 0) -> List[str]:
     """``n`` JPEG photographs (skimage.data, resized to ``size`` W×H, mirrored variants);
     ``varied``: after the first copy of each photo, random crops with random distortions and
     JPEG qualities (distinct images for agreement measurements)."""
@@ -202,7 +246,7 @@ def make_images(out: Path, n: int, size=(1024, 768), varied: bool = False) -> Li
         photos = [rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)]
     out.mkdir(parents=True, exist_ok=True)
     files = []
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     for i in range(n):
         im = Image.fromarray(photos[i % len(photos)]).convert("RGB")
         if varied and i >= len(photos):
@@ -266,8 +310,24 @@ def _torch_checkpoint(model_id: str, workdir: Path) -> Path:
         torch.manual_seed(0)
         m = open_clip.create_model(spec.source_name, pretrained=None,
                                    force_quick_gelu=spec.quick_gelu)
+        reinit_bn3(m)
         torch.save(m.state_dict(), path)
     return path
+
+
+def reinit_bn3(model, low: float = 0.1, high: float = 0.3) -> int:
+    """open_clip's random ResNets zero every ``bn3.weight`` (each residual branch starts as
+    identity), so their scores barely vary and agreement figures on them mean nothing; draw
+    those weights from U(low, high) instead. Returns how many were re-initialised."""
+    import torch
+
+    n = 0
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bn3.weight"):
+                p.uniform_(low, high)
+                n += 1
+    return n
 
 
 def _dist_size(dist: str) -> int:
@@ -396,11 +456,26 @@ def bench(rn50_bundle: Optional[str] = None, vit_bundle: Optional[str] = None,
           cases: str = "rn50-224,rn50-native,vitb32-224", n_images: int = 16,
           batch_size: int = 8, threads: Optional[int] = None, out: Optional[str] = None,
           workdir: Optional[str] = None, paths: str = "torch,runtime", repeats: int = 3,
-          native_images: int = 4, native_batch_size: int = 2) -> str:
+          native_images: int = 4, native_batch_size: int = 2,
+          variants: Optional[str] = None, rounds: int = 3, calibration_images: int = 64,
+          min_srcc: Optional[float] = None, max_p99_dscore: Optional[float] = None) -> str:
     """Runtime vs PyTorch reference: images/s, latency per batch, cold start, peak RSS, and
     installed sizes. Bundles: --rn50_bundle / --vit_bundle, else random-init ones are
     exported into the work dir (random weights are fine for speed). Prints a markdown table
-    (also written to --out)."""
+    (also written to --out).
+
+    With --variants (e.g. "int8-openvino,int8-onnxruntime,bf16-openvino,fast-decode"): the
+    precision-variant table instead (see :func:`bench_variants`; cases rn50-224, vitb32-224,
+    --n_images >= 64 recommended, --rounds interleaved rounds, gate thresholds --min_srcc /
+    --max_p99_dscore)."""
+    if variants:
+        vcases = ",".join(c for c in str(cases).split(",") if c.strip() != "rn50-native")
+        return bench_variants(cases=vcases, variants=variants, n_images=n_images,
+                              batch_size=batch_size, threads=threads, rounds=rounds,
+                              repeats=repeats, calibration_images=calibration_images,
+                              min_srcc=min_srcc, max_p99_dscore=max_p99_dscore,
+                              rn50_bundle=rn50_bundle, vit_bundle=vit_bundle, workdir=workdir,
+                              out=out)
     case_list = [c.strip() for c in str(cases).split(",") if c.strip()]
     unknown = [c for c in case_list if c not in CASES]
     if unknown:
@@ -448,6 +523,234 @@ def bench(rn50_bundle: Optional[str] = None, vit_bundle: Optional[str] = None,
     if tmp is not None:
         tmp.cleanup()
     return report
+
+
+# --------------------------------------------------------------------------- variants
+
+VARIANT_CASES = "rn50-224,vitb32-224"
+DEFAULT_VARIANTS = "int8-openvino,int8-onnxruntime,bf16-openvino,fast-decode"
+
+
+@dataclass
+class VariantRun:
+    case: str
+    path: str                       # torch | fp32 | <variant>[+fast-decode]
+    precision: str
+    backend: str
+    e2e: List[float]                # images/s per round
+    model: List[float]              # model-only images/s per round (runtime paths)
+    cold: List[float]
+    rss: List[float]
+    agreement: Optional[Dict[str, Any]] = None   # vs runtime fp32 on the bench photos
+    gate: Optional[Dict[str, Any]] = None        # quasar optimize's held-out report
+
+
+def _median(v: Sequence[float]) -> float:
+    import statistics
+    return float(statistics.median(v)) if v else float("nan")
+
+
+def cpu_flags_line() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "?"
+
+
+def _variant_bundle(model_id: str, given: Optional[str], wd: Path) -> Path:
+    """A bundle the bench may add variants to: a hard-linked copy of ``given``, else an
+    export of the same random checkpoint the torch path loads (RN50: bn3 re-initialised)."""
+    import shutil
+
+    out = wd / "variant-bundles" / model_id
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if given:
+        shutil.copytree(given, out, copy_function=os.link)
+        return out
+    from quasar.export.bundle import export_bundle
+
+    _log(f"exporting {model_id} from the random checkpoint (speed and agreement mechanics only)")
+    export_bundle(model_id, out, checkpoint=_torch_checkpoint(model_id, wd))
+    return out
+
+
+def bench_variants(cases: str = VARIANT_CASES, variants: str = DEFAULT_VARIANTS,
+                   n_images: int = 64, batch_size: int = 16, threads: Optional[int] = None,
+                   rounds: int = 3, repeats: int = 2, calibration_images: int = 64,
+                   min_srcc: Optional[float] = None, max_p99_dscore: Optional[float] = None,
+                   rn50_bundle: Optional[str] = None, vit_bundle: Optional[str] = None,
+                   workdir: Optional[str] = None, out: Optional[str] = None,
+                   torch_path: bool = True) -> str:
+    """Precision variants and backends end to end: torch eager, runtime fp32 and every gated
+    variant (and fast decode), each in fresh processes, interleaved over ``rounds``; medians.
+    Variants are built with ``quasar optimize`` on separate calibration photos (its held-out
+    gate is shown) and their agreement with runtime fp32 is measured again on the bench
+    photos. Returns (and writes to ``out``) a markdown report."""
+    from quasar.export.precision import Gate, build_and_measure
+    from quasar.runtime.agreement import (DEFAULT_MAX_P99_DSCORE, DEFAULT_MIN_SRCC,
+                                          agreement_report)
+    from quasar.runtime.bundle import load_bundle
+    import numpy as np
+
+    case_list = [c.strip() for c in str(cases).split(",") if c.strip()]
+    unknown = [c for c in case_list if c not in CASES or CASES[c][1] == "native"]
+    if unknown:
+        raise ValueError(f"variant cases must be among rn50-224, vitb32-224; got {unknown}")
+    names = [v.strip() for v in str(variants).split(",") if v.strip()]
+    gate = Gate(DEFAULT_MIN_SRCC if min_srcc is None else float(min_srcc),
+                DEFAULT_MAX_P99_DSCORE if max_p99_dscore is None else float(max_p99_dscore))
+    tmp = None
+    if workdir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="quasar-bench-")
+        workdir = tmp.name
+    wd = Path(workdir)
+    wd.mkdir(parents=True, exist_ok=True)
+    files = make_images(wd / "photos", int(n_images), varied=True, seed=0)
+    cal = make_images(wd / "calibration", int(calibration_images), varied=True, seed=1)
+    from quasar.models.catalog import get_model_spec
+
+    runs: List[VariantRun] = []
+    for case in case_list:
+        model_id, res = CASES[case]
+        spec = get_model_spec(model_id)
+        given = rn50_bundle if model_id.startswith("clip-rn50") else vit_bundle
+        bundle = _variant_bundle(model_id, given, wd)
+        reports: Dict[str, Any] = {}
+        for name in names:
+            fast = name == "fast-decode"
+            prec, _, be = name.partition("-")
+            _log(f"{case}: quasar optimize {name} ...")
+            r = build_and_measure(bundle, precision=prec if not fast else "fp32",
+                                  backend=None if fast else be, calibration=cal[:],
+                                  resolution=res, gate=gate, fast_decode=fast,
+                                  batch_size=batch_size, threads=threads)
+            reports[r.name] = r
+            _log(f"{case}: {r.name} {'passed' if r.passed else 'REFUSED'}")
+        b = load_bundle(bundle)
+        base = {"case": case, "resolution": res, "files": files, "batch_size": int(batch_size),
+                "repeats": int(repeats), "threads": threads, "bundle": str(bundle),
+                "whole_list": True}
+        paths: List[Tuple[str, Dict[str, Any]]] = []
+        if torch_path:
+            paths.append(("torch", {"path": "torch", "whole_list": False,
+                                    "source_name": spec.source_name,
+                                    "checkpoint": str(_torch_checkpoint(model_id, wd)),
+                                    "nopos": not spec.positional_embedding,
+                                    "mean": list(spec.mean), "std": list(spec.std)}))
+        paths.append(("fp32", {"path": "runtime"}))
+        models = [n for n, r in reports.items() if r.passed and r.record.kind == "model"]
+        for n in models:
+            v = b.manifest.variants[n]
+            paths.append((n, {"path": "runtime", "precision": v.precision,
+                              "backend": v.backend}))
+        fd = f"fast-decode-{res}"
+        if fd in reports and reports[fd].passed:
+            paths.append(("fp32+fast-decode", {"path": "runtime", "fast_decode": True}))
+            for n in models:
+                v = b.manifest.variants[n]
+                paths.append((n + "+fast-decode", {"path": "runtime", "precision": v.precision,
+                                                   "backend": v.backend, "fast_decode": True}))
+        case_runs = {p: VariantRun(case, p, "fp32", "torch" if p == "torch" else "onnxruntime",
+                                   [], [], [], []) for p, _ in paths}
+        for rnd in range(int(rounds)):  # interleaved: every path once per round
+            for p, extra in paths:
+                job = {**base, **extra, "path": extra["path"]}
+                job["case"] = f"{case}-{p}"
+                if extra["path"] == "runtime" and rnd == 0:
+                    job["embeddings_out"] = str(wd / f"emb-{case}-{p}.npy")
+                _log(f"{case} / {p} (round {rnd + 1}) ...")
+                r = _spawn_raw(job, wd)
+                vr = case_runs[p]
+                vr.e2e.append(r["images_per_s"])
+                vr.cold.append(r["first_score_at"] - r["spawned_at"])
+                vr.rss.append(r["peak_rss_mb"])
+                if "model_images_per_s" in r:
+                    vr.model.append(r["model_images_per_s"])
+                    vr.precision = r["run_info"]["precision"]
+                    vr.backend = r["run_info"]["backend"]
+                _log(f"{case} / {p}: {r['images_per_s']:.2f} img/s")
+        ref = np.load(wd / f"emb-{case}-fp32.npy")
+        for p, extra in paths:
+            vr = case_runs[p]
+            if extra["path"] == "runtime" and p != "fp32":
+                emb = np.load(wd / f"emb-{case}-{p}.npy")
+                vr.agreement = agreement_report(ref, emb, b.anchors, gate)
+            key = p.split("+")[0]
+            if key in reports:
+                vr.gate = reports[key].report
+            elif p == "fp32+fast-decode":
+                vr.gate = reports[fd].report
+            runs.append(vr)
+        refused = [n for n, r in reports.items() if not r.passed]
+        for n in refused:
+            runs.append(VariantRun(case, n + " (refused)", reports[n].record.precision,
+                                   reports[n].record.backend, [], [], [], [],
+                                   gate=reports[n].report))
+    report = format_variant_report(runs, machine(), cpu_flags_line(), int(n_images),
+                                   int(batch_size), int(rounds), gate)
+    if out:
+        Path(out).write_text(report)
+    if tmp is not None:
+        tmp.cleanup()
+    return report
+
+
+def _worst(rep: Optional[Dict[str, Any]]) -> Tuple[str, str, str]:
+    if not rep:
+        return "", "", ""
+    sets = rep["anchor_sets"].values()
+    p99 = max((s["p99_abs_dscore"] for s in sets if s["p99_abs_dscore"] is not None),
+              default=float("nan"))
+    srcc = [s["srcc"] for s in rep["anchor_sets"].values()]
+    srcc_s = "nan" if any(x is None for x in srcc) else f"{min(srcc):.5f}"
+    return f"{rep['cosine_min']:.5f}", f"{p99:.2g}", srcc_s
+
+
+def format_variant_report(runs: List[VariantRun], info: str, flags: str, n_images: int,
+                          batch_size: int, rounds: int, gate) -> str:
+    lines = [
+        f"Machine: {info}",
+        f"CPU flags: {flags}",
+        f"{n_images} JPEG photographs of 1024×768 (distinct crops / distortions), batch "
+        f"{batch_size}, end to end (decode + preprocess + inference + score; the runtime "
+        f"overlaps decoding with inference); every path in fresh processes, interleaved over "
+        f"{rounds} rounds; images/s = median over rounds (each the median of its passes). "
+        "Model-only = the same session on preprocessed batches. Agreement (cos min, p99 "
+        "|Δscore|, SRCC) vs runtime fp32 on the bench photos; gate = quasar optimize's verdict "
+        f"on its own held-out photos (SRCC >= {gate.min_srcc}, p99 |Δscore| <= "
+        f"{gate.max_p99_dscore}).",
+        "",
+        "| case | path | precision / backend | e2e images/s | × torch | model-only images/s "
+        "| e2e / model-only | cold start (s) | peak RSS (MB) | cos min | p99 \\|Δscore\\| | SRCC "
+        "| gate (held-out SRCC, p99) |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    torch_by_case = {r.case: _median(r.e2e) for r in runs if r.path == "torch"}
+    for r in runs:
+        e2e = _median(r.e2e)
+        th = torch_by_case.get(r.case)
+        model = _median(r.model)
+        cos, p99, srcc = _worst(r.agreement)
+        g = ""
+        if r.gate:
+            gc, gp, gs = _worst(r.gate)
+            g = f"{'pass' if r.gate['passed'] else 'REFUSED'} ({gs}, {gp})"
+        if not r.e2e:
+            lines.append(f"| {r.case} | {r.path} | {r.precision} / {r.backend} | - | - | - | - "
+                         f"| - | - | | | | {g} |")
+            continue
+        ratio = f"{e2e / th:.2f}×" if th else "-"
+        mcell = f"{model:.1f}" if r.model else "-"
+        share = f"{e2e / model:.0%}" if r.model else "-"
+        lines.append(f"| {r.case} | {r.path} | {r.precision} / {r.backend} | {e2e:.1f} | "
+                     f"{ratio} | {mcell} | {share} | {_median(r.cold):.2f} | "
+                     f"{_median(r.rss):.0f} | {cos} | {p99} | {srcc} | {g} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -204,3 +204,21 @@ def test_cuda_io_binding_matches_numpy(tiny_bundle):
     x = _pixels(4, 64, 48)
     np.testing.assert_allclose(sess.run(x), rt_helpers.tiny_reference_embedding(x), rtol=1e-4,
                                atol=1e-4)
+
+
+def test_default_path_imports_no_optional_backend(tiny_bundle, tmp_path):
+    """The lean runtime stays lean: scoring fp32 on ORT imports neither openvino nor nncf,
+    scipy or onnx."""
+    import subprocess
+
+    from PIL import Image
+
+    img = tmp_path / "a.png"
+    Image.fromarray(np.zeros((30, 40, 3), dtype=np.uint8)).save(img)
+    code = ("import sys; from quasar.runtime.scorer import Scorer; "
+            f"Scorer.from_bundle({str(tiny_bundle)!r}, device='cpu').score([{str(img)!r}]); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('openvino', 'nncf', 'scipy', 'onnx', 'torch')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
