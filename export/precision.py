@@ -506,12 +506,19 @@ def optimize(bundle: str, precision: str = "int8", calibration: Optional[str] = 
     """
     import sys
 
-    res = build_and_measure(bundle, precision=str(precision), calibration=calibration,
-                            holdout=holdout, backend=backend, resolution=resolution,
-                            holdout_fraction=holdout_fraction,
-                            gate=Gate(float(min_srcc), float(max_p99_dscore)),
-                            fast_decode=bool(fast_decode), batch_size=int(batch_size),
-                            threads=threads, seed=int(seed), max_calibration=int(max_calibration))
+    from quasar.errors import QuasarError
+
+    try:
+        res = build_and_measure(bundle, precision=str(precision), calibration=calibration,
+                                holdout=holdout, backend=backend, resolution=resolution,
+                                holdout_fraction=holdout_fraction,
+                                gate=Gate(float(min_srcc), float(max_p99_dscore)),
+                                fast_decode=bool(fast_decode), batch_size=int(batch_size),
+                                threads=threads, seed=int(seed),
+                                max_calibration=int(max_calibration))
+    except (QuasarError, ValueError) as exc:
+        print(f"quasar optimize: error: {exc}", file=sys.stderr)
+        sys.exit(2)
     print(format_report(res.name, res.report))
     if res.report.get("random_init_weights"):
         print("note: random-init weights - the agreement says nothing about real weights")
