@@ -315,7 +315,7 @@ def _torch_checkpoint(model_id: str, workdir: Path) -> Path:
     return path
 
 
-def reinit_bn3(model, low: float = 0.1, high: float = 0.3) -> int:
+def reinit_bn3(model, low: float = 0.8, high: float = 1.2) -> int:
     """open_clip's random ResNets zero every ``bn3.weight`` (each residual branch starts as
     identity), so their scores barely vary and agreement figures on them mean nothing; draw
     those weights from U(low, high) instead. Returns how many were re-initialised."""
@@ -711,6 +711,13 @@ def _worst(rep: Optional[Dict[str, Any]]) -> Tuple[str, str, str]:
     return f"{rep['cosine_min']:.5f}", f"{p99:.2g}", srcc_s
 
 
+def _default_gate(rep: Dict[str, Any]) -> bool:
+    sets = rep["anchor_sets"].values()
+    return bool(sets) and all(s["srcc"] is not None and s["srcc"] >= 0.999 and
+                              s["p99_abs_dscore"] is not None and s["p99_abs_dscore"] <= 0.01
+                              for s in sets)
+
+
 def format_variant_report(runs: List[VariantRun], info: str, flags: str, n_images: int,
                           batch_size: int, rounds: int, gate) -> str:
     lines = [
@@ -740,6 +747,8 @@ def format_variant_report(runs: List[VariantRun], info: str, flags: str, n_image
         if r.gate:
             gc, gp, gs = _worst(r.gate)
             g = f"{'pass' if r.gate['passed'] else 'REFUSED'} ({gs}, {gp})"
+            if (gate.min_srcc, gate.max_p99_dscore) != (0.999, 0.01):
+                g += "; default gate: " + ("pass" if _default_gate(r.gate) else "REFUSED")
         if not r.e2e:
             lines.append(f"| {r.case} | {r.path} | {r.precision} / {r.backend} | - | - | - | - "
                          f"| - | - | | | | {g} |")
