@@ -86,12 +86,25 @@ def select_anchors(bundle: Bundle, anchors: Union[str, Sequence[str], None]) -> 
 
 
 def resolve_precision(bundle: Bundle, precision: str = "fp32", backend: Optional[str] = None,
-                      device: str = "auto") -> Choice:
+                      device: str = "auto", resolution: Optional[str] = None) -> Choice:
     """Which encoder of ``bundle`` runs: :func:`quasar.runtime.backends.choose_variant` fed
-    with this machine's CPU flags, CUDA availability and installed backends."""
-    return choose_variant(bundle.manifest.variants, str(precision).lower(), flags=cpu_flags(),
-                          cuda=device != "cpu" and cuda_usable(), backend=backend,
-                          installed=installed_backends())
+    with this machine's CPU flags, CUDA availability and installed backends. ``auto`` only
+    considers variants whose agreement was measured at ``resolution``; an explicit precision
+    measured at another resolution is used with a warning."""
+    precision = str(precision).lower()
+    variants = bundle.manifest.variants
+    if precision == "auto" and resolution is not None:
+        variants = {k: v for k, v in variants.items() if v.resolution in (None, str(resolution))}
+    choice = choose_variant(variants, precision, flags=cpu_flags(),
+                            cuda=device != "cpu" and cuda_usable(), backend=backend,
+                            installed=installed_backends())
+    if choice.variant is not None and resolution is not None:
+        measured = variants[choice.variant].resolution
+        if measured not in (None, str(resolution)):
+            log.warning("variant %s was gated at resolution %s, not %s: its agreement at %s "
+                        "was never measured (re-run quasar optimize --resolution %s)",
+                        choice.variant, measured, resolution, resolution, resolution)
+    return choice
 
 
 def open_bundle_encoder(bundle: Bundle, choice: Choice, *, device: str = "auto",
@@ -163,7 +176,7 @@ class Scorer:
         self.fast_decode = bool(fast_decode)
         self.loader = ImageLoader(self.preprocess_cfg, apply_exif=apply_exif,
                                   max_pixels=max_pixels, fast_decode=self.fast_decode)
-        self.choice = resolve_precision(bundle, precision, backend, device)
+        self.choice = resolve_precision(bundle, precision, backend, device, self.resolution)
         self.encoder = open_bundle_encoder(bundle, self.choice, device=device,
                                            device_id=device_id, threads=threads)
         self.session = self.encoder.raw  # the backend's own session object

@@ -195,6 +195,15 @@ def test_passed_variant_is_written_recorded_and_used(tiny, photos):
         assert d.max() == pytest.approx(rec.report["anchor_sets"][name]["max_abs_dscore"],
                                         abs=1e-6)
 
+    # auto: only variants gated at the scoring resolution (and only with VNNI for int8)
+    from quasar.runtime.backends import cpu_flags, runs_fast
+
+    auto = Scorer.from_bundle(tiny, device="cpu", precision="auto")
+    want = "int8-onnxruntime" if runs_fast("int8", cpu_flags(), False) else None
+    assert auto.run_info["variant"] == want
+    native = Scorer.from_bundle(tiny, device="cpu", precision="auto", resolution="native")
+    assert native.run_info["variant"] is None
+
     # a record whose gate failed is never used, even when hand-edited into the manifest
     d = json.loads((tiny / "bundle.json").read_text())
     d["variants"]["int8-onnxruntime"]["passed"] = False
