@@ -354,11 +354,10 @@ def build_and_measure(bundle_dir: PathLike, *, precision: str = "int8",
     into the bundle when it passes. ``transform(embeddings) -> embeddings`` (tests only)
     perturbs the variant's held-out embeddings before the report, to exercise the gate.
     Returns an :class:`OptimizeResult`; never raises on a refusal (see :func:`optimize`)."""
-    from quasar.runtime.backends import OpenArgs, open_encoder
+    from quasar.runtime.backends import Choice, OpenArgs, open_encoder
     from quasar.runtime.bundle import load_bundle
     from quasar.runtime.images import ImageLoader
     from quasar.runtime.scorer import open_bundle_encoder
-    from quasar.runtime.backends import Choice
 
     bundle_dir = Path(bundle_dir)
     bundle = load_bundle(bundle_dir, verify=True)
