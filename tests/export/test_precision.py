@@ -350,3 +350,26 @@ def test_fp16_cuda_variant(vitb32_bundle, tmp_path, photos):
     hold = split_images(sorted(str(p) for p in photos.iterdir()), 0.5, 0)[1]
     s0 = Scorer.from_bundle(b, device="cpu").score(hold)
     assert np.percentile(np.abs(s.score(hold) - s0), 99) <= 0.01
+
+
+def test_score_cli_precision_and_run_record(tiny, photos, tmp_path, capsys):
+    import csv
+
+    from quasar.runtime.cli import main
+    from quasar.runtime.scorer import Scorer
+
+    out = tmp_path / "s.csv"
+    assert main([str(photos), "--bundle", str(tiny), "--precision", "int8", "--out",
+                 str(out), "-q"]) == 2
+    assert "no int8 variant" in capsys.readouterr().err and not out.exists()
+    assert build_and_measure(tiny, precision="int8", backend="onnxruntime",
+                             calibration=str(photos), gate=Gate(-1.0, 1.0)).passed
+    assert main([str(photos), "--bundle", str(tiny), "--precision", "int8", "--out",
+                 str(out)]) == 0
+    assert "precision int8 (int8-onnxruntime" in capsys.readouterr().err
+    run = json.loads(Path(f"{out}.run.json").read_text())
+    assert (run["precision"], run["backend"], run["variant"]) == \
+        ("int8", "onnxruntime", "int8-onnxruntime")
+    rows = list(csv.DictReader(out.open()))
+    want = Scorer.from_bundle(tiny, device="cpu", precision="int8").score([r["path"] for r in rows])
+    np.testing.assert_allclose([float(r["score_text"]) for r in rows], want, atol=1e-9)
