@@ -8,6 +8,8 @@ A bundle directory holds::
     encoder.onnx.data      (only for models over 2 GB: ONNX external data)
     anchors.safetensors    one float32 [2, D] tensor per anchor set, row 0 good, row 1 bad,
                            L2-normalised; metadata[set name] = JSON recipe of that set
+    variants/<name>/...    (optional) precision variants from ``quasar optimize``, each
+                           recorded in ``bundle.json`` ``variants`` with its agreement report
 """
 from __future__ import annotations
 
@@ -71,6 +73,55 @@ class EncoderInfo:
             _check_str("encoder.external_data", self.external_data)
 
 
+PRECISIONS = ("fp32", "int8", "bf16", "fp16")
+VARIANT_KINDS = ("model", "decode")
+
+
+@dataclass(frozen=True)
+class VariantInfo:
+    """A reduced-precision encoder (or fast-decode setting) written by ``quasar optimize``,
+    with the agreement report that gated it against the fp32 encoder.
+
+    ``kind`` is ``"model"`` (``files[0]`` is the variant's model: ONNX for onnxruntime,
+    OpenVINO IR ``.xml`` + ``.bin`` for openvino) or ``"decode"`` (``--fast-decode``: no
+    files; the fp32 encoder with DCT-scaled JPEG decoding). ``passed`` is the gate's verdict;
+    the runtime never uses a variant whose ``passed`` is false.
+    """
+
+    precision: str
+    backend: str
+    files: List[str] = field(default_factory=list)
+    kind: str = "model"
+    device: str = "cpu"                     # where the variant runs fast: cpu | cuda
+    resolution: Optional[str] = None        # resolution of the agreement measurement
+    tool: str = ""                          # quantisation / conversion tool
+    tool_version: str = ""
+    calibration_sha256: str = ""            # sha256 over the calibration images' bytes
+    calibration_count: int = 0
+    holdout_sha256: str = ""
+    holdout_count: int = 0
+    gate: Dict[str, float] = field(default_factory=dict)    # thresholds applied
+    passed: bool = False
+    report: Dict[str, Any] = field(default_factory=dict)    # the agreement report
+    created_at: str = ""
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"variant precision must be one of {PRECISIONS}, "
+                             f"got {self.precision!r}")
+        if self.kind not in VARIANT_KINDS:
+            raise ValueError(f"variant kind must be one of {VARIANT_KINDS}, got {self.kind!r}")
+        if self.kind == "model" and not self.files:
+            raise ValueError("a model variant needs its model file(s)")
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "VariantInfo":
+        if not isinstance(d, dict):
+            raise TypeError("a variant record must be an object")
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
 @dataclass(frozen=True)
 class BundleManifest:
     """Everything ``bundle.json`` says.
@@ -92,6 +143,9 @@ class BundleManifest:
     parity: Dict[str, Any] = field(default_factory=dict)
     files: Dict[str, str] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    # name -> precision variant / fast-decode record (``quasar optimize``); absent in old
+    # bundles (loads as {}), ignored by runtimes that predate it
+    variants: Dict[str, VariantInfo] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check_str("model", self.model)
@@ -110,6 +164,9 @@ class BundleManifest:
         for name in ("provenance", "parity", "files"):
             if not isinstance(getattr(self, name), dict):
                 raise TypeError(f"{name} must be an object")
+        if not isinstance(self.variants, dict) or not all(
+                isinstance(v, VariantInfo) for v in self.variants.values()):
+            raise TypeError("variants must be an object of variant records")
         for fname, digest in self.files.items():
             _check_str(f"files key {fname!r}", fname)
             if not isinstance(digest, str) or not _SHA256.match(
@@ -132,6 +189,8 @@ class BundleManifest:
             "provenance": self.provenance,
             "parity": self.parity,
             "files": dict(self.files),
+            **({"variants": {k: asdict(v) for k, v in self.variants.items()}}
+               if self.variants else {}),
         }
 
     def to_json(self) -> str:
@@ -162,4 +221,6 @@ class BundleManifest:
             parity=d.get("parity", {}),
             files=d.get("files", {}),
             schema_version=d["schema_version"],
+            variants={str(k): VariantInfo.from_dict(v)
+                      for k, v in (d.get("variants") or {}).items()},
         )

@@ -79,7 +79,8 @@ def random_bundle(model_id: str, workdir: Path) -> Path:
 
 
 def torch_checkpoint(model_id: str, workdir: Path) -> Path:
-    """Random weights of the architecture, saved as an open_clip checkpoint file."""
+    """Random weights of the architecture (ResNets: bn3 re-initialised, see reinit_bn3),
+    saved as an open_clip checkpoint file."""
     import open_clip
     import torch
 
@@ -91,8 +92,24 @@ def torch_checkpoint(model_id: str, workdir: Path) -> Path:
         torch.manual_seed(0)
         m = open_clip.create_model(spec.source_name, pretrained=None,
                                    force_quick_gelu=spec.quick_gelu)
+        reinit_bn3(m)
         torch.save(m.state_dict(), path)
     return path
+
+
+def reinit_bn3(model, low: float = 0.8, high: float = 1.2) -> int:
+    """open_clip's random ResNets zero every ``bn3.weight`` (each residual branch starts as
+    identity), so their scores barely vary and agreement figures on them mean nothing; draw
+    those weights from U(low, high) instead. Returns how many were re-initialised."""
+    import torch
+
+    n = 0
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bn3.weight"):
+                p.uniform_(low, high)
+                n += 1
+    return n
 
 
 def main(argv: List[str]) -> None:

@@ -22,6 +22,7 @@ COMMANDS = {  # name -> module defining COMMAND, in the order `quasar --help` li
     "reproduce": "quasar.commands.reproduce",
     "bench": "quasar.commands.bench",
     "report": "quasar.commands.report",
+    "optimize": "quasar.commands.optimize",
 }
 
 

@@ -13,6 +13,7 @@ Exit codes, the same for every command (documented in docs/cli.md):
 1     unexpected error (a bug, a full disk, ...): the message says what happened
 2     usage error: bad flag or value, missing/invalid bundle, model, dataset or output
 3     finished, but some inputs failed (each has a row with its status and reason)
+4     ``quasar optimize``: the variant was refused by its agreement gate (bundle unchanged)
 130   interrupted (Ctrl-C / SIGTERM): what was written so far is kept (``--resume``)
 ====  =============================================================================
 """
@@ -22,6 +23,7 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_SOME_FAILED = 3
+EXIT_GATE_REFUSED = 4
 EXIT_INTERRUPTED = 130
 
 
@@ -98,6 +100,20 @@ class MissingDependencyError(QuasarError, ImportError):
     """An optional dependency (onnxruntime, torch, ...) that is not installed."""
 
     status = "missing_dependency"
+
+
+class VariantError(QuasarError, ValueError):
+    """A requested precision variant / backend is not in the bundle or cannot be used."""
+
+    status = "variant_error"
+
+
+class GateRefusedError(QuasarError):
+    """``quasar optimize``: the variant disagrees with fp32 beyond the gate; the bundle is
+    unchanged and the agreement report is stored beside it."""
+
+    status = "gate_refused"
+    exit_code = EXIT_GATE_REFUSED
 
 
 # --- per-input errors: each becomes one row with its status, never stops a run ------------

@@ -76,7 +76,8 @@ def score(*inputs, bundle: Optional[str] = None, model: Optional[str] = None,
           workers: Optional[int] = None, out: Optional[str] = None, resume: bool = False,
           overwrite: bool = False, quiet: bool = False, save_embeddings: Optional[str] = None,
           max_pixels: Optional[int] = None, threads: Optional[int] = None,
-          group_factor: int = 8) -> int:
+          group_factor: int = 8, precision: str = "fp32", backend: Optional[str] = None,
+          fast_decode: bool = False) -> int:
     """Score images: files, directories (recursive), globs, @list.txt or - (paths on stdin).
 
     Writes one row per input (path, score_<anchor set>..., status, error) to --out
@@ -102,13 +103,17 @@ def score(*inputs, bundle: Optional[str] = None, model: Optional[str] = None,
         threads: ONNX Runtime intra-op threads.
         group_factor: for variable-shape resolutions, batch_size * group_factor inputs are
             grouped by shape at a time.
+        precision: fp32 | int8 | bf16 | fp16 | auto (variants from `quasar optimize`).
+        backend: onnxruntime | openvino.
+        fast_decode: DCT-scaled JPEG decoding (only once gated by quasar optimize).
     """
     return _score([os.fspath(v) if isinstance(v, os.PathLike) else str(v) for v in inputs],
                   bundle=bundle, model=model, anchors=anchors, resolution=resolution,
                   device=device, batch_size=batch_size, workers=workers, out=out,
                   resume=resume, overwrite=overwrite, quiet=quiet,
                   save_embeddings=save_embeddings, max_pixels=max_pixels, threads=threads,
-                  group_factor=group_factor)
+                  group_factor=group_factor, precision=precision, backend=backend,
+                  fast_decode=fast_decode)
 
 
 def load_scorer(**kw):
@@ -116,6 +121,20 @@ def load_scorer(**kw):
     from .scorer import Scorer
 
     return Scorer.from_bundle(kw.pop("bundle"), **kw)
+
+
+def _write_run_info(out: str, scorer, info) -> None:
+    """``<out>.run.json``: which encoder precision / backend produced the scores in ``out``."""
+    import json
+
+    rec = {"model": getattr(scorer.manifest, "model", ""),
+           "bundle": str(getattr(getattr(scorer, "bundle", None), "path", "")),
+           "resolution": str(scorer.resolution), **info}
+    path = f"{out}.run.json"
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(json.dumps(rec, indent=1) + "\n")
+    os.replace(tmp, path)
 
 
 def _err(msg: str) -> None:
@@ -144,7 +163,8 @@ def _score(inputs, **kw) -> int:
 
 
 def _run(inputs, *, bundle, model, anchors, resolution, device, batch_size, workers, out,
-         resume, overwrite, quiet, save_embeddings, max_pixels, threads, group_factor) -> int:
+         resume, overwrite, quiet, save_embeddings, max_pixels, threads, group_factor,
+         precision="fp32", backend=None, fast_decode=False) -> int:
     from .inputs import check_specs, iter_inputs
     from .pipeline import PipelineConfig, default_workers, run_pipeline
     from .writers import STATUS_OK, EmbeddingsWriter, ScoreTable, output_format, require_pyarrow
@@ -181,13 +201,25 @@ def _run(inputs, *, bundle, model, anchors, resolution, device, batch_size, work
 
     scorer = load_scorer(bundle=None if bundle is None else str(bundle), model=model, device=device,
                          anchors=_as_list(anchors) or "text", resolution=resolution,
-                         batch_size=batch_size, threads=threads, max_pixels=max_pixels)
+                         batch_size=batch_size, threads=threads, max_pixels=max_pixels,
+                         **({"precision": str(precision).lower(), "backend": backend,
+                             "fast_decode": bool(fast_decode)} if (precision != "fp32" or backend
+                                                      or fast_decode) else {}))
+    info = getattr(scorer, "run_info", None)
+    if info and (precision != "fp32" or backend or fast_decode):
+        if not quiet:
+            print(f"quasar score: precision {info['precision']} ({info['variant'] or 'fp32 encoder'}"
+                  f", {info['backend']}, {info['device']}"
+                  f"{', fast decode' if info['fast_decode'] else ''}): "
+                  f"{info['precision_reason']}", file=sys.stderr)
 
     table = ScoreTable(out, scorer.anchor_names)
     emb_writer = None
     if save_embeddings is not None:
         meta = {"model": getattr(scorer.manifest, "model", ""),
                 "anchors": ",".join(scorer.anchor_names), "resolution": str(scorer.resolution)}
+        if info:  # what ran, recorded with the results
+            meta.update({k: str(v) for k, v in info.items()})
         emb_writer = EmbeddingsWriter(save_embeddings, scorer.embed_dim, meta)
 
     done = set()
@@ -271,6 +303,8 @@ def _run(inputs, *, bundle, model, anchors, resolution, device, batch_size, work
     if bar is not None:
         bar.close()
     table.close(complete=True)
+    if out and info and (precision != "fp32" or backend or fast_decode):
+        _write_run_info(out, scorer, info)
     if emb_writer is not None:
         emb_writer.close(complete=True)
 

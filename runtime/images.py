@@ -162,14 +162,24 @@ def _decode_error(name: str, exc: BaseException) -> ImageDecodeError:
                             "the file is corrupt or in an unsupported variant of its format")
 
 
+def draft_request(width: int, height: int, size: int) -> Tuple[int, int]:
+    """The (W, H) to pass to ``Image.draft`` so that a DCT-scaled JPEG decode keeps the
+    shortest side >= ``size`` (Pillow picks the largest scale 1/2, 1/4, 1/8 with both sides
+    >= the request)."""
+    short = min(width, height)
+    return (max(1, -(-width * size // short)), max(1, -(-height * size // short)))
+
+
 def open_image(src: ImageInput, *, apply_exif: bool = False,
-               max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> Image.Image:
+               max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
+               draft: Optional[int] = None) -> Image.Image:
     """Decode ``src`` into a loaded PIL image in its own mode (first frame of animations).
 
     Raises an :class:`ImageDecodeError` subclass that names the input and the reason:
     :class:`ImageNotFoundError`, :class:`EmptyImageError`, :class:`NotAnImageError`,
     :class:`TruncatedImageError`, :class:`ImageTooLargeError` (over ``max_pixels``;
-    None disables the check).
+    None disables the check). ``draft`` (``--fast-decode``): decode JPEG files at a reduced
+    DCT scale that keeps the shortest side >= ``draft`` (changes pixels: opt-in, gated).
     """
     name = describe_source(src)
     if isinstance(src, Image.Image):
@@ -219,6 +229,8 @@ def open_image(src: ImageInput, *, apply_exif: bool = False,
                             "disk and that the file is an image") from exc
         try:
             _check_size(name, img, max_pixels)
+            if draft and img.format == "JPEG":
+                img.draft(img.mode, draft_request(img.width, img.height, int(draft)))
             img.load()
         except ImageDecodeError:
             img.close()
@@ -321,6 +333,7 @@ class ImageLoader:
     cfg: PreprocessCfg
     apply_exif: bool = False
     max_pixels: Optional[int] = None
+    fast_decode: bool = False  # DCT-scaled JPEG decoding (resize_mode "shortest" only)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_lut", _lut(self.cfg.mean, self.cfg.std))
@@ -335,7 +348,9 @@ class ImageLoader:
     def open(self, src: ImageInput) -> Image.Image:
         if self.limit is None:
             Image.MAX_IMAGE_PIXELS = None  # the caller disabled the guard explicitly
-        return open_image(src, apply_exif=self.apply_exif, max_pixels=self.limit)
+        draft = (int(self.cfg.size) if self.fast_decode and self.cfg.resize_mode == "shortest"
+                 and self.cfg.size else None)
+        return open_image(src, apply_exif=self.apply_exif, max_pixels=self.limit, draft=draft)
 
     def __call__(self, src: ImageInput) -> np.ndarray:
         img = self.open(src)

@@ -17,12 +17,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from quasar.bundle import Bundle, BundleManifest, load_bundle
-from quasar.errors import BundleError, InferenceError
+from quasar.errors import BundleError, InferenceError, VariantError
 
+from .backends import (Choice, EncoderSession, OpenArgs, choose_variant, cpu_flags, cuda_usable,
+                       installed_backends, open_encoder)
 from .engine import Engine, EngineConfig
 from .images import ImageInput, ImageLoader
 from .scoring import quasar_scores
-from .session import SessionConfig, active_device, create_session
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,60 @@ def select_anchors(bundle: Bundle, anchors: Union[str, Sequence[str], None]) -> 
     return list(dict.fromkeys(names))
 
 
+def resolve_precision(bundle: Bundle, precision: str = "fp32", backend: Optional[str] = None,
+                      device: str = "auto", resolution: Optional[str] = None) -> Choice:
+    """Which encoder of ``bundle`` runs: :func:`quasar.runtime.backends.choose_variant` fed
+    with this machine's CPU flags, CUDA availability and installed backends. ``auto`` only
+    considers variants whose agreement was measured at ``resolution``; an explicit precision
+    measured at another resolution is used with a warning."""
+    precision = str(precision).lower()
+    variants = bundle.manifest.variants
+    if precision == "auto" and resolution is not None:
+        variants = {k: v for k, v in variants.items() if v.resolution in (None, str(resolution))}
+    choice = choose_variant(variants, precision, flags=cpu_flags(),
+                            cuda=device != "cpu" and cuda_usable(), backend=backend,
+                            installed=installed_backends())
+    if choice.variant is not None and resolution is not None:
+        measured = variants[choice.variant].resolution
+        if measured not in (None, str(resolution)):
+            log.warning("variant %s was gated at resolution %s, not %s: its agreement at %s "
+                        "was never measured (re-run quasar optimize --resolution %s)",
+                        choice.variant, measured, resolution, resolution, resolution)
+    return choice
+
+
+def open_bundle_encoder(bundle: Bundle, choice: Choice, *, device: str = "auto",
+                        device_id: int = 0, threads: Optional[int] = None) -> EncoderSession:
+    """The session of the chosen encoder: the fp32 ``encoder.onnx`` or a variant's file."""
+    m = bundle.manifest
+    if choice.variant is None:
+        rel, external = m.encoder.file, bool(m.encoder.external_data)
+    else:
+        v = m.variants[choice.variant]
+        if not v.passed:  # choose_variant never picks one; a hand-edited manifest might
+            raise VariantError(f"{bundle.path}: variant {choice.variant!r} failed its agreement "
+                               "gate and is never used")
+        rel, external = v.files[0], False
+        device = "cuda" if v.device == "cuda" else ("cpu" if device == "auto" else device)
+    args = OpenArgs(model_path=bundle.path / rel, input_name=m.encoder.input_name,
+                    output_name=m.encoder.output_name, precision=choice.precision,
+                    device=device, device_id=device_id, threads=threads,
+                    model_sha256=m.files.get(rel), external_data=external)
+    return open_encoder(args, choice.backend)
+
+
+def check_fast_decode(bundle: Bundle, resolution: str) -> None:
+    """Fast decode only where ``quasar optimize --fast-decode`` gated it for ``resolution``."""
+    recs = [v for v in bundle.manifest.variants.values()
+            if v.kind == "decode" and v.resolution == str(resolution)]
+    if not any(v.passed for v in recs):
+        raise VariantError(
+            f"{bundle.path}: fast decode changes pixels and is used only after its agreement "
+            f"with exact decoding was measured at resolution {resolution}: run `quasar optimize "
+            f"{bundle.path} --fast-decode --calibration DIR --resolution {resolution}` first"
+            + (" (the last measurement failed its gate)" if recs else ""))
+
+
 def _as_list(images: Any) -> List[Any]:
     if isinstance(images, (str, Path, bytes, bytearray, memoryview)):
         return [images]
@@ -92,7 +147,9 @@ class Scorer:
                  anchors: Union[str, Sequence[str], None] = "text",
                  resolution: Optional[str] = None, batch_size: int = 16,
                  threads: Optional[int] = None, apply_exif: bool = False,
-                 max_pixels: Optional[int] = None, decode_workers: Optional[int] = None):
+                 max_pixels: Optional[int] = None, decode_workers: Optional[int] = None,
+                 precision: str = "fp32", backend: Optional[str] = None,
+                 fast_decode: bool = False):
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.bundle = bundle
@@ -101,25 +158,23 @@ class Scorer:
                                    else bundle.manifest.default_resolution)
         self.preprocess_cfg = bundle.preprocess(self.resolution)
         self.batch_size = int(batch_size)
+        if fast_decode:
+            check_fast_decode(bundle, self.resolution)
+        self.fast_decode = bool(fast_decode)
         self.loader = ImageLoader(self.preprocess_cfg, apply_exif=apply_exif,
-                                  max_pixels=max_pixels)
-        self.session = create_session(
-            bundle.encoder_path,
-            SessionConfig(device=device, device_id=device_id, intra_op_threads=threads),
-            model_sha256=bundle.manifest.files.get(bundle.manifest.encoder.file),
-            external_data=bool(bundle.manifest.encoder.external_data),
-        )
-        self.device = active_device(self.session)
+                                  max_pixels=max_pixels, fast_decode=self.fast_decode)
+        self.choice = resolve_precision(bundle, precision, backend, device, self.resolution)
+        self.encoder = open_bundle_encoder(bundle, self.choice, device=device,
+                                           device_id=device_id, threads=threads)
+        self.session = self.encoder.raw  # the backend's own session object
+        self.device = self.encoder.device
+        self.precision, self.backend = self.choice.precision, self.choice.backend
+        log.info("encoder: precision %s (%s) on %s, %s: %s", self.precision,
+                 self.choice.variant or "fp32 encoder", self.backend, self.device,
+                 self.choice.reason)
         enc = bundle.manifest.encoder
         self._input = enc.input_name
         self._output = enc.output_name
-        names_in = [i.name for i in self.session.get_inputs()]
-        names_out = [o.name for o in self.session.get_outputs()]
-        if self._input not in names_in or self._output not in names_out:
-            raise BundleError(
-                f"{bundle.encoder_path}: graph inputs {names_in} / outputs {names_out} do not "
-                f"match bundle.json ({self._input!r} -> {self._output!r}); re-export the bundle"
-            )
         self._anchor_mats = {n: bundle.anchors[n] for n in self.anchor_names}
         self.decode_workers = decode_workers if decode_workers is not None else 2
 
@@ -131,9 +186,17 @@ class Scorer:
                     resolution: Optional[str] = None, batch_size: int = 16,
                     threads: Optional[int] = None, apply_exif: bool = False,
                     max_pixels: Optional[int] = None, verify: bool = True,
-                    decode_workers: Optional[int] = None) -> "Scorer":
+                    decode_workers: Optional[int] = None, precision: str = "fp32",
+                    backend: Optional[str] = None, fast_decode: bool = False) -> "Scorer":
         """Scorer for the bundle in ``path`` (None: the cached bundle of ``model``, default
-        ``clip-rn50-nopos.openai``; see :func:`quasar.runtime.default_bundle.resolve_bundle`)."""
+        ``clip-rn50-nopos.openai``; see :func:`quasar.runtime.default_bundle.resolve_bundle`).
+
+        ``precision``: fp32 (default, exact) | int8 | bf16 | fp16 | auto - a variant written by
+        ``quasar optimize`` that passed its agreement gate; ``auto`` picks the fastest one this
+        hardware runs fast, else fp32 (``scorer.choice`` says which and why). ``backend``:
+        onnxruntime | openvino (None: the variant's, or onnxruntime). ``fast_decode``: DCT-scaled
+        JPEG decoding, only when ``quasar optimize --fast-decode`` gated it for the resolution.
+        """
         from .default_bundle import resolve_bundle
 
         bundle_dir = resolve_bundle(path, model=model)
@@ -143,7 +206,8 @@ class Scorer:
                         model)
         return cls(bundle, device=device, device_id=device_id, anchors=anchors,
                    resolution=resolution, batch_size=batch_size, threads=threads,
-                   apply_exif=apply_exif, max_pixels=max_pixels, decode_workers=decode_workers)
+                   apply_exif=apply_exif, max_pixels=max_pixels, decode_workers=decode_workers,
+                   precision=precision, backend=backend, fast_decode=fast_decode)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -161,7 +225,16 @@ class Scorer:
 
     def __repr__(self) -> str:
         return (f"Scorer(model={self.bundle.model!r}, resolution={self.resolution!r}, "
-                f"anchors={self.anchor_names}, device={self.device!r})")
+                f"anchors={self.anchor_names}, device={self.device!r}, "
+                f"precision={self.precision!r}, backend={self.backend!r})")
+
+    @property
+    def run_info(self) -> Dict[str, Any]:
+        """What ran, to record with the results: precision, backend, variant, device,
+        fast decode and why this precision was chosen."""
+        return {"precision": self.precision, "backend": self.backend,
+                "variant": self.choice.variant, "device": self.device,
+                "fast_decode": self.fast_decode, "precision_reason": self.choice.reason}
 
     # ------------------------------------------------------------------ steps
     def load_image(self, src: ImageInput) -> np.ndarray:
@@ -186,11 +259,11 @@ class Scorer:
         for i in range(0, len(x), self.batch_size):
             chunk = x[i:i + self.batch_size]
             try:
-                out = self.session.run([self._output], {self._input: chunk})[0]
+                out = self.encoder.run(chunk)
             except Exception as exc:
                 raise InferenceError(
-                    f"ONNX Runtime failed on a batch of shape {list(chunk.shape)} with "
-                    f"{self.bundle.encoder_path}: {exc}"
+                    f"{self.backend} failed on a batch of shape {list(chunk.shape)} with "
+                    f"{self.bundle.path} ({self.choice.variant or 'fp32 encoder'}): {exc}"
                 ) from exc
             outs.append(np.asarray(out, dtype=np.float32))
         if not outs:

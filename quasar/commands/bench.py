@@ -11,7 +11,7 @@ COMMAND = Command(
                 "--rn50-bundle / --vit-bundle, random-init bundles are exported into the work "
                 "folder (random weights are fine for speed; needs the export extra, as does the "
                 "torch path). Prints a markdown table. See docs/benchmark.md.",
-    target="quasar.evaluate.speed:bench",
+    target="quasar.bench.speed:bench",
     extra="cpu",
     requires=("onnxruntime",),
     user_errors=(ValueError,),
@@ -34,6 +34,18 @@ COMMAND = Command(
         opt("native_images", "images for the rn50-native case", metavar="N", type=O.integer),
         opt("native_batch_size", "batch size of the rn50-native case", metavar="N",
             type=O.integer),
+        opt("variants", "precision-variant table instead: comma-separated variants to build "
+            "and time, e.g. int8-openvino,int8-onnxruntime,bf16-openvino,fast-decode (needs "
+            "the export and optimize extras; docs/precision.md)", metavar="NAMES",
+            default_text="none: runtime fp32 vs torch"),
+        opt("rounds", "--variants: interleaved rounds (medians reported)", metavar="N",
+            type=O.integer),
+        opt("calibration_images", "--variants: calibration photos for quasar optimize",
+            metavar="N", type=O.integer),
+        opt("min_srcc", "--variants: gate threshold, minimum SRCC vs fp32", metavar="X",
+            type=float, default_text="0.999"),
+        opt("max_p99_dscore", "--variants: gate threshold, maximum p99 |score difference|",
+            metavar="X", type=float, default_text="0.01"),
     ],
     examples=["quasar bench --cases rn50-224 --n-images 32 -o bench.md"],
 )

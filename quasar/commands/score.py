@@ -33,6 +33,13 @@ COMMAND = Command(
         O.THREADS,
         opt("group_factor", "variable-shape resolutions: group batch-size x N inputs by shape",
             short="-g", metavar="N", type=O.integer),
+        opt("precision", "encoder precision: a variant from `quasar optimize` that passed its "
+            "agreement gate; auto = the fastest gated variant this hardware runs fast",
+            metavar="P", choices=("fp32", "int8", "bf16", "fp16", "auto")),
+        opt("backend", "inference backend", metavar="NAME", choices=("onnxruntime", "openvino"),
+            default_text="the variant's, else onnxruntime"),
+        opt("fast_decode", "DCT-scaled JPEG decoding, once `quasar optimize --fast-decode` "
+            "gated it"),
     ],
     examples=["quasar score photos/ 'more/**/*.jpg' @list.txt -o scores.csv",
               "find /data -name '*.png' | quasar score - -o s.jsonl --save-embeddings e.npy",

@@ -6,7 +6,7 @@ import pytest
 
 def test_bench_smoke(rn50_nopos_bundle, tmp_path):
     pytest.importorskip("torch")
-    from quasar.evaluate.speed import bench
+    from quasar.bench.speed import bench
 
     out = tmp_path / "table.md"
     report = bench(rn50_bundle=str(rn50_nopos_bundle), cases="rn50-224", n_images=2,

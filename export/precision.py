@@ -1,0 +1,483 @@
+"""``quasar optimize``: reduced-precision encoder variants, gated on score agreement with fp32.
+
+Reduced precision changes embeddings, so a variant is only kept after it has been measured
+against the bundle's fp32 encoder on **held-out images of the user's own data** (never the
+calibration images): min / median embedding cosine, max and p99 |Δscore| per anchor set, and
+SRCC / KRCC between the fp32 and the variant scores. The variant is written into the bundle
+only when every anchor set has SRCC >= ``min_srcc`` (0.999) and p99 |Δscore| <=
+``max_p99_dscore`` (0.01); otherwise the bundle is left byte-for-byte unchanged. The report
+is printed and stored either way: inside the variant's folder when it passed, beside the
+bundle (``<bundle>.<variant>.refused.json``) when it did not.
+
+Variants (``variants/<name>/`` in the bundle, recorded in ``bundle.json`` ``variants``):
+
+=============  =========================================================================
+int8 openvino  NNCF post-training quantisation of the OpenVINO model (``ModelType.TRANSFORMER``
+               for ViTs: attention, LayerNorm and GELU stay in higher precision); the
+               fastest path on a VNNI CPU. Needs ``quasar[openvino]`` (+ nncf to build).
+int8 onnxruntime  ONNX Runtime static QDQ: U8 activations / S8 per-channel weights (S8
+               activations gave no speed-up), only Conv / MatMul / Gemm with a weight
+               quantised; activation x activation MatMuls (attention) stay fp32.
+bf16 openvino  the fp32 graph as OpenVINO IR, run with ``INFERENCE_PRECISION_HINT=bf16``
+               (needs AVX512_BF16 or AMX to be fast).
+fp16 onnxruntime  fp16 weights and activations, float32 inputs / outputs kept, for CUDA;
+               measured on CUDA (ONNX Runtime's CPU provider cannot run it).
+fast-decode    not a model: DCT-scaled JPEG decoding (``--fast-decode``) with the fp32
+               encoder, measured and gated the same way, per resolution.
+=============  =========================================================================
+
+The variant is written through :func:`write_variant`, the one place that edits a bundle here.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata as md
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from quasar.errors import (GateRefusedError, ImageDecodeError,
+                           MissingDependencyError, VariantError)
+from quasar.bundle import edit_bundle
+from quasar.bundle.atomic import atomic_write_text
+from quasar.bundle.manifest import VariantInfo
+from quasar.runtime.agreement import (DEFAULT_MAX_P99_DSCORE, DEFAULT_MIN_SRCC, Gate,
+                                      agreement_report, format_report)
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, Path]
+MIN_HOLDOUT = 8
+VARIANTS_DIR = "variants"
+# precision -> default backend (the faster one on the build machine, see docs/precision.md)
+DEFAULT_BACKENDS = {"int8": "openvino", "bf16": "openvino", "fp16": "onnxruntime"}
+BUILDERS_HINT = {
+    ("int8", "openvino"): 'pip install "quasar[optimize,openvino]" (nncf, openvino)',
+    ("bf16", "openvino"): 'pip install "quasar[openvino]"',
+    ("int8", "onnxruntime"): 'pip install "quasar[optimize]" (onnx)',
+    ("fp16", "onnxruntime"): 'pip install "quasar[optimize]" (onnx) and onnxruntime-gpu',
+}
+
+
+# --------------------------------------------------------------------------- bundle edit
+
+def write_variant(bundle_dir: PathLike, name: str, files: Mapping[str, PathLike],
+                  record: VariantInfo) -> Path:
+    """Add (or replace) variant ``name`` in a bundle, atomically, through the bundle layer.
+
+    ``files`` maps names relative to ``variants/<name>/`` to the files to copy there;
+    ``record.files`` is rewritten to their bundle-relative paths (model file first, in the
+    order given). On any failure the bundle is unchanged (:func:`quasar.bundle.edit_bundle`).
+    """
+    prefix = f"{VARIANTS_DIR}/{name}"
+    record = replace(record, files=[f"{prefix}/{k}" for k in files])
+    with edit_bundle(bundle_dir) as ed:
+        dest = ed.dir / prefix
+        if dest.exists():
+            shutil.rmtree(dest)  # hard links of the old variant: the bundle keeps its own
+        dest.mkdir(parents=True)
+        for k, src in files.items():
+            shutil.copy2(src, dest / k)
+        ed.manifest = replace(ed.manifest, variants={**ed.manifest.variants, name: record})
+    return Path(bundle_dir)
+
+
+# --------------------------------------------------------------------------- images
+
+def _image_list(spec: Union[str, Sequence[str]]) -> List[str]:
+    from quasar.runtime.inputs import iter_inputs
+
+    specs = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec)
+    paths = sorted(dict.fromkeys(str(p) for p in iter_inputs([str(s) for s in specs])))
+    if not paths:
+        raise VariantError(f"no images found in {specs} (a folder, a glob or @list.txt)")
+    return paths
+
+
+def split_images(paths: Sequence[str], holdout_fraction: float = 0.5,
+                 seed: int = 0) -> Tuple[List[str], List[str]]:
+    """(calibration, held out): a seeded permutation of the sorted paths, disjoint."""
+    if not 0.0 < float(holdout_fraction) < 1.0:
+        raise ValueError(f"holdout_fraction must be in (0, 1), got {holdout_fraction}")
+    paths = sorted(paths)
+    order = np.random.RandomState(int(seed)).permutation(len(paths))
+    n_hold = int(round(len(paths) * float(holdout_fraction)))
+    hold = sorted(paths[i] for i in order[:n_hold])
+    cal = sorted(paths[i] for i in order[n_hold:])
+    return cal, hold
+
+
+def images_sha256(paths: Sequence[str]) -> str:
+    """sha256 over the sorted sha256 of each image file's bytes (order and names ignored)."""
+    from quasar.bundle import sha256_file
+
+    digests = sorted(sha256_file(p) for p in paths)
+    return hashlib.sha256("\n".join(digests).encode()).hexdigest()
+
+
+def _decode_all(loader, paths: Sequence[str]) -> Tuple[List[str], List[np.ndarray]]:
+    ok, arrays = [], []
+    for p in paths:
+        try:
+            arrays.append(loader(p))
+            ok.append(p)
+        except ImageDecodeError as exc:
+            log.warning("skipping %s", exc)
+    return ok, arrays
+
+
+def _batches(arrays: Sequence[np.ndarray], batch_size: int) -> List[np.ndarray]:
+    """Consecutive same-shape runs, cut at ``batch_size`` (native sizes differ)."""
+    out: List[np.ndarray] = []
+    cur: List[np.ndarray] = []
+    for a in arrays:
+        if cur and (a.shape != cur[0].shape or len(cur) >= batch_size):
+            out.append(np.stack(cur))
+            cur = []
+        cur.append(a)
+    if cur:
+        out.append(np.stack(cur))
+    return out
+
+
+def _embed(run, arrays: Sequence[np.ndarray], batch_size: int) -> Tuple[np.ndarray, float]:
+    """Embeddings in order and model-only images/s (the pass after one warm-up batch)."""
+    batches = _batches(arrays, batch_size)
+    if batches:
+        run(batches[0])
+    t0 = time.perf_counter()
+    outs = [np.asarray(run(b), dtype=np.float32) for b in batches]
+    dt = time.perf_counter() - t0
+    return np.concatenate(outs), (len(arrays) / dt if dt > 0 else float("nan"))
+
+
+# --------------------------------------------------------------------------- builders
+
+def _version(dist: str) -> str:
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return ""
+
+
+def _is_transformer(bundle) -> bool:
+    fam = (bundle.manifest.family or "").lower()
+    return "vit" in bundle.model.lower() or "dinov2" in fam or "vit" in fam
+
+
+def _require(module: str, hint: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependencyError(f"{module} is needed to build this variant: {hint}") from exc
+
+
+def _activation_matmuls(model) -> List[str]:
+    """MatMul nodes with no initializer input: attention's QK^T and AV products."""
+    inits = {i.name for i in model.graph.initializer}
+    consts = {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    return [n.name for n in model.graph.node if n.op_type == "MatMul"
+            and not any(i in inits or i in consts for i in n.input)]
+
+
+def build_int8_onnxruntime(bundle, cal: Sequence[np.ndarray], work: Path) -> Tuple[Dict[str, Path], str, str]:
+    """ONNX Runtime static QDQ: U8 activations, S8 per-channel symmetric weights; Conv,
+    MatMul, Gemm with weights only; MinMax calibration."""
+    onnx = _require("onnx", BUILDERS_HINT[("int8", "onnxruntime")])
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    pre = work / "pre.onnx"
+    quant_pre_process(str(bundle.encoder_path), str(pre), skip_symbolic_shape=True)
+    model = onnx.load(str(pre), load_external_data=False)
+    exclude = _activation_matmuls(model)
+    del model
+    feeds = [{bundle.manifest.encoder.input_name: b} for b in _batches(cal, 4)]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter(feeds)
+
+        def get_next(self):
+            return next(self._it, None)
+
+    out = work / "encoder.onnx"
+    quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    per_channel=True, op_types_to_quantize=["Conv", "MatMul", "Gemm"],
+                    nodes_to_exclude=exclude,
+                    extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
+                                   "DedicatedQDQPair": True})
+    return {"encoder.onnx": out}, "onnxruntime.quantization (static QDQ, U8 act / S8 wt)", \
+        _version("onnxruntime")
+
+
+def _save_ir(ov, model, work: Path) -> Dict[str, Path]:
+    xml = work / "encoder.xml"
+    ov.save_model(model, str(xml), compress_to_fp16=False)
+    return {"encoder.xml": xml, "encoder.bin": work / "encoder.bin"}
+
+
+def build_int8_openvino(bundle, cal: Sequence[np.ndarray], work: Path) -> Tuple[Dict[str, Path], str, str]:
+    """NNCF post-training quantisation of the OpenVINO model; transformer mode for ViTs."""
+    hint = BUILDERS_HINT[("int8", "openvino")]
+    ov = _require("openvino", hint)
+    nncf = _require("nncf", hint)
+    model = ov.Core().read_model(str(bundle.encoder_path))
+    batches = _batches(cal, 1 if bundle.manifest.encoder.dynamic_hw else 8)
+    kw: Dict[str, Any] = {}
+    mode = "default"
+    if _is_transformer(bundle):
+        from nncf.quantization.advanced_parameters import (AdvancedQuantizationParameters,
+                                                           AdvancedSmoothQuantParameters)
+
+        kw["model_type"] = nncf.ModelType.TRANSFORMER
+        # SmoothQuant off: on random ViT-B-32 it lowered held-out SRCC (0.9986 -> 0.9992 off)
+        kw["advanced_parameters"] = AdvancedQuantizationParameters(
+            smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1))
+        mode = "transformer, no SmoothQuant"
+    q = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(cal), **kw)
+    return _save_ir(ov, q, work), f"nncf PTQ ({mode}) + openvino {_version('openvino')}", \
+        _version("nncf")
+
+
+def build_bf16_openvino(bundle, cal: Sequence[np.ndarray], work: Path) -> Tuple[Dict[str, Path], str, str]:
+    """The fp32 graph as OpenVINO IR; bf16 comes from INFERENCE_PRECISION_HINT at run time."""
+    ov = _require("openvino", BUILDERS_HINT[("bf16", "openvino")])
+    model = ov.Core().read_model(str(bundle.encoder_path))
+    return _save_ir(ov, model, work), "openvino (INFERENCE_PRECISION_HINT=bf16)", \
+        _version("openvino")
+
+
+def build_fp16_onnxruntime(bundle, cal: Sequence[np.ndarray], work: Path) -> Tuple[Dict[str, Path], str, str]:
+    """fp16 weights and activations, float32 graph inputs / outputs kept."""
+    onnx = _require("onnx", BUILDERS_HINT[("fp16", "onnxruntime")])
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(bundle.encoder_path))
+    m16 = convert_float_to_float16(model, keep_io_types=True)
+    out = work / "encoder.onnx"
+    onnx.save(m16, str(out))
+    return {"encoder.onnx": out}, "onnxruntime.transformers.float16 (keep_io_types)", \
+        _version("onnxruntime")
+
+
+BUILDERS = {
+    ("int8", "onnxruntime"): build_int8_onnxruntime,
+    ("int8", "openvino"): build_int8_openvino,
+    ("bf16", "openvino"): build_bf16_openvino,
+    ("fp16", "onnxruntime"): build_fp16_onnxruntime,
+}
+
+
+# --------------------------------------------------------------------------- optimize
+
+@dataclass
+class OptimizeResult:
+    name: str
+    passed: bool
+    report: Dict[str, Any]
+    report_path: Path
+    record: Optional[VariantInfo]
+
+
+def variant_name(precision: str, backend: str, fast_decode: bool = False,
+                 resolution: Optional[str] = None) -> str:
+    return f"fast-decode-{resolution}" if fast_decode else f"{precision}-{backend}"
+
+
+def build_and_measure(bundle_dir: PathLike, *, precision: str = "int8",
+                      calibration: Union[str, Sequence[str], None] = None,
+                      holdout: Union[str, Sequence[str], None] = None,
+                      backend: Optional[str] = None, resolution: Optional[str] = None,
+                      holdout_fraction: float = 0.5, gate: Gate = Gate(),
+                      fast_decode: bool = False, batch_size: int = 16,
+                      threads: Optional[int] = None, seed: int = 0,
+                      max_calibration: int = 300, write: bool = True,
+                      transform=None) -> OptimizeResult:
+    """Build a variant, measure it against fp32 on held-out images, gate it, and write it
+    into the bundle when it passes. ``transform(embeddings) -> embeddings`` (tests only)
+    perturbs the variant's held-out embeddings before the report, to exercise the gate.
+    Returns an :class:`OptimizeResult`; never raises on a refusal (see :func:`optimize`)."""
+    from quasar.runtime.backends import Choice, OpenArgs, open_encoder
+    from quasar.bundle import load_bundle
+    from quasar.runtime.images import ImageLoader
+    from quasar.runtime.scorer import open_bundle_encoder
+
+    bundle_dir = Path(bundle_dir)
+    bundle = load_bundle(bundle_dir, verify=True)
+    res = str(resolution) if resolution is not None else bundle.manifest.default_resolution
+    cfg = bundle.preprocess(res)
+    if fast_decode:
+        precision, backend = "fp32", "onnxruntime"
+        if cfg.resize_mode != "shortest":
+            raise VariantError(f"--fast-decode scales JPEG decoding towards the resize target; "
+                               f"resolution {res} does not resize, so there is nothing to gain")
+    else:
+        if precision not in ("int8", "bf16", "fp16"):
+            raise VariantError(f"--precision must be int8, bf16 or fp16, got {precision!r}")
+        backend = backend or DEFAULT_BACKENDS[precision]
+        if (precision, backend) not in BUILDERS:
+            raise VariantError(f"no {precision} variant for backend {backend}; available: "
+                               + ", ".join(f"{p} on {b}" for p, b in BUILDERS))
+    if calibration is None:
+        raise VariantError("--calibration DIR|@list.txt is required: images of your own data "
+                           "(part of them are held out for the agreement report)")
+    paths = _image_list(calibration)
+    if holdout is not None:
+        cal_paths, hold_paths = paths, _image_list(holdout)
+        overlap = set(map(os.path.realpath, cal_paths)) & set(map(os.path.realpath, hold_paths))
+        if overlap:
+            raise VariantError(f"--holdout shares {len(overlap)} images with --calibration "
+                               f"(e.g. {sorted(overlap)[0]}); the agreement must be measured "
+                               "on images not used for calibration")
+    else:
+        cal_paths, hold_paths = split_images(paths, holdout_fraction, seed)
+    cal_paths = cal_paths[:int(max_calibration)]
+    if len(hold_paths) < MIN_HOLDOUT or (not fast_decode and len(cal_paths) < 1):
+        raise VariantError(f"{len(cal_paths)} calibration and {len(hold_paths)} held-out images: "
+                           f"need >= 1 and >= {MIN_HOLDOUT} (>= 100 held out recommended); "
+                           "pass more images")
+    name = variant_name(precision, backend, fast_decode, res)
+    exact = ImageLoader(cfg)
+    hold_ok, hold_x = _decode_all(exact, hold_paths)
+    if len(hold_ok) < MIN_HOLDOUT:
+        raise VariantError(f"only {len(hold_ok)} held-out images could be decoded; need "
+                           f">= {MIN_HOLDOUT}")
+    fp32 = open_bundle_encoder(bundle, Choice(None, "fp32", "onnxruntime", "reference"),
+                               device="cpu", threads=threads)
+    ref, fp32_speed = _embed(fp32.run, hold_x, batch_size)
+
+    tool, tool_version, files, device, work = "", "", {}, "cpu", None
+    try:
+        if fast_decode:
+            fast = ImageLoader(cfg, fast_decode=True)
+            var_x = [fast(p) for p in hold_ok]
+            var, var_speed = _embed(fp32.run, var_x, batch_size)
+            tool, tool_version = "Pillow Image.draft (DCT-scaled JPEG decoding)", _version("pillow")
+        else:
+            _, cal_x = _decode_all(exact, cal_paths)
+            if not cal_x:
+                raise VariantError("no calibration image could be decoded")
+            device = "cuda" if precision == "fp16" else "cpu"
+            if device == "cuda":
+                from quasar.runtime.backends import cuda_usable
+                if not cuda_usable():
+                    raise VariantError(
+                        "fp16 variants run on CUDA and their agreement is measured there; "
+                        "this machine's onnxruntime has no CUDA provider (ONNX Runtime's CPU "
+                        'provider cannot run fp16 graphs). Run quasar optimize with "quasar[gpu]" '
+                        "on the GPU machine")
+            work = Path(tempfile.mkdtemp(prefix=f".{bundle_dir.name}.{name}-",
+                                         dir=str(bundle_dir.resolve().parent)))
+            t0 = time.perf_counter()
+            files, tool, tool_version = BUILDERS[(precision, backend)](bundle, cal_x, work)
+            build_s = time.perf_counter() - t0
+            m = bundle.manifest.encoder
+            sess = open_encoder(OpenArgs(model_path=Path(next(iter(files.values()))),
+                                         input_name=m.input_name, output_name=m.output_name,
+                                         precision=precision, device=device, threads=threads),
+                                backend)
+            var, var_speed = _embed(sess.run, hold_x, batch_size)
+            del sess
+        if transform is not None:
+            var = np.asarray(transform(var), dtype=np.float32)
+        report = agreement_report(ref, var, bundle.anchors, gate)
+        report["speed"] = {"fp32_img_s": round(fp32_speed, 2),
+                           "variant_img_s": round(var_speed, 2), "batch_size": int(batch_size)}
+        if not fast_decode:
+            report["build_seconds"] = round(build_s, 1)
+        report.update(variant=name, precision=precision, backend=backend, resolution=res,
+                      calibration_images=len(cal_paths) if not fast_decode else 0,
+                      holdout_images=len(hold_ok), bundle=str(bundle_dir),
+                      random_init_weights=bundle.random_init)
+        record = VariantInfo(
+            precision=precision, backend=backend, files=list(files) or [],
+            kind="decode" if fast_decode else "model", device=device, resolution=res,
+            tool=tool, tool_version=tool_version,
+            calibration_sha256=images_sha256(cal_paths) if not fast_decode else "",
+            calibration_count=len(cal_paths) if not fast_decode else 0,
+            holdout_sha256=images_sha256(hold_ok), holdout_count=len(hold_ok),
+            gate=asdict(gate), passed=bool(report["passed"]), report=report,
+            created_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+        if not record.passed or not write:
+            path = bundle_dir.resolve().parent / f"{bundle_dir.name}.{name}.refused.json"
+            if record.passed:
+                path = path.with_name(f"{bundle_dir.name}.{name}.report.json")
+            atomic_write_text(path, json.dumps(report, indent=2) + "\n")
+            return OptimizeResult(name, record.passed, report, path, record)
+        report_file = (work or Path(tempfile.mkdtemp(prefix=".quasar-report-"))) / "agreement.json"
+        report_file.write_text(json.dumps(report, indent=2) + "\n")
+        write_variant(bundle_dir, name, {**{k: Path(v) for k, v in files.items()},
+                                         "agreement.json": report_file}, record)
+        if work is None:
+            shutil.rmtree(report_file.parent, ignore_errors=True)
+        # files: model files first, then the report
+        return OptimizeResult(name, True, report,
+                              bundle_dir / VARIANTS_DIR / name / "agreement.json", record)
+    finally:
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def optimize(bundle: str, precision: str = "int8", calibration: Optional[str] = None,
+             holdout: Optional[str] = None, backend: Optional[str] = None,
+             resolution: Optional[str] = None, holdout_fraction: float = 0.5,
+             min_srcc: float = DEFAULT_MIN_SRCC, max_p99_dscore: float = DEFAULT_MAX_P99_DSCORE,
+             fast_decode: bool = False, batch_size: int = 16, threads: Optional[int] = None,
+             seed: int = 0, max_calibration: int = 300) -> None:
+    """Write a reduced-precision variant into BUNDLE, gated on agreement with fp32.
+
+    The variant is built from calibration images of your own data and measured on held-out
+    images (a seeded split of --calibration, or a separate --holdout): min / median embedding
+    cosine, max and p99 |dscore| per anchor set, SRCC and KRCC of fp32 vs variant scores. It
+    is written into the bundle (variants/<precision>-<backend>/, recorded in bundle.json)
+    only when every anchor set has SRCC >= --min_srcc and p99 |dscore| <= --max_p99_dscore;
+    otherwise the bundle is left unchanged. The report is printed and stored either way.
+    Use the variant with `quasar score --precision int8|bf16|fp16|auto`.
+
+    Args:
+        bundle: bundle directory (from quasar export).
+        precision: int8 | bf16 | fp16.
+        calibration: folder, glob or @list.txt of your own images.
+        holdout: separate held-out images (default: split --calibration).
+        backend: openvino (int8 via NNCF, bf16) | onnxruntime (int8 QDQ, fp16 on CUDA);
+            default: openvino for int8 and bf16, onnxruntime for fp16.
+        resolution: resolution to calibrate and measure at (default: the bundle's).
+        holdout_fraction: share of --calibration held out when no --holdout is given.
+        min_srcc: gate: minimum SRCC of fp32 vs variant scores, per anchor set.
+        max_p99_dscore: gate: maximum 99th percentile of |score difference|, per anchor set.
+        fast_decode: measure and gate DCT-scaled JPEG decoding (--fast-decode) instead of a
+            precision variant.
+        batch_size: inference batch size of the measurement.
+        threads: inference threads.
+        seed: seed of the calibration / held-out split.
+        max_calibration: at most this many calibration images are used.
+    """
+    res = build_and_measure(bundle, precision=str(precision), calibration=calibration,
+                                holdout=holdout, backend=backend, resolution=resolution,
+                                holdout_fraction=holdout_fraction,
+                                gate=Gate(float(min_srcc), float(max_p99_dscore)),
+                                fast_decode=bool(fast_decode), batch_size=int(batch_size),
+                                threads=threads, seed=int(seed),
+                                max_calibration=int(max_calibration))
+    print(format_report(res.name, res.report))
+    if res.report.get("random_init_weights"):
+        print("note: random-init weights - the agreement says nothing about real weights")
+    if res.passed:
+        print(f"variant {res.name} written into {bundle}; report: {res.report_path}")
+        return
+    raise GateRefusedError(f"variant {res.name} refused by its agreement gate; bundle {bundle} "
+                           f"unchanged; report: {res.report_path}")

@@ -1,0 +1,46 @@
+"""``quasar optimize``: a reduced-precision variant of a bundle, gated on score agreement."""
+from . import options as O
+from .base import Command, opt
+
+COMMAND = Command(
+    name="optimize",
+    summary="Write an int8 / bf16 / fp16 variant (or gate fast JPEG decoding) into BUNDLE, "
+            "gated on agreement with fp32.",
+    description="The variant is built from calibration images of your own data and measured "
+                "on held-out images: embedding cosine, max / p99 |score difference| and SRCC / "
+                "KRCC vs fp32 per anchor set. It is written into the bundle only when every "
+                "anchor set passes the gate; otherwise the bundle is unchanged (exit 4). The "
+                "report is printed and stored either way. See docs/precision.md.",
+    target="quasar.export.precision:optimize",
+    extra="export",
+    requires=("onnx", "onnxruntime"),
+    user_errors=(ValueError,),
+    options=[
+        O.BUNDLE.but(help="bundle directory (from quasar export); changed in place, atomically",
+                     default_text=None),
+        opt("precision", "int8 | bf16 | fp16", metavar="P", choices=("int8", "bf16", "fp16")),
+        opt("calibration", "your own images: a folder, a glob or @list.txt", metavar="INPUT",
+            default_text="required"),
+        opt("holdout", "separate held-out images for the agreement report", metavar="INPUT",
+            default_text="a seeded split of --calibration"),
+        opt("backend", "openvino (int8 via NNCF, bf16) | onnxruntime (int8 QDQ, fp16 on CUDA)",
+            metavar="NAME", choices=("openvino", "onnxruntime"),
+            default_text="openvino for int8 and bf16, onnxruntime for fp16"),
+        O.RESOLUTION.but(help="resolution to calibrate and measure at"),
+        opt("holdout_fraction", "share of --calibration held out when no --holdout is given",
+            metavar="X", type=float),
+        opt("min_srcc", "gate: minimum SRCC of fp32 vs variant scores, per anchor set",
+            metavar="X", type=float),
+        opt("max_p99_dscore", "gate: maximum p99 |score difference|, per anchor set",
+            metavar="X", type=float),
+        opt("fast_decode", "measure and gate DCT-scaled JPEG decoding instead of a precision "
+            "variant"),
+        O.BATCH_SIZE,
+        O.THREADS,
+        O.SEED.but(help="seed of the calibration / held-out split"),
+        opt("max_calibration", "use at most this many calibration images", metavar="N",
+            type=O.integer),
+    ],
+    examples=["quasar optimize B --precision int8 --calibration photos/",
+              "quasar score photos/ -b B --precision auto -o scores.csv"],
+)
