@@ -120,6 +120,8 @@ def error_status(exc: BaseException) -> str:
 
 def decode_one(scorer, path: str) -> Decoded:
     """Decode + preprocess one path; any failure becomes (None, status, message)."""
+    if not isinstance(path, str):  # a dataset sample (runtime/sources.py)
+        return path.decode(scorer.load_image)
     try:
         if not os.path.lexists(path):
             return None, "not_found", f"{path}: no such file"
@@ -207,7 +209,7 @@ def run_pipeline(scorer, paths: Iterable[str], sink: Sink, cfg: PipelineConfig,
             except StopIteration:
                 exhausted = True
                 return
-            pending.append((path, pool.submit(decode_one, scorer, path)))
+            pending.append((str(path), pool.submit(decode_one, scorer, path)))
 
     try:
         while True:
