@@ -1,5 +1,10 @@
 """``quasar score``: score files, folders, globs, lists or stdin into CSV / JSONL / Parquet.
 
+Dataset files are inputs too: WebDataset ``.tar`` shards (also brace patterns,
+``shard-{00000..00099}.tar``) and Parquet files with an image column; their rows are named
+``<shard>#<key>`` / ``<file>#<id>``. ``--engine ray`` runs the same engine on a Ray cluster
+and writes a directory of Parquet parts (runtime/ray.py).
+
 Exit codes: 0 every input scored; 3 some inputs failed (each has a row with its status);
 2 usage error (bad option, no inputs, unknown model, bad bundle, output that exists
 without --resume/--overwrite); 130 interrupted (rows written so far are kept: --resume);
@@ -59,13 +64,18 @@ def _make_bar(enabled: bool):
                 smoothing=0.1)
 
 
-def _count_in_background(specs, done, bar) -> None:
-    """Count the inputs (a second walk) so that the bar can show an ETA."""
+def _count_in_background(specs, done, bar, sources=None) -> None:
+    """Count the inputs (a second walk) so that the bar can show an ETA (not for dataset
+    files: counting their samples would read them twice)."""
     from .inputs import iter_inputs
 
     def count():
         try:
-            n = sum(1 for p in iter_inputs(specs) if p not in done)
+            n = 0
+            for p in iter_inputs(specs):
+                if sources is not None and sources.kind(p) != "image":
+                    return
+                n += p not in done
             bar.total = n
             bar.refresh()
         except Exception:  # noqa: BLE001 - only the ETA is lost
@@ -107,6 +117,34 @@ def build_parser():
     opt("threads", "-t", type=int, help="ONNX Runtime intra-op threads")
     opt("group-factor", "-g", type=int, default=8,
         help="variable-shape resolutions: group batch_size*N inputs by shape (default 8)")
+    g = p.add_argument_group("dataset files (WebDataset .tar shards, Parquet)")
+
+    def dopt(name, **kw):
+        g.add_argument("--" + name, "--" + name.replace("-", "_"), dest=name.replace("-", "_"), **kw)
+
+    dopt("input-type", default="auto", choices=["auto", "image", "webdataset", "parquet"],
+         help="how to read input files: auto (by extension: .tar shards, .parquet files, "
+              "anything else an image), or force one kind")
+    dopt("image-key", default="jpg;png;webp",
+         help="WebDataset: the image member's extension, first match wins (default jpg;png;webp)")
+    dopt("image-column", help="Parquet: the column of encoded image bytes (default: image, jpg, "
+                              "img... or the only binary column)")
+    dopt("id-column", help="Parquet: the column naming each row (default: the row number)")
+    r = p.add_argument_group("Ray engine (--engine ray; needs quasar[ray])")
+
+    def ropt(name, **kw):
+        r.add_argument("--" + name, "--" + name.replace("-", "_"), dest=name.replace("-", "_"), **kw)
+
+    ropt("engine", default="local", choices=["local", "ray"],
+         help="local (this machine) or ray (Ray Data; --out is then a directory of Parquet parts)")
+    ropt("address", help="Ray cluster: auto, HOST:PORT (default: start a local Ray)")
+    ropt("gpus-per-worker", type=float, default=0.0,
+         help="GPUs per scoring actor (> 0: ONNX Runtime on CUDA); with --engine ray, "
+              "--workers is the number of actors (default: GPUs / this, or one per node)")
+    ropt("decode-cpus", type=float, default=1.0,
+         help="CPUs reserved per actor for its decoding threads (default 1)")
+    ropt("files-per-part", type=int, default=1000,
+         help="loose image files per output part (default 1000)")
     return p
 
 
@@ -125,7 +163,10 @@ def score(*inputs, bundle: Optional[str] = None, model: Optional[str] = None,
           workers: Optional[int] = None, out: Optional[str] = None, resume: bool = False,
           overwrite: bool = False, quiet: bool = False, save_embeddings: Optional[str] = None,
           max_pixels: Optional[int] = None, threads: Optional[int] = None,
-          group_factor: int = 8) -> None:
+          group_factor: int = 8, input_type: str = "auto", image_key: str = "jpg;png;webp",
+          image_column: Optional[str] = None, id_column: Optional[str] = None,
+          engine: str = "local", address: Optional[str] = None, gpus_per_worker: float = 0.0,
+          decode_cpus: float = 1.0, files_per_part: int = 1000) -> None:
     """Score images: files, directories (recursive), globs, @list.txt or - (paths on stdin).
 
     Writes one row per input (path, score_<anchor set>..., status, error) to --out
@@ -151,12 +192,25 @@ def score(*inputs, bundle: Optional[str] = None, model: Optional[str] = None,
         threads: ONNX Runtime intra-op threads.
         group_factor: for variable-shape resolutions, batch_size * group_factor inputs are
             grouped by shape at a time.
+        input_type: auto (by extension: .tar WebDataset shards, .parquet files, anything else
+            an image) | image | webdataset | parquet.
+        image_key: WebDataset image member extension(s), first match wins ("jpg;png;webp").
+        image_column: Parquet column of encoded image bytes.
+        id_column: Parquet column naming each row (default: the row number).
+        engine: local | ray (Ray Data; --out is then a directory of Parquet parts).
+        address: Ray cluster address (auto, HOST:PORT; default: start a local Ray).
+        gpus_per_worker: GPUs per Ray scoring actor (> 0: CUDA); --workers = actors.
+        decode_cpus: CPUs reserved per Ray actor for decoding threads.
+        files_per_part: loose files per output part (--engine ray).
     """
     code = _score([os.fspath(v) if isinstance(v, os.PathLike) else str(v) for v in inputs], bundle=bundle, model=model, anchors=anchors,
                   resolution=resolution, device=device, batch_size=batch_size, workers=workers,
                   out=out, resume=resume, overwrite=overwrite, quiet=quiet,
                   save_embeddings=save_embeddings, max_pixels=max_pixels, threads=threads,
-                  group_factor=group_factor)
+                  group_factor=group_factor, input_type=input_type, image_key=image_key,
+                  image_column=image_column, id_column=id_column, engine=engine,
+                  address=address, gpus_per_worker=gpus_per_worker, decode_cpus=decode_cpus,
+                  files_per_part=files_per_part)
     if code:
         sys.exit(code)
 
@@ -197,9 +251,13 @@ def _score(inputs, **kw) -> int:
 
 
 def _run(inputs, *, bundle, model, anchors, resolution, device, batch_size, workers, out,
-         resume, overwrite, quiet, save_embeddings, max_pixels, threads, group_factor) -> int:
+         resume, overwrite, quiet, save_embeddings, max_pixels, threads, group_factor,
+         input_type="auto", image_key="jpg;png;webp", image_column=None, id_column=None,
+         engine="local", address=None, gpus_per_worker=0.0, decode_cpus=1.0,
+         files_per_part=1000) -> int:
     from .inputs import check_specs, iter_inputs
     from .pipeline import PipelineConfig, default_workers, run_pipeline
+    from .sources import SourceOptions, item_id, iter_items
     from .writers import STATUS_OK, EmbeddingsWriter, ScoreTable, output_format, require_pyarrow
 
     logging.basicConfig(level=logging.ERROR if quiet else logging.WARNING,
@@ -207,7 +265,7 @@ def _run(inputs, *, bundle, model, anchors, resolution, device, batch_size, work
     specs = [str(s) for s in inputs]
     check_specs(specs)
     batch_size = _positive_int("batch-size", batch_size)
-    workers = _positive_int("workers", workers, allow_none=True) or default_workers()
+    workers = _positive_int("workers", workers, allow_none=True)
     group_factor = _positive_int("group-factor", group_factor)
     max_pixels = _positive_int("max-pixels", max_pixels, allow_none=True, minimum=0)
     threads = _positive_int("threads", threads, allow_none=True)
@@ -219,6 +277,28 @@ def _run(inputs, *, bundle, model, anchors, resolution, device, batch_size, work
         raise UsageError(f"--resolution must be 224, 512 or native, got {resolution!r}")
     if resume and overwrite:
         raise UsageError("--resume and --overwrite exclude each other")
+    try:
+        sources = SourceOptions(input_type=str(input_type), image_keys=str(image_key),
+                                image_column=None if image_column is None else str(image_column),
+                                id_column=None if id_column is None else str(id_column))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    engine = str(engine).lower()
+    if engine not in ("local", "ray"):
+        raise UsageError(f"--engine must be local or ray, got {engine!r}")
+    if engine == "ray":
+        from .ray import run_ray
+
+        return run_ray(specs, bundle=bundle, model=model, anchors=_as_list(anchors) or "text",
+                       resolution=resolution, device=device, batch_size=batch_size,
+                       workers=_positive_int("workers", workers, allow_none=True), out=out,
+                       resume=resume, overwrite=overwrite, quiet=quiet,
+                       save_embeddings=save_embeddings, max_pixels=max_pixels, threads=threads,
+                       sources=sources, address=address, gpus_per_worker=gpus_per_worker,
+                       decode_cpus=decode_cpus,
+                       files_per_part=_positive_int("files-per-part", files_per_part),
+                       usage_error=UsageError)
+    workers = workers or default_workers()
     if out is not None:
         out = str(out)
         if output_format(out) == "parquet":
@@ -274,16 +354,16 @@ def _run(inputs, *, bundle, model, anchors, resolution, device, batch_size, work
     failures_shown = [0]
 
     def source():
-        for p in iter_inputs(specs):
+        for p in iter_items(iter_inputs(specs), sources):
             counts["seen"] += 1
-            if p in done:
+            if item_id(p) in done:
                 counts["skipped"] += 1
                 continue
             yield p
 
     bar = _make_bar(not quiet and sys.stderr.isatty())
     if bar is not None and "-" not in specs:
-        _count_in_background(specs, done, bar)
+        _count_in_background(specs, done, bar, sources)
 
     def sink(rows, emb):
         if emb_writer is not None:
@@ -301,7 +381,8 @@ def _run(inputs, *, bundle, model, anchors, resolution, device, batch_size, work
         if bar is not None:
             bar.close()
         raise UsageError("no images found in " + " ".join(specs)
-                         + " (image extensions: jpg, png, webp, bmp, tiff, gif, ...)")
+                         + " (image extensions: jpg, png, webp, bmp, tiff, gif, ...; dataset "
+                           "files: .tar, .parquet)")
     table.open()
     try:
         stats = run_pipeline(scorer, itertools.chain([] if first is None else [first], src), sink, cfg,

@@ -668,3 +668,59 @@ def score_dataset(ds, bundle: Optional[str] = None, *, column: Optional[str] = N
                                                  "id_column": id_column,
                                                  "decode_threads": opts.decode_threads},
                           **_actor_args(opts, spec, ray))
+
+
+# --------------------------------------------------------------------------- quasar score
+def run_ray(specs: Sequence[str], *, bundle, model, anchors, resolution, device, batch_size,
+            workers, out, resume, overwrite, quiet, save_embeddings, max_pixels, threads,
+            sources: SourceOptions, address, gpus_per_worker, decode_cpus, files_per_part,
+            usage_error=ValueError) -> int:
+    """``quasar score --engine ray``: returns the exit code (0 all ok, 3 some failed)."""
+    if out is None:
+        raise usage_error("--engine ray writes a directory of Parquet parts: give --out DIR")
+    out = str(out)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise usage_error(f"--out {out} is a file; --engine ray writes a directory of Parquet "
+                          "parts: give a directory")
+    if save_embeddings is not None:
+        raise usage_error("--save-embeddings is not supported with --engine ray (yet)")
+    try:
+        gpus = float(gpus_per_worker or 0)
+        opts = RayOptions(address=None if address is None else str(address), workers=workers,
+                          gpus_per_worker=gpus, decode_cpus=float(decode_cpus),
+                          files_per_part=int(files_per_part))
+    except (TypeError, ValueError) as exc:
+        raise usage_error(str(exc)) from None
+    if device == "cuda" and gpus == 0:
+        raise usage_error("--device cuda with --engine ray needs --gpus-per-worker (e.g. 1)")
+    if gpus > 0 and device == "auto":
+        device = "cuda"
+    require_ray()
+    spec, b = resolve_spec(None if bundle is None else str(bundle), model=model, anchors=anchors,
+                           resolution=resolution, device=device, threads=threads,
+                           max_pixels=max_pixels, batch_size=batch_size)
+    shown = [0]
+
+    def on_rows(rows):
+        for r in rows:
+            if r["status"] != STATUS_OK and shown[0] < 10 and not quiet:
+                shown[0] += 1
+                print(f"{r['status']}: {r['error']}", file=sys.stderr)
+
+    show = not quiet and sys.stderr.isatty()
+    try:
+        rep = run(specs, out, spec, b, sources=sources, opts=opts, resume=resume,
+                  overwrite=overwrite, on_rows=on_rows, show_progress=show)
+    except KeyboardInterrupt:
+        print(f"quasar score: error: interrupted; finished parts are in {out}: run the same "
+              "command with --resume to continue", file=sys.stderr)
+        raise
+    if not quiet:
+        failed = ", ".join(f"{k}: {v}" for k, v in sorted(rep.by_status.items()) if k != STATUS_OK)
+        rate = rep.total / rep.seconds if rep.seconds > 0 else 0.0
+        print(f"quasar score: {rep.total - rep.failed} scored, {rep.failed} failed"
+              + (f" ({failed})" if failed else "")
+              + f"; {rep.parts_written} parts written, {rep.parts_skipped} already done"
+              + f"; {rep.total} images in {rep.seconds:.1f} s ({rate:.1f} images/s) -> {out}",
+              file=sys.stderr)
+    return 3 if rep.failed else 0

@@ -348,7 +348,9 @@ def iter_tar_samples(shard: str, image_keys: Sequence[str] = DEFAULT_IMAGE_KEYS,
                                  "re-copy it")
             else:
                 off = getattr(tar, "offset", 0)
-                broken = (f"{shard}#@{off}", "read_error",
+                ended = isinstance(exc, EOFError) or "end of data" in str(exc) \
+                    or "truncated" in str(exc).lower()
+                broken = (f"{shard}#@{off}", "truncated" if ended else "read_error",
                           f"{shard}: cannot read the tar past byte {off:,}"
                           + (f" (after key {last_key})" if last_key else "")
                           + f": {exc}; samples after it are missing - re-download or re-copy "
