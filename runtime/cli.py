@@ -95,10 +95,10 @@ def build_parser():
         epilog="Exit codes: 0 all scored; 3 some inputs failed (see their rows); 2 usage error; "
                "130 interrupted (continue with --resume). See docs/score.md.")
 
-    def opt(name, short=None, **kw):  # short flags as Fire's help lists them
+    def opt(name, short=None, group=None, **kw):  # short flags as Fire's help lists them
         names = ["--" + name] + (["--" + name.replace("-", "_")] if "-" in name else [])
         names += [short] if short else []
-        p.add_argument(*names, dest=name.replace("-", "_"), **kw)
+        (group or p).add_argument(*names, dest=name.replace("-", "_"), **kw)
 
     p.add_argument("inputs", nargs="*", help="image files, directories, globs, @list.txt, -")
     opt("bundle", help="bundle directory (from quasar export)")
@@ -120,7 +120,7 @@ def build_parser():
     g = p.add_argument_group("dataset files (WebDataset .tar shards, Parquet)")
 
     def dopt(name, **kw):
-        g.add_argument("--" + name, "--" + name.replace("-", "_"), dest=name.replace("-", "_"), **kw)
+        opt(name, group=g, **kw)
 
     dopt("input-type", default="auto", choices=["auto", "image", "webdataset", "parquet"],
          help="how to read input files: auto (by extension: .tar shards, .parquet files, "
@@ -133,7 +133,7 @@ def build_parser():
     r = p.add_argument_group("Ray engine (--engine ray; needs quasar[ray])")
 
     def ropt(name, **kw):
-        r.add_argument("--" + name, "--" + name.replace("-", "_"), dest=name.replace("-", "_"), **kw)
+        opt(name, group=r, **kw)
 
     ropt("engine", default="local", choices=["local", "ray"],
          help="local (this machine) or ray (Ray Data; --out is then a directory of Parquet parts)")
