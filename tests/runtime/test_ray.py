@@ -218,3 +218,28 @@ def test_score_dataset_api(ray_address, tiny, data):
                                      str(tiny)).take_all(), key=lambda r: r["path"])
     np.testing.assert_allclose([r["score_text"] for r in rows],
                                Scorer.from_bundle(tiny).score(paths), rtol=1e-9)
+
+
+def test_ray_usage_errors(tmp_path, tiny, data, capsys):
+    base = [data["specs"][0], "--bundle", str(tiny), "--engine", "ray", "--quiet"]
+    assert cli.main(base) == 2                                          # no --out
+    assert "give --out DIR" in capsys.readouterr().err
+    f = tmp_path / "file.csv"
+    f.write_text("x")
+    assert cli.main(base + ["--out", str(f)]) == 2                      # --out is a file
+    assert cli.main(base + ["--out", str(tmp_path / "d"), "--device", "cuda"]) == 2
+    assert "--gpus-per-worker" in capsys.readouterr().err
+    assert cli.main(base + ["--out", str(tmp_path / "d"), "--decode-cpus", "0"]) == 2
+
+
+@pytest.mark.gpu
+def test_ray_on_cuda_equals_cpu(tmp_path, ray_address, tiny, data):
+    if not ray.cluster_resources().get("GPU"):
+        pytest.skip("the local Ray instance sees no GPU")
+    args = [data["specs"][0], "--bundle", str(tiny), "--engine", "ray", "--quiet", "-a", "all"]
+    assert cli.main(args + ["--out", str(tmp_path / "cpu")]) == 0
+    assert cli.main(args + ["--out", str(tmp_path / "gpu"), "--gpus-per-worker", "1"]) == 0
+    cpu, gpu = _part_rows(tmp_path / "cpu"), _part_rows(tmp_path / "gpu")
+    assert [r["path"] for r in cpu] == [r["path"] for r in gpu]
+    np.testing.assert_allclose([r["score_text"] for r in gpu], [r["score_text"] for r in cpu],
+                               rtol=1e-4)
