@@ -43,7 +43,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from quasar.errors import MissingDependencyError, QuasarError
 
-from .sources import STATUS_OK, Sample, SourceOptions
+from .sources import STATUS_OK, Sample, SourceOptions, check_parquet_columns
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +203,8 @@ def plan_parts(specs: Sequence[str], sources: SourceOptions, files_per_part: int
             if len(chunk) >= files_per_part:
                 flush()
         else:
+            if kind == "parquet":
+                check_parquet_columns(p, sources.image_column, sources.id_column)
             parts.append(Part("", kind, shard=p))
     flush()
     stems = Counter(_stem(p.shard) for p in parts if p.kind != "files")
@@ -529,7 +531,7 @@ def run(specs: Sequence[str], out_dir: str, spec: ScorerSpec, bundle, *,
         by_name = {p.name: p for p in todo}
         pending: Dict[str, Dict[int, dict]] = {}
         counts: Dict[str, int] = {}
-        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for batch in _unwrapped(ds.iter_batches(batch_size=None, batch_format="pyarrow")):
             for r in batch.to_pylist():
                 name = r["part"]
                 rows = pending.setdefault(name, {})
@@ -555,6 +557,21 @@ def run(specs: Sequence[str], out_dir: str, spec: ScorerSpec, bundle, *,
             ray.shutdown()
         report.seconds = time.perf_counter() - t0
     return report
+
+
+def _unwrapped(it):
+    """Iterate, re-raising a QuasarError raised inside a Ray task as itself (Ray wraps it in
+    RayTaskError / UserCodeException with the remote traceback)."""
+    try:
+        yield from it
+    except Exception as exc:
+        seen, e = set(), exc
+        while e is not None and id(e) not in seen:
+            seen.add(id(e))
+            if isinstance(e, QuasarError) and type(e).__module__.startswith("quasar"):
+                raise type(e)(*e.args) from None
+            e = getattr(e, "cause", None) or e.__cause__
+        raise
 
 
 def _finished(out_dir: str, parts: List[Part]) -> List[str]:

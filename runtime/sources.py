@@ -427,6 +427,41 @@ def _image_getter(pa, field, column: str, file: str):
                       "paths (string); choose it with --image-column")
 
 
+def resolve_image_column(pa, schema, file: str, image_column: Optional[str],
+                         id_column: Optional[str]) -> str:
+    """The image column of a Parquet schema (given, or the default names, or the only binary
+    column); raises :class:`SourceError` naming the columns when it cannot be found."""
+    names = list(schema.names)
+    col = image_column
+    if col is None:
+        col = next((c for c in DEFAULT_IMAGE_COLUMNS if c in names), None)
+        if col is None:
+            bins = [f.name for f in schema if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)]
+            col = bins[0] if len(bins) == 1 else None
+        if col is None:
+            raise SourceError(f"{file}: no image column found among {names}; name it with "
+                              "--image-column")
+    if col not in names:
+        raise SourceError(f"{file}: no column {col!r} (columns: {names}); choose the image column "
+                          "with --image-column")
+    if id_column is not None and id_column not in names:
+        raise SourceError(f"{file}: no column {id_column!r} (columns: {names}); choose the id "
+                          "column with --id-column, or leave it out to use row numbers")
+    _image_getter(pa, schema.field(col), col, file)  # checks the type
+    return col
+
+
+def check_parquet_columns(file: str, image_column: Optional[str], id_column: Optional[str]) -> None:
+    """Fail early (before a cluster run) on a Parquet file whose columns do not fit; an
+    unreadable file is left to the reader (it becomes an error row)."""
+    pa = _require_pyarrow()
+    try:
+        schema = pa.parquet.read_schema(file)
+    except Exception:  # noqa: BLE001
+        return
+    resolve_image_column(pa, schema, file, image_column, id_column)
+
+
 def iter_parquet_samples(file: str, image_column: Optional[str] = None,
                          id_column: Optional[str] = None, batch_rows: int = 64) -> Iterator[Sample]:
     """Samples of a Parquet file, row by row, read in small record batches per row group.
@@ -456,22 +491,7 @@ def iter_parquet_samples(file: str, image_column: Optional[str] = None,
                       "- re-download or re-copy it", 0)
         return
     schema = pf.schema_arrow
-    names = list(schema.names)
-    col = image_column
-    if col is None:
-        col = next((c for c in DEFAULT_IMAGE_COLUMNS if c in names), None)
-        if col is None:
-            bins = [f.name for f in schema if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)]
-            col = bins[0] if len(bins) == 1 else None
-        if col is None:
-            raise SourceError(f"{file}: no image column found among {names}; name it with "
-                              "--image-column")
-    if col not in names:
-        raise SourceError(f"{file}: no column {col!r} (columns: {names}); choose the image column "
-                          "with --image-column")
-    if id_column is not None and id_column not in names:
-        raise SourceError(f"{file}: no column {id_column!r} (columns: {names}); choose the id "
-                          "column with --id-column, or leave it out to use row numbers")
+    col = resolve_image_column(pa, schema, file, image_column, id_column)
     get_images = _image_getter(pa, schema.field(col), col, file)
     columns = [col] + ([id_column] if id_column and id_column != col else [])
     base_dir = os.path.dirname(file)

@@ -230,6 +230,10 @@ def test_ray_usage_errors(tmp_path, tiny, data, capsys):
     assert cli.main(base + ["--out", str(tmp_path / "d"), "--device", "cuda"]) == 2
     assert "--gpus-per-worker" in capsys.readouterr().err
     assert cli.main(base + ["--out", str(tmp_path / "d"), "--decode-cpus", "0"]) == 2
+    capsys.readouterr()
+    assert cli.main([str(data["pq"]), "--bundle", str(tiny), "--engine", "ray", "--quiet",
+                     "--out", str(tmp_path / "d2"), "--image-column", "nope"]) == 2
+    assert "no column 'nope'" in capsys.readouterr().err      # checked before Ray starts
 
 
 @pytest.mark.gpu
