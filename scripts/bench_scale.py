@@ -24,10 +24,12 @@ import argparse
 import io
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from pathlib import Path
 
@@ -73,10 +75,51 @@ def export_bundle(root: Path, model: str) -> Path:
     return out
 
 
-def run(cmd, env=None) -> float:
+CPU = {}  # case -> CPU seconds (user + sys) of the command's whole process tree, per run
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_table():
+    """pid -> (ppid, utime + stime in seconds) of every process, from /proc."""
+    out = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                out[int(d)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / TICK)
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
+def run(cmd, env=None, case=None) -> float:
+    """Wall seconds of ``cmd``; the CPU seconds of its process tree (Ray's GCS, raylet and
+    workers included: /proc polled every 0.2 s, the last value of each process kept) go to
+    ``CPU[case]``."""
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    errf = tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=errf, text=True, env=env)
+    seen = {}
+    while proc.poll() is None:
+        table = _proc_table()
+        tree, grew = {proc.pid}, True
+        while grew:
+            grew = False
+            for pid, (ppid, _) in table.items():
+                if ppid in tree and pid not in tree:
+                    tree.add(pid)
+                    grew = True
+        for pid in tree:
+            if pid in table:
+                seen[pid] = max(seen.get(pid, 0.0), table[pid][1])
+        time.sleep(0.2)
+    proc.wait()
+    errf.seek(0)
+    proc.stderr = errf.read()
     dt = time.perf_counter() - t0
+    if case is not None:
+        CPU.setdefault(case, []).append(sum(seen.values()))
     if proc.returncode not in (0, 3):
         sys.stderr.write(proc.stderr[-3000:])
         raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}")
@@ -93,6 +136,7 @@ def main() -> None:
     ap.add_argument("--shards", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--cases", help="comma-separated substrings selecting cases (default all)")
     args = ap.parse_args()
 
     root = Path(args.work)
@@ -106,7 +150,7 @@ def main() -> None:
     py = [sys.executable, "-m", "quasar", "score"]
     common = ["--bundle", str(bundle), "--quiet", "--overwrite", "--batch-size",
               str(args.batch_size)]
-    cases = {
+    all_cases = {
         "local, loose files": py + [str(loose), "--out", str(root / "l.csv")] + common,
         "local, WebDataset": py + [shard_pattern, "--out", str(root / "w.csv")] + common,
         "ray, loose files": py + [str(loose), "--out", str(root / "rl"), "--engine", "ray",
@@ -114,12 +158,14 @@ def main() -> None:
         "ray, WebDataset": py + [shard_pattern, "--out", str(root / "rw"), "--engine", "ray"] + common,
         "ray, 1 image (fixed cost)": py + [str(one), "--out", str(root / "r1"), "--engine", "ray"] + common,
     }
+    cases = {k: v for k, v in all_cases.items()
+             if not args.cases or any(c in k for c in args.cases.split(","))}
     # warm-up: fills the ORT session cache and the page cache for every case
     run(py + [str(one), "--out", str(root / "warm.csv")] + common)
     times = {k: [] for k in cases}
     for r in range(args.rounds):
         for name, cmd in cases.items():
-            times[name].append(run(cmd))
+            times[name].append(run(cmd, case=name))
             print(f"round {r + 1}: {name}: {times[name][-1]:.1f} s", file=sys.stderr, flush=True)
 
     import onnxruntime
@@ -132,23 +178,35 @@ def main() -> None:
         flags = next((ln for ln in f if ln.startswith("flags")), "").split()
     print("cpu flags (selection):", " ".join(x for x in flags if x.startswith(("avx", "amx")) or
                                               x in ("fma", "f16c", "vnni")))
+    with open("/proc/loadavg") as f:
+        print("load average at the end (1, 5, 15 min):", " ".join(f.read().split()[:3]))
     print(f"images: {args.n} JPEG {args.size}x{args.size} (loose files and {args.shards} "
           f"WebDataset shards); bundle {bundle.name} ({args.model if not args.bundle else 'given'}), "
           f"batch {args.batch_size}; {args.rounds} rounds, interleaved, median wall time of "
           "the whole command (process start to exit)\n")
     med = {k: statistics.median(v) for k, v in times.items()}
-    print("| case | wall (s), median | all runs (s) | images/s |")
-    print("|---|---:|---|---:|")
+    print("| case | wall (s), median | all runs (s) | images/s | CPU s (user+sys), median | CPU ms / image |")
+    print("|---|---:|---|---:|---:|---:|")
     for k, v in times.items():
         n = 1 if "1 image" in k else args.n
-        print(f"| {k} | {med[k]:.1f} | {', '.join(f'{x:.1f}' for x in v)} | {n / med[k]:.1f} |")
-    fixed = med["ray, 1 image (fixed cost)"] - run_single_local(py, one, root, common)
+        c = statistics.median(CPU[k])
+        print(f"| {k} | {med[k]:.1f} | {', '.join(f'{x:.1f}' for x in v)} | {n / med[k]:.1f} "
+              f"| {c:.1f} | {1000 * c / n:.1f} |")
+    fixed = (med["ray, 1 image (fixed cost)"] - run_single_local(py, one, root, common)
+             if "ray, 1 image (fixed cost)" in med else 0.0)
     for kind in ("loose files", "WebDataset"):
+        if f"local, {kind}" not in med or f"ray, {kind}" not in med:
+            continue
         loc, ry = med[f"local, {kind}"], med[f"ray, {kind}"]
-        print(f"\nRay overhead, {kind}: end to end {100 * (ry - loc) / loc:+.1f} %; "
-              f"without Ray's fixed cost ({fixed:.1f} s) {100 * (ry - fixed - loc) / loc:+.1f} %")
-    lw, ll = med["local, WebDataset"], med["local, loose files"]
-    print(f"local WebDataset vs loose files: {100 * (lw - ll) / ll:+.1f} % wall time")
+        cl, cr = statistics.median(CPU[f"local, {kind}"]), statistics.median(CPU[f"ray, {kind}"])
+        print(f"\nRay overhead, {kind}: wall end to end {100 * (ry - loc) / loc:+.1f} %; "
+              f"without Ray's fixed cost ({fixed:.1f} s) {100 * (ry - fixed - loc) / loc:+.1f} %; "
+              f"CPU time {100 * (cr - cl) / cl:+.1f} %")
+    if "local, WebDataset" in med and "local, loose files" in med:
+        lw, ll = med["local, WebDataset"], med["local, loose files"]
+        cw, cl = (statistics.median(CPU[f"local, {k}"]) for k in ("WebDataset", "loose files"))
+        print(f"local WebDataset vs loose files: {100 * (lw - ll) / ll:+.1f} % wall time, "
+              f"{100 * (cw - cl) / cl:+.1f} % CPU time")
 
 
 def run_single_local(py, one, root, common) -> float:
