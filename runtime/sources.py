@@ -44,7 +44,9 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from quasar.errors import ImageDecodeError, QuasarError
+from quasar.errors import (EmptyImageError, ImageDecodeError, ImageNotFoundError,
+                           ImageTooLargeError, NotAnImageError, QuasarError,
+                           TruncatedImageError)
 
 STATUS_OK = "ok"
 DEFAULT_IMAGE_KEYS = ("jpg", "png", "webp")
@@ -110,6 +112,30 @@ class Sample:
             elif self.id not in msg:
                 msg = f"{self.id}: {msg}"
             return None, error_status(exc), msg
+
+
+_STATUS_ERRORS = {
+    "not_found": ImageNotFoundError, "empty_file": EmptyImageError,
+    "truncated": TruncatedImageError, "too_large": ImageTooLargeError,
+    "not_an_image": NotAnImageError,
+}
+
+
+def sample_aware(load: Callable[[object], np.ndarray]) -> Callable[[object], np.ndarray]:
+    """An engine ``load`` (item -> pixels, raising on failure) that also takes
+    :class:`Sample` items: a sample's failure is raised as an ``ImageDecodeError`` subclass
+    whose message names the sample id and whose ``status`` is the row status. For
+    ``Engine(sample_aware(scorer.load_image), scorer.embed_pixels, ...)``."""
+    def load_item(item):
+        if not isinstance(item, Sample):
+            return load(item)
+        arr, status, msg = item.decode(load)
+        if arr is None:
+            err = _STATUS_ERRORS.get(status, ImageDecodeError)(msg)
+            err.status = status
+            raise err
+        return arr
+    return load_item
 
 
 def item_id(item: Union[str, Sample]) -> str:

@@ -311,6 +311,26 @@ def test_input_type_and_image_key_flags(tmp_path, tiny):
                      "--quiet", "--input-type", "nonsense"]) == 2
 
 
+def test_sample_aware_load_raises_with_status(tiny):
+    """The engine-style loader: pixels for good samples, an error naming the sample id with
+    the row status for bad ones (read-level failures and decode failures alike)."""
+    from quasar.runtime.pipeline import error_status
+    from quasar.runtime.scorer import Scorer
+    from quasar.runtime.sources import sample_aware
+
+    s = Scorer.from_bundle(tiny)
+    load = sample_aware(s.load_image)
+    good = sh.image_bytes(1)
+    np.testing.assert_array_equal(load(Sample(id="x#a", data=good)), s.load_image(good))
+    for sample, status in ((Sample(id="x#b", data=b"<html>"), "not_an_image"),
+                           (Sample(id="x#c", status="truncated", error="x#c: cut"), "truncated"),
+                           (Sample(id="x#d", status="read_error", error="x#d: bad"), "read_error")):
+        with pytest.raises(Exception) as ei:
+            load(sample)
+        assert str(ei.value).startswith(sample.id) and ei.value.status == status
+        assert error_status(ei.value) in (status, "decode_error")  # this branch maps by class
+
+
 # ------------------------------------------------------------------ no ray on the local path
 NO_RAY = textwrap.dedent("""
     import importlib.abc, sys
