@@ -90,6 +90,19 @@ class OutputError(QuasarError, ValueError):
     status = "output_error"
 
 
+class SourceError(QuasarError, ValueError):
+    """A dataset source (WebDataset shard, Parquet file) that cannot be used as configured
+    (e.g. no such image column)."""
+
+    status = "source_error"
+
+
+class RayRunError(QuasarError, RuntimeError):
+    """A Ray run that cannot start or resume (output of another run, changed inputs...)."""
+
+    status = "ray_error"
+
+
 class DeviceError(QuasarError, RuntimeError):
     """The requested execution device (e.g. CUDA) is not available."""
 

@@ -2,6 +2,11 @@
 Parquet. Its options are declared in quasar/commands/score.py (parsed there, strictly,
 before anything here runs).
 
+Dataset files are inputs too: WebDataset ``.tar`` shards (also brace patterns,
+``shard-{00000..00099}.tar``) and Parquet files with an image column; their rows are named
+``<shard>#<key>`` / ``<file>#<id>``. ``--engine ray`` runs the same engine on a Ray cluster
+and writes a directory of Parquet parts (runtime/ray.py).
+
 Exit codes (as every command, quasar/commands/base.py): 0 every input scored; 3 some inputs
 failed (each has a row with its status); 2 usage error (bad value, no inputs, unknown model,
 bad bundle, output that exists without --resume/--overwrite); 130 interrupted (rows written
@@ -56,13 +61,18 @@ def _make_bar(enabled: bool):
                 smoothing=0.1)
 
 
-def _count_in_background(specs, done, bar) -> None:
-    """Count the inputs (a second walk) so that the bar can show an ETA."""
+def _count_in_background(specs, done, bar, sources=None) -> None:
+    """Count the inputs (a second walk) so that the bar can show an ETA (not for dataset
+    files: counting their samples would read them twice)."""
     from .inputs import iter_inputs
 
     def count():
         try:
-            n = sum(1 for p in iter_inputs(specs) if p not in done)
+            n = 0
+            for p in iter_inputs(specs):
+                if sources is not None and sources.kind(p) != "image":
+                    return
+                n += p not in done
             bar.total = n
             bar.refresh()
         except Exception:  # noqa: BLE001 - only the ETA is lost
@@ -77,7 +87,10 @@ def score(*inputs, bundle: Optional[str] = None, model: Optional[str] = None,
           overwrite: bool = False, quiet: bool = False, save_embeddings: Optional[str] = None,
           max_pixels: Optional[int] = None, threads: Optional[int] = None,
           group_factor: int = 8, precision: str = "fp32", backend: Optional[str] = None,
-          fast_decode: bool = False) -> int:
+          fast_decode: bool = False, input_type: str = "auto", image_key: str = "jpg;png;webp",
+          image_column: Optional[str] = None, id_column: Optional[str] = None,
+          engine: str = "local", address: Optional[str] = None, gpus_per_worker: float = 0.0,
+          decode_cpus: float = 1.0, files_per_part: int = 1000) -> int:
     """Score images: files, directories (recursive), globs, @list.txt or - (paths on stdin).
 
     Writes one row per input (path, score_<anchor set>..., status, error) to --out
@@ -106,6 +119,16 @@ def score(*inputs, bundle: Optional[str] = None, model: Optional[str] = None,
         precision: fp32 | int8 | bf16 | fp16 | auto (variants from `quasar optimize`).
         backend: onnxruntime | openvino.
         fast_decode: DCT-scaled JPEG decoding (only once gated by quasar optimize).
+        input_type: auto (by extension: .tar WebDataset shards, .parquet files, anything else
+            an image) | image | webdataset | parquet.
+        image_key: WebDataset image member extension(s), first match wins ("jpg;png;webp").
+        image_column: Parquet column of encoded image bytes.
+        id_column: Parquet column naming each row (default: the row number).
+        engine: local | ray (Ray Data; --out is then a directory of Parquet parts).
+        address: Ray cluster address (auto, HOST:PORT; default: start a local Ray).
+        gpus_per_worker: GPUs per Ray scoring actor (> 0: CUDA); --workers = actors.
+        decode_cpus: CPUs reserved per Ray actor for decoding threads.
+        files_per_part: loose files per output part (--engine ray).
     """
     return _score([os.fspath(v) if isinstance(v, os.PathLike) else str(v) for v in inputs],
                   bundle=bundle, model=model, anchors=anchors, resolution=resolution,
@@ -113,7 +136,10 @@ def score(*inputs, bundle: Optional[str] = None, model: Optional[str] = None,
                   resume=resume, overwrite=overwrite, quiet=quiet,
                   save_embeddings=save_embeddings, max_pixels=max_pixels, threads=threads,
                   group_factor=group_factor, precision=precision, backend=backend,
-                  fast_decode=fast_decode)
+                  fast_decode=fast_decode, input_type=input_type, image_key=image_key,
+                  image_column=image_column, id_column=id_column, engine=engine,
+                  address=address, gpus_per_worker=gpus_per_worker, decode_cpus=decode_cpus,
+                  files_per_part=files_per_part)
 
 
 def load_scorer(**kw):
@@ -164,9 +190,13 @@ def _score(inputs, **kw) -> int:
 
 def _run(inputs, *, bundle, model, anchors, resolution, device, batch_size, workers, out,
          resume, overwrite, quiet, save_embeddings, max_pixels, threads, group_factor,
-         precision="fp32", backend=None, fast_decode=False) -> int:
+         precision="fp32", backend=None, fast_decode=False,
+         input_type="auto", image_key="jpg;png;webp", image_column=None, id_column=None,
+         engine="local", address=None, gpus_per_worker=0.0, decode_cpus=1.0,
+         files_per_part=1000) -> int:
     from .inputs import check_specs, iter_inputs
     from .pipeline import PipelineConfig, default_workers, run_pipeline
+    from .sources import SourceOptions, item_id, iter_items
     from .writers import STATUS_OK, EmbeddingsWriter, ScoreTable, output_format, require_pyarrow
 
     logging.basicConfig(level=logging.ERROR if quiet else logging.WARNING,
@@ -174,7 +204,7 @@ def _run(inputs, *, bundle, model, anchors, resolution, device, batch_size, work
     specs = [str(s) for s in inputs]
     check_specs(specs)
     batch_size = _positive_int("batch-size", batch_size)
-    workers = _positive_int("workers", workers, allow_none=True) or default_workers()
+    workers = _positive_int("workers", workers, allow_none=True)
     group_factor = _positive_int("group-factor", group_factor)
     max_pixels = _positive_int("max-pixels", max_pixels, allow_none=True, minimum=0)
     threads = _positive_int("threads", threads, allow_none=True)
@@ -186,6 +216,28 @@ def _run(inputs, *, bundle, model, anchors, resolution, device, batch_size, work
         raise UsageError(f"--resolution must be 224, 512 or native, got {resolution!r}")
     if resume and overwrite:
         raise UsageError("--resume and --overwrite exclude each other")
+    try:
+        sources = SourceOptions(input_type=str(input_type), image_keys=str(image_key),
+                                image_column=None if image_column is None else str(image_column),
+                                id_column=None if id_column is None else str(id_column))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    engine = str(engine).lower()
+    if engine not in ("local", "ray"):
+        raise UsageError(f"--engine must be local or ray, got {engine!r}")
+    if engine == "ray":
+        from .ray import run_ray
+
+        return run_ray(specs, bundle=bundle, model=model, anchors=_as_list(anchors) or "text",
+                       resolution=resolution, device=device, batch_size=batch_size,
+                       workers=_positive_int("workers", workers, allow_none=True), out=out,
+                       resume=resume, overwrite=overwrite, quiet=quiet,
+                       save_embeddings=save_embeddings, max_pixels=max_pixels, threads=threads,
+                       sources=sources, address=address, gpus_per_worker=gpus_per_worker,
+                       decode_cpus=decode_cpus,
+                       files_per_part=_positive_int("files-per-part", files_per_part),
+                       usage_error=UsageError)
+    workers = workers or default_workers()
     if out is not None:
         out = str(out)
         if output_format(out) == "parquet":
@@ -253,16 +305,16 @@ def _run(inputs, *, bundle, model, anchors, resolution, device, batch_size, work
     failures_shown = [0]
 
     def source():
-        for p in iter_inputs(specs):
+        for p in iter_items(iter_inputs(specs), sources):
             counts["seen"] += 1
-            if p in done:
+            if item_id(p) in done:
                 counts["skipped"] += 1
                 continue
             yield p
 
     bar = _make_bar(not quiet and sys.stderr.isatty())
     if bar is not None and "-" not in specs:
-        _count_in_background(specs, done, bar)
+        _count_in_background(specs, done, bar, sources)
 
     def sink(rows, emb):
         if emb_writer is not None:
@@ -280,7 +332,8 @@ def _run(inputs, *, bundle, model, anchors, resolution, device, batch_size, work
         if bar is not None:
             bar.close()
         raise UsageError("no images found in " + " ".join(specs)
-                         + " (image extensions: jpg, png, webp, bmp, tiff, gif, ...)")
+                         + " (image extensions: jpg, png, webp, bmp, tiff, gif, ...; dataset "
+                           "files: .tar, .parquet)")
     table.open()
     try:
         stats = run_pipeline(scorer, itertools.chain([] if first is None else [first], src), sink, cfg,

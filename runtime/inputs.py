@@ -11,7 +11,12 @@ An input spec is one of:
   matching directories walked as above;
 * ``@list.txt``: a text file with one path per line (blank lines and lines starting with
   ``#`` ignored), each taken literally;
-* ``-``: paths on standard input, one per line, taken literally.
+* ``-``: paths on standard input, one per line, taken literally;
+* a brace pattern (WebDataset style): ``shards/shard-{00000..00099}.tar``, ``{a,b}.parquet``
+  (expanded in order; each result is then treated as above).
+
+Dataset files - WebDataset ``.tar`` shards and ``.parquet`` files - are picked up by folders
+and globs too; :func:`quasar.runtime.sources.iter_items` expands them into their samples.
 
 Everything is a generator: ten million files are never held in memory at once (only one
 directory listing at a time).
@@ -37,6 +42,13 @@ def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
+def _is_input_name(name: str) -> bool:
+    """An image, or a dataset file (WebDataset ``.tar``, ``.parquet``)."""
+    from .sources import is_shard_name
+
+    return is_image_name(name) or is_shard_name(name)
+
+
 def _hidden(name: str) -> bool:
     return name.startswith(".")
 
@@ -60,7 +72,7 @@ def walk_images(root: str, on_error: Optional[Callable[[str, OSError], None]] = 
             is_dir, is_file = False, True  # let decoding report the problem
         if is_dir:
             yield from walk_images(path, on_error)
-        elif is_file and is_image_name(entry.name):
+        elif is_file and _is_input_name(entry.name):
             yield path
 
 
@@ -82,7 +94,7 @@ def _expand_glob(pattern: str) -> Iterator[str]:
         matched = True
         if os.path.isdir(path):
             yield from walk_images(path)
-        elif is_image_name(path):
+        elif _is_input_name(path):
             yield path
     if not matched:
         log.warning("no file matches %r", pattern)
@@ -103,10 +115,24 @@ def iter_inputs(specs: Sequence[str], stdin: Optional[TextIO] = None) -> Iterato
             yield from _read_list(spec[1:])
         elif os.path.isdir(spec):
             yield from walk_images(spec)
-        elif os.path.lexists(spec) or not any(c in spec for c in GLOB_CHARS):
-            yield spec
         else:
-            yield from _expand_glob(spec)
+            yield from _expand_one(spec)
+
+
+def _expand_one(spec: str) -> Iterator[str]:
+    from .sources import expand_braces, has_braces
+
+    if os.path.isdir(spec):
+        yield from walk_images(spec)
+    elif os.path.lexists(spec):
+        yield spec
+    elif has_braces(spec):
+        for s in expand_braces(spec):
+            yield from _expand_one(s)
+    elif not any(c in spec for c in GLOB_CHARS):
+        yield spec
+    else:
+        yield from _expand_glob(spec)
 
 
 def _read_list(list_path: str) -> Iterator[str]:

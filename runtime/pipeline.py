@@ -20,6 +20,7 @@ from quasar.constants import STATUS_OK
 from quasar.errors import error_status
 
 from .engine import Engine, EngineConfig, Window, default_workers  # noqa: F401 (re-exported)
+from .sources import sample_aware
 from .writers import Row
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,9 @@ def run_pipeline(scorer: Any, inputs: Iterable[Any], sink: Sink, cfg: EngineConf
     stats = RunStats()
     t0 = time.perf_counter()
     try:
-        for w in Engine.for_scorer(scorer, cfg).windows(inputs):
+        engine = Engine(sample_aware(scorer.load_image), scorer.embed_pixels, scorer.embed_dim,
+                        cfg)  # dataset samples (tar / Parquet members) decode in the engine too
+        for w in engine.windows(inputs):
             rows = window_rows(scorer, w)
             sink(rows, w.embeddings[w.ok])
             stats.by_status.update(r.status for r in rows)

@@ -37,7 +37,7 @@ def test_wheel_declares_extras_and_console_script(wheel):
     z = zipfile.ZipFile(wheel)
     meta = next(n for n in z.namelist() if n.endswith("METADATA"))
     text = z.read(meta).decode()
-    for extra in ("cpu", "gpu", "export", "evaluate", "test"):
+    for extra in ("cpu", "gpu", "export", "evaluate", "test", "ray"):
         assert f"Provides-Extra: {extra}" in text
     assert "onnxruntime-gpu" in text and "extra == \"gpu\"" in text
     # the runtime core never pulls torch in

@@ -40,6 +40,27 @@ COMMAND = Command(
             default_text="the variant's, else onnxruntime"),
         opt("fast_decode", "DCT-scaled JPEG decoding, once `quasar optimize --fast-decode` "
             "gated it"),
+        # dataset files (WebDataset .tar shards, Parquet) - docs/scale.md
+        opt("input_type", "how to read input files: auto (by extension: .tar shards, .parquet "
+            "files, anything else an image) or force one kind", metavar="KIND",
+            choices=("auto", "image", "webdataset", "parquet")),
+        opt("image_key", "WebDataset: the image member's extension(s), first match wins",
+            metavar="EXTS"),
+        opt("image_column", "Parquet: the column of encoded image bytes (or image paths)",
+            metavar="NAME", default_text="image, jpg, img... or the only binary column"),
+        opt("id_column", "Parquet: the column naming each row", metavar="NAME",
+            default_text="the row number"),
+        # the Ray engine - docs/scale.md
+        opt("engine", "local (this machine) or ray (Ray Data; --out is then a directory of "
+            "Parquet parts; needs quasar[ray])", metavar="NAME", choices=("local", "ray")),
+        opt("address", "--engine ray: the Ray cluster (auto, HOST:PORT)", metavar="ADDR",
+            default_text="start a local Ray"),
+        opt("gpus_per_worker", "--engine ray: GPUs per scoring actor (> 0: ONNX Runtime on "
+            "CUDA); --workers is then the number of actors", metavar="X", type=float),
+        opt("decode_cpus", "--engine ray: CPUs reserved per actor for its decoding threads",
+            metavar="X", type=float),
+        opt("files_per_part", "--engine ray: loose image files per output part", metavar="N",
+            type=O.integer),
     ],
     examples=["quasar score photos/ 'more/**/*.jpg' @list.txt -o scores.csv",
               "find /data -name '*.png' | quasar score - -o s.jsonl --save-embeddings e.npy",

@@ -1,0 +1,724 @@
+"""Score on a Ray cluster: ``quasar score ... --engine ray`` and :func:`score_dataset`.
+
+Needs the optional extra ``quasar[ray]``; nothing on the local path imports this module or
+``ray``.
+
+Pipeline (Ray Data, streaming)::
+
+    parts (driver) -> read (tasks: shard -> samples) -> score (actor pool) -> driver writes parts
+
+* **Parts.** Every input shard (WebDataset ``.tar``, ``.parquet`` file) is one *part*; loose
+  image files are cut into parts of ``files_per_part`` paths in input order. The output is a
+  directory with one Parquet file per part, named after its shard
+  (``shard-00007.tar`` -> ``shard-00007.parquet``; ``files-000003.parquet`` for loose files).
+* **Read** tasks stream a shard with :mod:`quasar.runtime.sources` (the code the local path
+  uses) and emit small blocks of encoded bytes (or paths, for loose files: actors read them
+  from the shared file system), then one end-of-part marker carrying the part's row count.
+* **Score**: an actor pool; each actor holds one :class:`~quasar.runtime.scorer.Scorer` (one
+  ONNX Runtime session, CUDA with ``gpus_per_worker > 0``) and runs the local engine on each
+  batch - decoding in ``decode_cpus`` threads inside the actor, batching, shape grouping,
+  per-input failure rows with the local path's statuses and messages. Decoding next to the
+  model keeps the object store carrying JPEG bytes, not float32 tensors 5-10x their size.
+* **Write**: the driver collects rows per part (deduplicated by position, so a retried task
+  never doubles a row) and, once a part has all its rows, writes it to a temp name and
+  renames it into place. A part is therefore either complete or absent: a rerun
+  (``--resume``) skips finished parts and redoes unfinished ones whole, so every input
+  appears exactly once. Each part carries the run identity in its Parquet metadata (key
+  ``quasar.run``: bundle sha256, model, resolution, anchor sets, precision, quasar version,
+  input options); a rerun with another identity is refused.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+from quasar.bundle.atomic import atomic_output
+from quasar.errors import MissingDependencyError, QuasarError, RayRunError
+
+from .sources import STATUS_OK, Sample, SourceOptions, check_parquet_columns
+
+log = logging.getLogger(__name__)
+
+RAY_HINT = 'the Ray engine needs Ray Data: pip install "quasar[ray]" (or pip install "ray[data]")'
+RUN_META_KEY = b"quasar.run"
+PART_SUFFIX = ".parquet"
+TMP_SUFFIX = ".tmp"  # quasar.bundle.atomic temp files: .<name>.<pid>-<random>.tmp
+# Test seam: seconds the driver waits after writing each part (lets a test kill it between
+# parts); unset in normal use.
+_PART_DELAY_ENV = "QUASAR_RAY_PART_DELAY"
+
+
+def require_ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as exc:
+        raise MissingDependencyError(RAY_HINT) from exc
+    return ray
+
+
+# --------------------------------------------------------------------------- the engine seam
+def _embed_batch(scorer, items: Sequence[Any], batch_size: int, workers: int,
+                 variable_shapes: bool) -> list:
+    """Rows (``writers.Row``, input order) for ``items`` (paths or :class:`Sample`): the local
+    path's engine, unchanged. Adapter until main has ``runtime/engine.py``; then this becomes
+    ``scorer.engine.windows(items)`` + ``scorer.scores_from_embeddings``."""
+    from .pipeline import PipelineConfig, run_pipeline
+
+    cfg = PipelineConfig(batch_size=batch_size, workers=workers, variable_shapes=variable_shapes)
+    rows: list = []
+    run_pipeline(scorer, items, lambda r, _emb: rows.extend(r), cfg)
+    return rows
+
+
+def _variable_shapes(scorer) -> bool:
+    try:
+        return scorer.manifest.preprocess[str(scorer.resolution)].fixed_size is None
+    except Exception:  # noqa: BLE001
+        return str(scorer.resolution) != "224"
+
+
+# --------------------------------------------------------------------------- run identity
+@dataclass(frozen=True)
+class ScorerSpec:
+    """What an actor needs to build its Scorer (picklable; resolved on the driver)."""
+
+    bundle: str
+    anchors: Tuple[str, ...]
+    resolution: str
+    device: str = "auto"
+    threads: Optional[int] = None
+    max_pixels: Optional[int] = None
+    batch_size: int = 16
+
+    def build(self):
+        from .scorer import Scorer
+
+        return Scorer.from_bundle(self.bundle, anchors=list(self.anchors),
+                                  resolution=self.resolution, device=self.device,
+                                  threads=self.threads, max_pixels=self.max_pixels,
+                                  batch_size=self.batch_size)
+
+
+def resolve_spec(bundle: Optional[str] = None, *, model: Optional[str] = None, anchors="text",
+                 resolution: Optional[str] = None, device: str = "auto",
+                 threads: Optional[int] = None, max_pixels: Optional[int] = None,
+                 batch_size: int = 16):
+    """(ScorerSpec, Bundle) with the anchor sets and resolution resolved on the driver (no
+    ONNX Runtime session is created here)."""
+    from quasar.bundle import load_bundle
+    from .default_bundle import resolve_bundle
+    from .scorer import select_anchors
+
+    bdir = resolve_bundle(bundle, model=model)
+    b = load_bundle(bdir, verify=True)
+    names = select_anchors(b, anchors)
+    res = str(resolution if resolution is not None else b.manifest.default_resolution)
+    b.preprocess(res)  # validates the resolution against the bundle
+    spec = ScorerSpec(bundle=str(bdir), anchors=tuple(names), resolution=res, device=device,
+                      threads=threads, max_pixels=max_pixels, batch_size=batch_size)
+    return spec, b
+
+
+def run_identity(bundle, spec: ScorerSpec, sources: SourceOptions) -> Dict[str, Any]:
+    """What makes two runs' rows comparable; stored in every part's Parquet metadata."""
+    import quasar
+    from quasar.bundle import sha256_file
+
+    enc = bundle.manifest.encoder
+    return {
+        "quasar_version": quasar.__version__,
+        "bundle_sha256": sha256_file(os.path.join(str(bundle.path), "bundle.json")),
+        "model": bundle.model,
+        "resolution": spec.resolution,
+        "anchors": list(spec.anchors),
+        "precision": getattr(enc, "precision", "fp32"),
+        "input": sources.describe(),
+    }
+
+
+# --------------------------------------------------------------------------- parts
+@dataclass
+class Part:
+    """One unit of output and of resumption."""
+
+    name: str                 # output file stem
+    kind: str                 # webdataset | parquet | files
+    shard: str = ""           # the shard file (webdataset / parquet)
+    paths: List[str] = field(default_factory=list)   # loose files (kind files)
+
+    @property
+    def key(self) -> str:
+        """What the part was made from (checked on resume)."""
+        if self.kind != "files":
+            return self.shard
+        h = hashlib.sha1("\n".join(self.paths).encode("utf-8", "surrogateescape")).hexdigest()
+        return f"files:{len(self.paths)}:{h}"
+
+    @property
+    def file(self) -> str:
+        return self.name + PART_SUFFIX
+
+
+def _stem(path: str) -> str:
+    base = os.path.basename(path.rstrip("/")) or "shard"
+    for ext in (".tar", ".parquet", ".pq"):
+        if base.lower().endswith(ext):
+            base = base[: -len(ext)]
+            break
+    return re.sub(r"[^A-Za-z0-9._=-]", "_", base) or "shard"
+
+
+def plan_parts(specs: Sequence[str], sources: SourceOptions, files_per_part: int = 1000) -> List[Part]:
+    """Parts of a run, in input order: one per shard, loose files in chunks."""
+    from .inputs import iter_inputs
+
+    parts: List[Part] = []
+    chunk: List[str] = []
+    n_files = 0
+
+    def flush():
+        nonlocal chunk, n_files
+        if chunk:
+            parts.append(Part(f"files-{n_files:06d}", "files", paths=chunk))
+            n_files += 1
+            chunk = []
+
+    for p in iter_inputs(list(specs)):
+        kind = sources.kind(p)
+        if kind == "image":
+            chunk.append(p)
+            if len(chunk) >= files_per_part:
+                flush()
+        else:
+            if kind == "parquet":
+                check_parquet_columns(p, sources.image_column, sources.id_column)
+            parts.append(Part("", kind, shard=p))
+    flush()
+    stems = Counter(_stem(p.shard) for p in parts if p.kind != "files")
+    taken = {p.name for p in parts if p.kind == "files"}
+    for p in parts:
+        if p.kind == "files":
+            continue
+        stem = _stem(p.shard)
+        if stems[stem] > 1 or stem in taken:
+            stem += "-" + hashlib.sha1(os.path.abspath(p.shard).encode("utf-8", "surrogateescape")).hexdigest()[:8]
+        p.name = stem
+        taken.add(stem)
+    return parts
+
+
+def read_part_meta(path: str) -> Optional[Dict[str, Any]]:
+    """The ``quasar.run`` metadata of a finished part (None when absent/unreadable)."""
+    import pyarrow.parquet as pq
+
+    try:
+        md = pq.read_schema(path).metadata or {}
+        return json.loads(md[RUN_META_KEY])
+    except Exception:  # noqa: BLE001
+        return None
+
+
+# --------------------------------------------------------------------------- read stage
+def _sample_table(pa, rows: List[dict]):
+    schema = pa.schema([("part", pa.string()), ("idx", pa.int64()), ("n", pa.int64()),
+                        ("id", pa.string()), ("data", pa.binary()), ("file", pa.string()),
+                        ("status", pa.string()), ("error", pa.string())])
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def _read_parts(batch, sources: SourceOptions, block_rows: int = 64,
+                block_bytes: int = 32 << 20) -> Iterator[Any]:
+    """Ray Data read UDF: a batch of part descriptions -> blocks of samples + end markers."""
+    import pyarrow as pa
+
+    for d in batch.to_pylist():
+        name, kind = d["part"], d["kind"]
+        rows: List[dict] = []
+        size = 0
+        n = 0
+        if kind == "files":
+            items: Iterator[Any] = iter(d["paths"])
+        else:
+            items = sources.samples(d["shard"])
+        for it in items:
+            if isinstance(it, Sample):
+                rows.append({"part": name, "idx": n, "n": -1, "id": it.id, "data": it.data,
+                             "file": it.path, "status": it.status, "error": it.error})
+                size += len(it.data or b"")
+            else:
+                rows.append({"part": name, "idx": n, "n": -1, "id": it, "data": None,
+                             "file": it, "status": "path", "error": ""})
+            n += 1
+            if len(rows) >= block_rows or size >= block_bytes:
+                yield _sample_table(pa, rows)
+                rows, size = [], 0
+        rows.append({"part": name, "idx": -1, "n": n, "id": "", "data": None, "file": None,
+                     "status": "", "error": ""})
+        yield _sample_table(pa, rows)
+
+
+def _items_of(rows: List[dict]) -> List[Any]:
+    """Engine items of read rows: loose paths as str, dataset samples as Sample."""
+    items = []
+    for r in rows:
+        if r["status"] == "path":
+            items.append(r["file"])
+        else:
+            items.append(Sample(id=r["id"], data=r["data"], path=r["file"],
+                                status=r["status"], error=r["error"] or ""))
+    return items
+
+
+# --------------------------------------------------------------------------- score stage
+class _PartScorer:
+    """Actor UDF of the CLI pipeline: read rows -> score rows (end markers pass through)."""
+
+    def __init__(self, spec: ScorerSpec, decode_threads: int):
+        self.scorer = spec.build()
+        self.anchors = list(spec.anchors)
+        self.batch_size = spec.batch_size
+        self.threads = decode_threads
+        self.variable = _variable_shapes(self.scorer)
+
+    def __call__(self, table):
+        import pyarrow as pa
+
+        rows = table.to_pylist()
+        samples = [r for r in rows if r["n"] < 0]
+        scored = _embed_batch(self.scorer, _items_of(samples), self.batch_size, self.threads,
+                              self.variable) if samples else []
+        out = {"part": [], "idx": [], "n": [], "path": [], "status": [], "error": []}
+        scores: Dict[str, list] = {a: [] for a in self.anchors}
+        for r, row in zip(samples, scored):
+            out["part"].append(r["part"]); out["idx"].append(r["idx"]); out["n"].append(-1)
+            out["path"].append(row.path); out["status"].append(row.status)
+            out["error"].append(row.error)
+            for a in self.anchors:
+                v = row.scores.get(a, float("nan"))
+                scores[a].append(None if v is None or math.isnan(v) else float(v))
+        for r in rows:
+            if r["n"] >= 0:
+                out["part"].append(r["part"]); out["idx"].append(-1); out["n"].append(r["n"])
+                out["path"].append(""); out["status"].append(""); out["error"].append("")
+                for a in self.anchors:
+                    scores[a].append(None)
+        cols = {"part": pa.array(out["part"], pa.string()), "idx": pa.array(out["idx"], pa.int64()),
+                "n": pa.array(out["n"], pa.int64()), "path": pa.array(out["path"], pa.string())}
+        for a in self.anchors:
+            cols[f"score_{a}"] = pa.array(scores[a], pa.float64())
+        cols["status"] = pa.array(out["status"], pa.string())
+        cols["error"] = pa.array(out["error"], pa.string())
+        return pa.table(cols)
+
+
+# --------------------------------------------------------------------------- cluster
+@dataclass(frozen=True)
+class RayOptions:
+    """Where and how wide to run (``--address``, ``--workers``, ``--gpus-per-worker``,
+    ``--decode-cpus``)."""
+
+    address: Optional[str] = None       # None: a local Ray started (and stopped) by us
+    workers: Optional[int] = None       # actors; None: GPUs / gpus_per_worker, else 1 per node
+    gpus_per_worker: float = 0.0
+    decode_cpus: float = 1.0            # CPUs reserved per actor (its decode threads)
+    read_cpus: float = 0.25             # CPUs reserved per read task
+    files_per_part: int = 1000
+    actor_batch: int = 0                # rows per actor call; 0: 8 x batch size
+
+    def __post_init__(self) -> None:
+        if self.workers is not None and int(self.workers) < 1:
+            raise ValueError(f"--workers must be >= 1, got {self.workers}")
+        if float(self.gpus_per_worker) < 0:
+            raise ValueError(f"--gpus-per-worker must be >= 0, got {self.gpus_per_worker}")
+        if float(self.decode_cpus) <= 0:
+            raise ValueError(f"--decode-cpus must be > 0, got {self.decode_cpus}")
+        if int(self.files_per_part) < 1:
+            raise ValueError(f"--files-per-part must be >= 1, got {self.files_per_part}")
+
+    @property
+    def decode_threads(self) -> int:
+        """Decode threads in an actor: its CPUs, at least 2 (decoding overlaps inference)."""
+        return max(2, int(math.ceil(self.decode_cpus)))
+
+
+def connect(address: Optional[str] = None, quiet: bool = True) -> bool:
+    """Connect to (``auto`` / ``HOST:PORT``) or start (None) a Ray instance; True when this
+    call started it (the caller then shuts it down)."""
+    ray = require_ray()
+    if ray.is_initialized():
+        return False
+    kw: Dict[str, Any] = {"logging_level": logging.ERROR if quiet else logging.WARNING,
+                          "configure_logging": True}
+    if address:
+        ray.init(address=address, **kw)
+    else:
+        ray.init(include_dashboard=False, **kw)
+    return True
+
+
+def _default_workers(ray, opts: RayOptions) -> int:
+    if opts.workers is not None:
+        return int(opts.workers)
+    res = ray.cluster_resources()
+    if opts.gpus_per_worker > 0:
+        gpus = float(res.get("GPU", 0))
+        if gpus < opts.gpus_per_worker:
+            raise RayRunError(f"--gpus-per-worker {opts.gpus_per_worker}: the Ray cluster has "
+                              f"{gpus:g} GPUs; add GPU nodes or use --gpus-per-worker 0")
+        return max(1, int(gpus // opts.gpus_per_worker))
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    return max(1, len(nodes))
+
+
+def _actor_args(opts: RayOptions, spec: ScorerSpec, ray) -> Dict[str, Any]:
+    n = _default_workers(ray, opts)
+    kw: Dict[str, Any] = {"compute": ray.data.ActorPoolStrategy(size=n),
+                          "num_cpus": float(opts.decode_cpus)}
+    if opts.gpus_per_worker > 0:
+        kw["num_gpus"] = float(opts.gpus_per_worker)
+    return kw
+
+
+def _quiet_data_context(show_progress: bool) -> None:
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    if not show_progress:
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
+    ctx.enable_progress_bars = bool(show_progress)
+    if hasattr(ctx, "print_on_execution_start"):
+        ctx.print_on_execution_start = bool(show_progress)
+
+
+# --------------------------------------------------------------------------- the CLI run
+@dataclass
+class RunReport:
+    """Counts of a Ray run."""
+
+    by_status: Counter = field(default_factory=Counter)
+    parts_written: int = 0
+    parts_skipped: int = 0
+    seconds: float = 0.0
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_status.values())
+
+    @property
+    def failed(self) -> int:
+        return sum(v for k, v in self.by_status.items() if k != STATUS_OK)
+
+
+def _write_part(pa, out_dir: str, part: Part, rows: Dict[int, dict], anchors: Sequence[str],
+                identity: Dict[str, Any]) -> None:
+    import pyarrow.parquet as pq
+
+    order = [rows[i] for i in sorted(rows)]
+    cols = {"path": pa.array([r["path"] for r in order], pa.string())}
+    for a in anchors:
+        cols[f"score_{a}"] = pa.array([r[f"score_{a}"] for r in order], pa.float64())
+    cols["status"] = pa.array([r["status"] for r in order], pa.string())
+    cols["error"] = pa.array([r["error"] or "" for r in order], pa.string())
+    meta = dict(identity, part=part.name, source=part.key, rows=len(order))
+    table = pa.table(cols).replace_schema_metadata({RUN_META_KEY: json.dumps(meta).encode()})
+    with atomic_output(os.path.join(out_dir, part.file)) as tmp:  # temp + fsync + rename
+        pq.write_table(table, str(tmp))
+
+
+def prepare_output(out_dir: str, parts: List[Part], identity: Dict[str, Any], *,
+                   resume: bool, overwrite: bool) -> List[Part]:
+    """Check / clean the output directory; return the parts still to compute."""
+    os.makedirs(out_dir, exist_ok=True)
+    names = os.listdir(out_dir)
+    for n in names:  # an unfinished part of a killed run: redone whole
+        if n.startswith(".") and n.endswith(TMP_SUFFIX):
+            os.remove(os.path.join(out_dir, n))
+    done = {n for n in names if n.endswith(PART_SUFFIX) and not n.startswith(".")}
+    if done and not resume and not overwrite:
+        raise RayRunError(f"{out_dir} already holds {len(done)} scored parts: add --resume to "
+                          "continue that run, --overwrite to replace it, or choose another --out")
+    by_file = {p.file: p for p in parts}
+    todo = []
+    if overwrite:
+        for n in done:
+            if n in by_file:
+                os.remove(os.path.join(out_dir, n))
+        return list(parts)
+    same = ("bundle_sha256", "model", "resolution", "anchors", "precision", "input")
+    for p in parts:
+        if p.file not in done:
+            todo.append(p)
+            continue
+        meta = read_part_meta(os.path.join(out_dir, p.file))
+        if meta is None:
+            raise RayRunError(f"{os.path.join(out_dir, p.file)} is not a part of a quasar run (no "
+                              "quasar.run metadata); move it away or choose another --out")
+        diff = [k for k in same if meta.get(k) != identity.get(k)]
+        if diff:
+            raise RayRunError(
+                f"{os.path.join(out_dir, p.file)} was scored with other settings ({', '.join(diff)}: "
+                f"{[meta.get(k) for k in diff]} vs {[identity.get(k) for k in diff]}); resume with "
+                "the same bundle and options, --overwrite, or choose another --out")
+        if meta.get("source") != p.key:
+            raise RayRunError(
+                f"{os.path.join(out_dir, p.file)} was made from {meta.get('source')!r}, this run "
+                f"maps that part to {p.key!r} (inputs changed?); --overwrite or choose another --out")
+    return todo
+
+
+def run(specs: Sequence[str], out_dir: str, spec: ScorerSpec, bundle, *,
+        sources: SourceOptions = SourceOptions(), opts: RayOptions = RayOptions(),
+        resume: bool = False, overwrite: bool = False, on_rows=None,
+        show_progress: bool = False) -> RunReport:
+    """Score ``specs`` into ``out_dir`` (one Parquet part per shard) on Ray."""
+    ray = require_ray()
+    import pyarrow as pa
+
+    t0 = time.perf_counter()
+    report = RunReport()
+    identity = run_identity(bundle, spec, sources)
+    parts = plan_parts(specs, sources, opts.files_per_part)
+    if not parts:
+        raise RayRunError("no inputs found in " + " ".join(specs))
+    todo = prepare_output(out_dir, parts, identity, resume=resume, overwrite=overwrite)
+    report.parts_skipped = len(parts) - len(todo)
+    if not todo:
+        report.seconds = time.perf_counter() - t0
+        return report
+    started = connect(opts.address)
+    delay = float(os.environ.get(_PART_DELAY_ENV, "0") or 0)
+    try:
+        _quiet_data_context(show_progress)
+        ds = ray.data.from_items(
+            [{"part": p.name, "kind": p.kind, "shard": p.shard, "paths": p.paths} for p in todo],
+            override_num_blocks=len(todo))
+        ds = ds.map_batches(_read_parts, batch_size=1, batch_format="pyarrow",
+                            fn_kwargs={"sources": sources}, num_cpus=opts.read_cpus)
+        ds = ds.map_batches(_PartScorer, batch_format="pyarrow",
+                            batch_size=opts.actor_batch or 8 * spec.batch_size,
+                            fn_constructor_kwargs={"spec": spec,
+                                                   "decode_threads": opts.decode_threads},
+                            **_actor_args(opts, spec, ray))
+        by_name = {p.name: p for p in todo}
+        pending: Dict[str, Dict[int, dict]] = {}
+        counts: Dict[str, int] = {}
+        for batch in _unwrapped(ds.iter_batches(batch_size=None, batch_format="pyarrow")):
+            for r in batch.to_pylist():
+                name = r["part"]
+                rows = pending.setdefault(name, {})
+                if r["n"] >= 0:
+                    counts[name] = r["n"]
+                else:
+                    rows[r["idx"]] = r
+                if name in counts and len(rows) == counts[name]:
+                    _write_part(pa, out_dir, by_name[name], rows, spec.anchors, identity)
+                    report.parts_written += 1
+                    report.by_status.update(x["status"] for x in rows.values())
+                    if on_rows is not None:
+                        on_rows([rows[i] for i in sorted(rows)])
+                    del pending[name], counts[name]
+                    if delay:
+                        time.sleep(delay)
+        unfinished = sorted(set(by_name) - set(_finished(out_dir, todo)))
+        if unfinished:
+            raise RayRunError(f"parts {unfinished[:5]} did not receive all their rows; rerun with "
+                              "--resume to redo them")
+    finally:
+        if started:
+            ray.shutdown()
+        report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _unwrapped(it):
+    """Iterate, re-raising a QuasarError raised inside a Ray task as itself (Ray wraps it in
+    RayTaskError / UserCodeException with the remote traceback)."""
+    try:
+        yield from it
+    except Exception as exc:
+        seen, e = set(), exc
+        while e is not None and id(e) not in seen:
+            seen.add(id(e))
+            if isinstance(e, QuasarError) and type(e).__module__.startswith("quasar"):
+                raise type(e)(*e.args) from None
+            e = getattr(e, "cause", None) or e.__cause__
+        raise
+
+
+def _finished(out_dir: str, parts: List[Part]) -> List[str]:
+    return [p.name for p in parts if os.path.exists(os.path.join(out_dir, p.file))]
+
+
+def read_parts(out_dir: str) -> List[dict]:
+    """Every row of a Ray run's output directory (parts in name order). For tools and tests."""
+    import pyarrow.parquet as pq
+
+    rows: List[dict] = []
+    for n in sorted(os.listdir(out_dir)):
+        if n.endswith(PART_SUFFIX) and not n.startswith("."):
+            rows.extend(pq.read_table(os.path.join(out_dir, n)).to_pylist())
+    return rows
+
+
+# --------------------------------------------------------------------------- Python API
+class _DatasetScorer:
+    """Actor UDF of :func:`score_dataset`: adds score_<set>, status, error columns."""
+
+    def __init__(self, spec: ScorerSpec, column: str, id_column: Optional[str],
+                 decode_threads: int):
+        self.scorer = spec.build()
+        self.spec = spec
+        self.column = column
+        self.id_column = id_column
+        self.threads = decode_threads
+        self.variable = _variable_shapes(self.scorer)
+
+    def __call__(self, table):
+        import pyarrow as pa
+
+        values = table.column(self.column).to_pylist()
+        ids = table.column(self.id_column).to_pylist() if self.id_column else [None] * len(values)
+        items: List[Any] = []
+        for k, (v, i) in enumerate(zip(values, ids)):
+            sid = str(i) if i is not None else f"<row {k} of a batch>"
+            if isinstance(v, str):
+                items.append(v if i is None else Sample(id=sid, path=v))
+            elif isinstance(v, dict) and v.get("bytes") is not None:
+                items.append(Sample(id=sid, data=v["bytes"]))
+            elif isinstance(v, (bytes, bytearray)) and len(v):
+                items.append(Sample(id=sid, data=bytes(v)))
+            else:
+                items.append(Sample(id=sid, status="empty_file",
+                                    error=f"{sid}: no image bytes in column {self.column!r}"))
+        rows = _embed_batch(self.scorer, items, self.spec.batch_size, self.threads,
+                            self.variable) if items else []
+        for a in self.spec.anchors:
+            vals = [r.scores.get(a, float("nan")) for r in rows]
+            table = table.append_column(
+                f"score_{a}", pa.array([None if math.isnan(v) else float(v) for v in vals],
+                                       pa.float64()))
+        table = table.append_column("status", pa.array([r.status for r in rows], pa.string()))
+        return table.append_column("error", pa.array([r.error for r in rows], pa.string()))
+
+
+def score_dataset(ds, bundle: Optional[str] = None, *, column: Optional[str] = None,
+                  id_column: Optional[str] = None, model: Optional[str] = None,
+                  anchors="text", resolution: Optional[str] = None, device: str = "auto",
+                  batch_size: int = 16, threads: Optional[int] = None,
+                  max_pixels: Optional[int] = None, workers: Optional[int] = None,
+                  gpus_per_worker: float = 0.0, decode_cpus: float = 1.0):
+    """Add QUASAR scores to a Ray Dataset of images (lazy, like any Ray Data transform).
+
+    Args:
+        ds: a ``ray.data.Dataset`` with a column of encoded image bytes (e.g. from
+            ``ray.data.read_binary_files(..., include_paths=True)`` or a Parquet/WebDataset
+            read), of Hugging Face ``{"bytes", "path"}`` structs, or of image paths readable
+            by the workers.
+        bundle: bundle directory (None: the cached bundle of ``model``).
+        column: the image column; default the first of ``bytes``, ``image``, ``jpg``,
+            ``png``, ``webp``, ``path`` present.
+        id_column: a column naming each row in error messages (default ``path`` when the
+            images are bytes and a ``path`` column exists).
+        anchors, resolution, device, batch_size, threads, max_pixels: as ``Scorer``.
+        workers: actors (default: GPUs / gpus_per_worker, or one per node).
+        gpus_per_worker: GPUs per actor (> 0 runs ONNX Runtime on CUDA).
+        decode_cpus: CPUs reserved per actor for its decoding threads.
+
+    Returns:
+        The dataset with ``score_<anchor set>`` (float, null where the input failed),
+        ``status`` (``ok`` or the failure kind, as ``quasar score`` writes it) and ``error``
+        columns added; the other columns are kept.
+
+    Example:
+        >>> ds = ray.data.read_binary_files("s3://bucket/images/", include_paths=True)
+        >>> scored = score_dataset(ds, "bundles/clip-rn50-nopos.openai")
+        >>> scored.drop_columns(["bytes"]).write_parquet("s3://bucket/scores/")
+    """
+    ray = require_ray()
+    device = "cuda" if gpus_per_worker and device == "auto" else device
+    spec, _b = resolve_spec(bundle, model=model, anchors=anchors, resolution=resolution,
+                            device=device, threads=threads, max_pixels=max_pixels,
+                            batch_size=batch_size)
+    names = ds.schema().names
+    if column is None:
+        column = next((c for c in ("bytes", "image", "jpg", "png", "webp", "path") if c in names), None)
+        if column is None:
+            raise ValueError(f"score_dataset: no image column among {names}; pass column=...")
+    elif column not in names:
+        raise ValueError(f"score_dataset: no column {column!r} in the dataset (columns: {names})")
+    if id_column is None and column != "path" and "path" in names:
+        id_column = "path"
+    if id_column is not None and id_column not in names:
+        raise ValueError(f"score_dataset: no column {id_column!r} in the dataset (columns: {names})")
+    opts = RayOptions(workers=workers, gpus_per_worker=gpus_per_worker, decode_cpus=decode_cpus)
+    return ds.map_batches(_DatasetScorer, batch_format="pyarrow", batch_size=8 * batch_size,
+                          fn_constructor_kwargs={"spec": spec, "column": column,
+                                                 "id_column": id_column,
+                                                 "decode_threads": opts.decode_threads},
+                          **_actor_args(opts, spec, ray))
+
+
+# --------------------------------------------------------------------------- quasar score
+def run_ray(specs: Sequence[str], *, bundle, model, anchors, resolution, device, batch_size,
+            workers, out, resume, overwrite, quiet, save_embeddings, max_pixels, threads,
+            sources: SourceOptions, address, gpus_per_worker, decode_cpus, files_per_part,
+            usage_error=ValueError) -> int:
+    """``quasar score --engine ray``: returns the exit code (0 all ok, 3 some failed)."""
+    if out is None:
+        raise usage_error("--engine ray writes a directory of Parquet parts: give --out DIR")
+    out = str(out)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise usage_error(f"--out {out} is a file; --engine ray writes a directory of Parquet "
+                          "parts: give a directory")
+    if save_embeddings is not None:
+        raise usage_error("--save-embeddings is not supported with --engine ray (yet)")
+    try:
+        gpus = float(gpus_per_worker or 0)
+        opts = RayOptions(address=None if address is None else str(address), workers=workers,
+                          gpus_per_worker=gpus, decode_cpus=float(decode_cpus),
+                          files_per_part=int(files_per_part))
+    except (TypeError, ValueError) as exc:
+        raise usage_error(str(exc)) from None
+    if device == "cuda" and gpus == 0:
+        raise usage_error("--device cuda with --engine ray needs --gpus-per-worker (e.g. 1)")
+    if gpus > 0 and device == "auto":
+        device = "cuda"
+    require_ray()
+    spec, b = resolve_spec(None if bundle is None else str(bundle), model=model, anchors=anchors,
+                           resolution=resolution, device=device, threads=threads,
+                           max_pixels=max_pixels, batch_size=batch_size)
+    shown = [0]
+
+    def on_rows(rows):
+        for r in rows:
+            if r["status"] != STATUS_OK and shown[0] < 10 and not quiet:
+                shown[0] += 1
+                print(f"{r['status']}: {r['error']}", file=sys.stderr)
+
+    show = not quiet and sys.stderr.isatty()
+    try:
+        rep = run(specs, out, spec, b, sources=sources, opts=opts, resume=resume,
+                  overwrite=overwrite, on_rows=on_rows, show_progress=show)
+    except KeyboardInterrupt:
+        print(f"quasar score: error: interrupted; finished parts are in {out}: run the same "
+              "command with --resume to continue", file=sys.stderr)
+        raise
+    if not quiet:
+        failed = ", ".join(f"{k}: {v}" for k, v in sorted(rep.by_status.items()) if k != STATUS_OK)
+        rate = rep.total / rep.seconds if rep.seconds > 0 else 0.0
+        print(f"quasar score: {rep.total - rep.failed} scored, {rep.failed} failed"
+              + (f" ({failed})" if failed else "")
+              + f"; {rep.parts_written} parts written, {rep.parts_skipped} already done"
+              + f"; {rep.total} images in {rep.seconds:.1f} s ({rate:.1f} images/s) -> {out}",
+              file=sys.stderr)
+    return 3 if rep.failed else 0

@@ -1,0 +1,255 @@
+"""``quasar score --engine ray`` and ``score_dataset`` on a real local Ray instance
+(``ray.init(num_cpus=2)``, started and stopped by this module): scores equal the local
+engine's and a direct Scorer computation on loose files, tar shards and Parquet; hostile
+members become the same error rows; a driver killed mid-run and rerun gives every input
+exactly once; finished parts are never recomputed."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+import rt_helpers  # noqa: E402
+import shard_helpers as sh  # noqa: E402
+
+ray = pytest.importorskip("ray")
+pytest.importorskip("ray.data")
+pq = pytest.importorskip("pyarrow.parquet")
+
+from quasar.cli import run as _run  # noqa: E402
+
+
+class cli:  # `quasar score` on command-line tokens
+    @staticmethod
+    def main(argv):
+        return _run(["score", *argv])
+from quasar.runtime import ray as qray  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def ray_address():
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    pytest.importorskip("onnx")
+    return rt_helpers.write_tiny_bundle(tmp_path_factory.mktemp("tiny") / "b")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Loose files (with hostile ones), two good shards, a hostile shard, a Parquet file."""
+    root = tmp_path_factory.mktemp("raydata")
+    shards, expected = sh.good_shards(root / "wds", n_shards=2, per_shard=4)
+    good = sh.image_bytes(9)
+    hostile = sh.write_tar(root / "wds" / "hostile.tar", [
+        ("a.jpg", good), ("b.jpg", b"<html>not an image</html>"),
+        ("c.jpg", good[: len(good) // 2]), ("d.json", b"{}"), ("e.jpg", good)])
+    off = sh.member_offsets(hostile)
+    hostile.write_bytes(hostile.read_bytes()[: off["e.jpg"][1] + 10])   # truncated tar
+    blobs = [sh.image_bytes(60 + i) for i in range(5)]
+    pqf = sh.write_parquet(root / "pq" / "table.parquet",
+                           {"jpg": blobs + [b"garbage"], "uid": [f"u{i}" for i in range(6)]})
+    loose = root / "loose"
+    loose.mkdir()
+    for i in range(5):
+        (loose / f"im{i}.jpg").write_bytes(sh.image_bytes(80 + i))
+    (loose / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 30)
+    (loose / "empty.jpg").write_bytes(b"")
+    specs = [str(root / "wds" / "shard-{00000..00001}.tar"), str(hostile), str(pqf), str(loose)]
+    return {"root": root, "specs": specs, "expected": expected, "blobs": blobs, "pq": pqf,
+            "loose": loose, "hostile": hostile}
+
+
+def _local_rows(tmp_path, specs, bundle, extra=()):
+    out = tmp_path / "local.csv"
+    cli.main(list(specs) + ["--bundle", str(bundle), "-a", "all", "--out", str(out), "--quiet",
+                            "--overwrite", *extra])
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        for k in ("score_text", "score_kadis"):
+            r[k] = float(r[k]) if r[k] else None
+    return rows
+
+
+def _part_rows(out_dir):
+    rows = []
+    for p in sorted(Path(out_dir).glob("*.parquet")):
+        rows += pq.read_table(p).to_pylist()
+    return rows
+
+
+def test_ray_equals_local_engine_and_scorer(tmp_path, ray_address, tiny, data):
+    from quasar.runtime.scorer import Scorer
+
+    out = tmp_path / "parts"
+    extra = ["--image-column", "jpg", "--id-column", "uid"]
+    code = cli.main(data["specs"] + ["--bundle", str(tiny), "-a", "all", "--out", str(out),
+                                     "--engine", "ray", "--quiet", "--batch-size", "3",
+                                     "--files-per-part", "4", *extra])
+    assert code == 3  # hostile inputs failed
+    parts = sorted(p.name for p in out.iterdir())
+    assert parts == ["files-000000.parquet", "files-000001.parquet", "hostile.parquet",
+                     "shard-00000.parquet", "shard-00001.parquet", "table.parquet"]
+    got = _part_rows(out)
+    local = _local_rows(tmp_path, data["specs"], tiny, extra)
+    assert sorted(r["path"] for r in got) == sorted(r["path"] for r in local)
+    assert len({r["path"] for r in got}) == len(got)          # each input exactly once
+    by = {r["path"]: r for r in got}
+    for r in local:                                            # same rows as the local engine
+        g = by[r["path"]]
+        assert (g["status"], g["error"]) == (r["status"], r["error"]), r["path"]
+        for k in ("score_text", "score_kadis"):
+            if r[k] is None:
+                assert g[k] is None
+            else:
+                assert g[k] == pytest.approx(r[k], rel=1e-9, abs=0)
+    # ... and equal to a direct Scorer computation on the bytes
+    s = Scorer.from_bundle(tiny, anchors="all")
+    ids = list(data["expected"]) + [f"{data['pq']}#u{i}" for i in range(5)]
+    ref = s.score_all(list(data["expected"].values()) + data["blobs"])
+    np.testing.assert_allclose([by[i]["score_kadis"] for i in ids], ref["kadis"], rtol=1e-9)
+    h = str(data["hostile"])
+    statuses = {k: by[f"{h}#{k}"]["status"] for k in "abcde"}
+    assert statuses == {"a": "ok", "b": "not_an_image", "c": "truncated", "d": "not_found",
+                        "e": "truncated"}
+    assert by[f"{data['pq']}#u5"]["status"] == "not_an_image"
+    assert by[str(data["loose"] / "empty.jpg")]["status"] == "empty_file"
+    # rows of a part are in shard order; the run identity is in every part
+    assert [r["path"] for r in pq.read_table(out / "shard-00000.parquet").to_pylist()] == \
+        [i for i in data["expected"] if "shard-00000" in i]
+    for p in out.iterdir():
+        meta = json.loads(pq.read_schema(p).metadata[b"quasar.run"])
+        assert meta["model"] == "tiny.test" and meta["anchors"] == ["text", "kadis"]
+        assert meta["resolution"] == "224" and meta["precision"] == "fp32"
+        assert len(meta["bundle_sha256"]) == 64 and meta["quasar_version"]
+        assert meta["part"] == p.stem
+
+
+def test_rerun_needs_resume_and_same_settings(tmp_path, ray_address, tiny, data):
+    out = tmp_path / "parts"
+    base = [data["specs"][0], "--bundle", str(tiny), "--out", str(out), "--engine", "ray",
+            "--quiet"]
+    assert cli.main(base) == 0
+    assert cli.main(base) == 2                                    # exists: --resume/--overwrite
+    assert cli.main(base + ["--resume", "-a", "all"]) == 2        # other anchor sets: refused
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert cli.main(base + ["--resume"]) == 0                     # nothing left to do
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+@pytest.mark.torch
+def test_ray_vitb32_equals_scorer(tmp_path, ray_address, vitb32_bundle):
+    from quasar.runtime.scorer import Scorer
+
+    shards, expected = sh.good_shards(tmp_path / "wds", n_shards=1, per_shard=5)
+    out = tmp_path / "parts"
+    assert cli.main([str(shards[0]), "--bundle", str(vitb32_bundle), "--out", str(out),
+                     "--engine", "ray", "--quiet", "--batch-size", "2"]) == 0
+    rows = _part_rows(out)
+    assert [r["path"] for r in rows] == list(expected)
+    ref = Scorer.from_bundle(vitb32_bundle).score(list(expected.values()))
+    np.testing.assert_allclose([r["score_text"] for r in rows], ref, rtol=1e-6)
+    assert np.ptp(ref) > 1e-4  # a random ViT-B-32 separates images
+
+
+def test_killed_driver_rerun_gives_each_input_once(tmp_path, ray_address, tiny):
+    shards, expected = sh.good_shards(tmp_path / "wds", n_shards=6, per_shard=3)
+    out = tmp_path / "parts"
+    args = [str(tmp_path / "wds" / "shard-{00000..00005}.tar"), "--bundle", str(tiny),
+            "--out", str(out), "--engine", "ray", "--address", ray_address, "--quiet"]
+    env = dict(os.environ, QUASAR_RAY_PART_DELAY="4")
+    proc = subprocess.Popen([sys.executable, "-m", "quasar", "score", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            if any(out.glob("*.parquet")):
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    first = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("*.parquet")}
+    assert 1 <= len(first) < 6
+    # an unfinished part of the killed run (what a kill during a write leaves)
+    stale = out / ".shard-00005.parquet.99999-0a1b2c3d.tmp"
+    stale.write_bytes(b"half a parquet file")
+
+    assert cli.main(args + ["--resume"]) == 0
+    after = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("*.parquet")}
+    assert sorted(after) == [f"shard-{i:05d}.parquet" for i in range(6)]
+    assert all(after[n] == first[n] for n in first)              # finished parts not recomputed
+    assert not stale.exists()
+    ids = Counter(r["path"] for r in _part_rows(out))
+    assert ids == Counter(list(expected))                         # every input exactly once
+    assert all(r["status"] == "ok" for r in _part_rows(out))
+
+
+def test_score_dataset_api(ray_address, tiny, data):
+    from quasar.runtime.scorer import Scorer
+
+    blobs = data["blobs"] + [b"not an image"]
+    ds = ray.data.from_items([{"bytes": b, "path": f"mem/{i}.jpg"} for i, b in enumerate(blobs)])
+    rows = sorted(qray.score_dataset(ds, str(tiny), anchors="all", batch_size=2).take_all(),
+                  key=lambda r: r["path"])
+    ref = Scorer.from_bundle(tiny, anchors="all").score_all(blobs, errors="collect")
+    assert [r["path"] for r in rows] == [f"mem/{i}.jpg" for i in range(len(blobs))]
+    np.testing.assert_allclose([r["score_text"] for r in rows[:-1]], ref.values["text"][:-1],
+                               rtol=1e-9)
+    assert rows[-1]["status"] == "not_an_image" and rows[-1]["score_text"] is None
+    assert rows[-1]["error"].startswith("mem/5.jpg: not an image")
+    assert rows[0]["bytes"] == blobs[0]                          # input columns kept
+    # a dataset of paths
+    paths = sorted(str(p) for p in data["loose"].glob("im*.jpg"))
+    rows = sorted(qray.score_dataset(ray.data.from_items([{"path": p} for p in paths]),
+                                     str(tiny)).take_all(), key=lambda r: r["path"])
+    np.testing.assert_allclose([r["score_text"] for r in rows],
+                               Scorer.from_bundle(tiny).score(paths), rtol=1e-9)
+
+
+def test_ray_usage_errors(tmp_path, tiny, data, capsys):
+    base = [data["specs"][0], "--bundle", str(tiny), "--engine", "ray", "--quiet"]
+    assert cli.main(base) == 2                                          # no --out
+    assert "give --out DIR" in capsys.readouterr().err
+    f = tmp_path / "file.csv"
+    f.write_text("x")
+    assert cli.main(base + ["--out", str(f)]) == 2                      # --out is a file
+    assert cli.main(base + ["--out", str(tmp_path / "d"), "--device", "cuda"]) == 2
+    assert "--gpus-per-worker" in capsys.readouterr().err
+    assert cli.main(base + ["--out", str(tmp_path / "d"), "--decode-cpus", "0"]) == 2
+    capsys.readouterr()
+    assert cli.main([str(data["pq"]), "--bundle", str(tiny), "--engine", "ray", "--quiet",
+                     "--out", str(tmp_path / "d2"), "--image-column", "nope"]) == 2
+    assert "no column 'nope'" in capsys.readouterr().err      # checked before Ray starts
+
+
+@pytest.mark.gpu
+def test_ray_on_cuda_equals_cpu(tmp_path, ray_address, tiny, data):
+    if not ray.cluster_resources().get("GPU"):
+        pytest.skip("the local Ray instance sees no GPU")
+    args = [data["specs"][0], "--bundle", str(tiny), "--engine", "ray", "--quiet", "-a", "all"]
+    assert cli.main(args + ["--out", str(tmp_path / "cpu")]) == 0
+    assert cli.main(args + ["--out", str(tmp_path / "gpu"), "--gpus-per-worker", "1"]) == 0
+    cpu, gpu = _part_rows(tmp_path / "cpu"), _part_rows(tmp_path / "gpu")
+    assert [r["path"] for r in cpu] == [r["path"] for r in gpu]
+    np.testing.assert_allclose([r["score_text"] for r in gpu], [r["score_text"] for r in cpu],
+                               rtol=1e-4)
