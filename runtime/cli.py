@@ -76,7 +76,7 @@ def score(*inputs, bundle: Optional[str] = None, model: Optional[str] = None,
           workers: Optional[int] = None, out: Optional[str] = None, resume: bool = False,
           overwrite: bool = False, quiet: bool = False, save_embeddings: Optional[str] = None,
           max_pixels: Optional[int] = None, threads: Optional[int] = None,
-          group_factor: int = 8) -> int:
+          group_factor: int = 8, force_resume: bool = False) -> int:
     """Score images: files, directories (recursive), globs, @list.txt or - (paths on stdin).
 
     Writes one row per input (path, score_<anchor set>..., status, error) to --out
@@ -94,6 +94,9 @@ def score(*inputs, bundle: Optional[str] = None, model: Optional[str] = None,
         workers: decoding threads (default min(4, CPU count)).
         out: output file (.csv, .jsonl, .parquet); CSV on stdout when absent.
         resume: continue an existing --out: skip inputs with an ok row, retry the others.
+            Refused when the output was made by another bundle / model / resolution /
+            anchor sets / precision (its run identity, see docs/score.md).
+        force_resume: also resume an output that records no run identity (older quasar).
         overwrite: replace an existing --out (and --save-embeddings) instead of refusing.
         quiet: no progress bar, no summary (errors still shown).
         save_embeddings: also write embeddings of the ok rows (.npy or .safetensors) plus
@@ -108,7 +111,7 @@ def score(*inputs, bundle: Optional[str] = None, model: Optional[str] = None,
                   device=device, batch_size=batch_size, workers=workers, out=out,
                   resume=resume, overwrite=overwrite, quiet=quiet,
                   save_embeddings=save_embeddings, max_pixels=max_pixels, threads=threads,
-                  group_factor=group_factor)
+                  group_factor=group_factor, force_resume=force_resume)
 
 
 def load_scorer(**kw):
@@ -119,7 +122,9 @@ def load_scorer(**kw):
 
 
 def _err(msg: str) -> None:
-    print(f"quasar score: error: {msg}", file=sys.stderr)
+    from .writers import safe_text
+
+    print(f"quasar score: error: {safe_text(msg)}", file=sys.stderr)
 
 
 def _score(inputs, **kw) -> int:
@@ -137,17 +142,60 @@ def _score(inputs, **kw) -> int:
         return EXIT_ERROR
     except QuasarError as exc:  # unknown model, bad bundle, device, unreadable output/list
         _err(str(exc))
-        return EXIT_USAGE
+        return int(getattr(exc, "exit_code", EXIT_USAGE))  # 1 for a full disk
     except OSError as exc:
         _err(f"{exc}")
         return EXIT_ERROR
 
 
+def _output_files(table, emb_writer) -> list:
+    """Every file this run may write (checked against its inputs before anything is)."""
+    from .integrity import LOCK_SUFFIX, run_sidecar
+
+    files = []
+    if table.path is not None:
+        files += [table.path, table.journal, table.path + LOCK_SUFFIX, run_sidecar(table.path)]
+    if emb_writer is not None:
+        files += [emb_writer.path, emb_writer.raw, emb_writer.paths_file,
+                  emb_writer.path + LOCK_SUFFIX, run_sidecar(emb_writer.path)]
+    return list(dict.fromkeys(files))
+
+
+def _stored_identity(table):
+    """The run identity an existing table records (sidecar; Parquet: file metadata)."""
+    from .integrity import read_run_sidecar
+
+    ident = read_run_sidecar(table.path)
+    if ident is None and table.format == "parquet" and os.path.exists(table.path) \
+            and not os.path.exists(table.journal):
+        ident = table.parquet_identity()
+    return ident
+
+
+def _close_quietly(*writers) -> None:
+    """Close after a failure; a second failure (the disk is still full) must not hide the
+    first."""
+    for w in writers:
+        if w is None:
+            continue
+        try:
+            w.close(complete=False)
+        except OSError as exc:
+            log.debug("closing %s after a failure: %s", getattr(w, "path", w), exc)
+
+
 def _run(inputs, *, bundle, model, anchors, resolution, device, batch_size, workers, out,
-         resume, overwrite, quiet, save_embeddings, max_pixels, threads, group_factor) -> int:
+         resume, overwrite, quiet, save_embeddings, max_pixels, threads, group_factor,
+         force_resume=False) -> int:
+    from quasar.errors import InputIsOutputError
+
+    from .engine import FailedInput
     from .inputs import check_specs, iter_inputs
+    from .integrity import (OutputGuard, OutputLock, check_resume_identity, read_run_sidecar,
+                            run_identity, run_sidecar, write_run_sidecar)
     from .pipeline import PipelineConfig, default_workers, run_pipeline
-    from .writers import STATUS_OK, EmbeddingsWriter, ScoreTable, output_format, require_pyarrow
+    from .writers import (STATUS_OK, EmbeddingsWriter, ScoreTable, output_format,
+                          require_pyarrow, safe_text)
 
     logging.basicConfig(level=logging.ERROR if quiet else logging.WARNING,
                         format="quasar score: %(levelname)s: %(message)s", stream=sys.stderr)
@@ -166,6 +214,8 @@ def _run(inputs, *, bundle, model, anchors, resolution, device, batch_size, work
         raise UsageError(f"--resolution must be 224, 512 or native, got {resolution!r}")
     if resume and overwrite:
         raise UsageError("--resume and --overwrite exclude each other")
+    if force_resume and not resume:
+        raise UsageError("--force-resume goes with --resume")
     if out is not None:
         out = str(out)
         if output_format(out) == "parquet":
@@ -179,26 +229,65 @@ def _run(inputs, *, bundle, model, anchors, resolution, device, batch_size, work
         if os.path.splitext(save_embeddings)[1].lower() not in (".npy", ".safetensors"):
             raise UsageError(f"--save-embeddings {save_embeddings}: use a .npy or .safetensors file")
 
+    # outputs that are (or would overwrite) an input: refused before anything is touched
+    pre_table = ScoreTable(out, [])
+    pre_emb = EmbeddingsWriter(save_embeddings, 1) if save_embeddings is not None else None
+    guard = OutputGuard(_output_files(pre_table, pre_emb))
+    guard.check_inputs(specs)
+
     scorer = load_scorer(bundle=None if bundle is None else str(bundle), model=model, device=device,
                          anchors=_as_list(anchors) or "text", resolution=resolution,
                          batch_size=batch_size, threads=threads, max_pixels=max_pixels)
+    identity = run_identity(scorer)
 
     table = ScoreTable(out, scorer.anchor_names)
+    table.metadata = identity
     emb_writer = None
     if save_embeddings is not None:
         meta = {"model": getattr(scorer.manifest, "model", ""),
                 "anchors": ",".join(scorer.anchor_names), "resolution": str(scorer.resolution)}
+        meta.update({f"quasar.{k}": (",".join(v) if isinstance(v, list) else str(v))
+                     for k, v in identity.items()})
         emb_writer = EmbeddingsWriter(save_embeddings, scorer.embed_dim, meta)
+
+    locks = []
+    try:
+        for target in ([out] if out is not None else []) + \
+                ([save_embeddings] if save_embeddings is not None else []):
+            locks.append(OutputLock(target).acquire())
+        return _run_locked(specs, scorer, identity, table, emb_writer, guard, resume,
+                           overwrite, quiet, force_resume, batch_size, workers, group_factor, out)
+    finally:
+        for lk in reversed(locks):
+            lk.release()
+
+
+def _run_locked(specs, scorer, identity, table, emb_writer, guard, resume, overwrite, quiet,
+                force_resume, batch_size, workers, group_factor, out) -> int:
+    from quasar.errors import InputIsOutputError
+
+    from .engine import FailedInput
+    from .inputs import iter_inputs
+    from .integrity import (check_resume_identity, read_run_sidecar, run_sidecar,
+                            write_run_sidecar)
+    from .pipeline import PipelineConfig, run_pipeline
+    from .writers import STATUS_OK, safe_text
 
     done = set()
     existing = [w for w in (table, emb_writer) if w is not None and w.exists()]
     if existing and not resume and not overwrite:
-        names = ", ".join(w.path for w in existing)
+        names = ", ".join(safe_text(w.path) for w in existing)
         raise UsageError(f"{names} already exists: add --resume to continue it, --overwrite to "
                          "replace it, or choose another file")
+    if resume:  # check every identity before anything is rewritten
+        for w in existing:
+            old = _stored_identity(w) if w is table else read_run_sidecar(w.path)
+            check_resume_identity(w.path, old, identity, force_resume)
     if overwrite:
         for w in existing:
             w.discard()
+            if os.path.exists(run_sidecar(w.path)):
+                os.remove(run_sidecar(w.path))
     if resume:
         ok, _ = table.scan_ok()
         keep = ok
@@ -208,6 +297,9 @@ def _run(inputs, *, bundle, model, anchors, resolution, device, batch_size, work
             emb_writer.compact(jpaths, keep)
         table.compact(keep)
         done = keep
+    for w in (table, emb_writer):  # the identity is on disk before the first row
+        if w is not None and w.path is not None:
+            write_run_sidecar(w.path, identity)
 
     fixed = True
     try:
@@ -226,6 +318,12 @@ def _run(inputs, *, bundle, model, anchors, resolution, device, batch_size, work
             if p in done:
                 counts["skipped"] += 1
                 continue
+            if isinstance(p, str):
+                own = guard.is_output(p)
+                if own is not None:
+                    p = FailedInput(p, InputIsOutputError(
+                        f"{safe_text(p)}: this is an output of this run ({safe_text(own)}); "
+                        "not read - write the outputs outside the folders you score"))
             yield p
 
     bar = _make_bar(not quiet and sys.stderr.isatty())
@@ -239,7 +337,7 @@ def _run(inputs, *, bundle, model, anchors, resolution, device, batch_size, work
         for r in rows:
             if r.status != STATUS_OK and failures_shown[0] < MAX_FAILURES_SHOWN and not quiet:
                 failures_shown[0] += 1
-                msg = f"{r.status}: {r.error}"
+                msg = f"{r.status}: {safe_text(' '.join(r.error.split()))}"
                 (bar.write(msg, file=sys.stderr) if bar is not None else print(msg, file=sys.stderr))
 
     src = source()
@@ -247,7 +345,7 @@ def _run(inputs, *, bundle, model, anchors, resolution, device, batch_size, work
     if first is None and counts["seen"] == 0:
         if bar is not None:
             bar.close()
-        raise UsageError("no images found in " + " ".join(specs)
+        raise UsageError("no images found in " + " ".join(safe_text(s) for s in specs)
                          + " (image extensions: jpg, png, webp, bmp, tiff, gif, ...)")
     table.open()
     try:
@@ -256,30 +354,33 @@ def _run(inputs, *, bundle, model, anchors, resolution, device, batch_size, work
     except KeyboardInterrupt:
         if bar is not None:
             bar.close()
-        table.close(complete=False)
-        if emb_writer is not None:
-            emb_writer.close(complete=False)
+        _close_quietly(table, emb_writer)
         where = table.journal or "stdout"
         _err(f"interrupted: {table.rows_written} rows written to {where}; run the same command "
              "with --resume to continue")
         return EXIT_INTERRUPTED
     except BaseException:
-        table.close(complete=False)
-        if emb_writer is not None:
-            emb_writer.close(complete=False)
+        if bar is not None:
+            bar.close()
+        _close_quietly(table, emb_writer)
         raise
     if bar is not None:
         bar.close()
     table.close(complete=True)
     if emb_writer is not None:
         emb_writer.close(complete=True)
+    if table.format == "parquet" and table.path is not None:
+        try:  # the identity is in the Parquet file's metadata now
+            os.remove(run_sidecar(table.path))
+        except OSError:
+            pass
 
     if not quiet:
         failed = ", ".join(f"{k}: {v}" for k, v in sorted(stats.by_status.items()) if k != STATUS_OK)
-        dest = f" -> {out}" if out else ""
+        dest = f" -> {safe_text(out)}" if out else ""
         print(f"quasar score: {stats.scored} scored, {stats.failed} failed"
               + (f" ({failed})" if failed else "")
-              + (f", {counts['skipped']} skipped (already ok in {out})" if resume else "")
+              + (f", {counts['skipped']} skipped (already ok in {safe_text(out)})" if resume else "")
               + f"; {stats.total} images in {stats.seconds:.1f} s ({stats.images_per_s:.1f} images/s)"
               + dest, file=sys.stderr)
     return EXIT_SOME_FAILED if stats.failed else EXIT_OK

@@ -9,7 +9,10 @@ and the CPU otherwise.
 protobuf and optimising the graph. The first session for an encoder (identified by the
 bundle's sha256, never re-hashed) saves ONNX Runtime's optimised graph under
 ``$QUASAR_HOME/ort-cache/`` with its weights as an external-data file; later sessions load
-that with graph optimisation off, and ONNX Runtime memory-maps the weights. The key also holds
+that with graph optimisation off, and ONNX Runtime memory-maps the weights. The entry's
+``key.json`` records the sha256 of the cached graph and weights; they are re-hashed on every
+load (~0.1 s per 100 MB), and an entry that does not match (edited, replaced, truncated) is
+removed and rebuilt from the bundle with a warning, so the cache can never change a score. The key also holds
 the onnxruntime version, the optimisation level, the providers and the CPU identity (the
 ``ORT_ENABLE_ALL`` layout transforms are hardware-specific). The cache never makes scoring fail:
 any problem with it falls back to the normal path. ``QUASAR_ORT_CACHE=0`` or
@@ -167,11 +170,57 @@ def _rmtree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _load_cached(ort: Any, entry: Path, cfg: SessionConfig, providers: List[Any]) -> Any:
-    """The cached optimised graph as a session, or None (missing / unusable: then removed)."""
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(1 << 22)
+            if not chunk:
+                break
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _cached_files(entry: Path) -> dict:
+    """sha256 of the cached graph and its weights file (those that exist)."""
+    return {name: _file_sha256(entry / name) for name in (_CACHED_MODEL, _CACHED_DATA)
+            if (entry / name).is_file()}
+
+
+def _verify_cached(entry: Path, key: dict) -> Optional[str]:
+    """None when the entry's files match the sha256 recorded in its key.json, else why not."""
+    try:
+        stored = json.loads((entry / "key.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return f"no readable key.json ({exc})"
+    if not isinstance(stored, dict):
+        return "key.json is not an object"
+    expected = stored.get("files")
+    if not isinstance(expected, dict) or _CACHED_MODEL not in expected:
+        return "key.json records no file checksums (written by an older quasar)"
+    if {k: v for k, v in stored.items() if k != "files"} != key:
+        return "key.json describes another encoder or machine"
+    actual = _cached_files(entry)
+    if actual != expected:
+        bad = sorted(set(actual) ^ set(expected) | {k for k in actual if actual[k] != expected.get(k)})
+        return f"{', '.join(bad)} changed since it was cached"
+    return None
+
+
+def _load_cached(ort: Any, entry: Path, cfg: SessionConfig, providers: List[Any],
+                 key: Optional[dict] = None) -> Any:
+    """The cached optimised graph as a session, or None (missing / unusable / not matching
+    its recorded sha256: then removed, to be rebuilt)."""
     cached = entry / _CACHED_MODEL
     if not cached.is_file():
         return None
+    if key is not None:
+        why = _verify_cached(entry, key)
+        if why is not None:
+            log.warning("ignoring the ONNX Runtime cache %s: %s; rebuilding it from the bundle",
+                        entry, why)
+            _rmtree(entry)
+            return None
     so = session_options(cfg)
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # already optimised
     try:
@@ -202,7 +251,6 @@ def _store_cached(ort: Any, model: str, entry: Path, key: dict, cfg: SessionConf
             except OSError:
                 pass
         tmp.mkdir()
-        atomic_write_text(tmp / "key.json", json.dumps(key, indent=1, sort_keys=True) + "\n")
     except OSError as exc:
         log.debug("ONNX Runtime cache disabled: cannot write %s (%s)", entry.parent, exc)
         _rmtree(tmp)
@@ -224,6 +272,9 @@ def _store_cached(ort: Any, model: str, entry: Path, key: dict, cfg: SessionConf
     try:
         if not (tmp / _CACHED_MODEL).is_file():
             raise OSError("ONNX Runtime wrote no optimised model")
+        # bind the cached files to the bundle: their sha256, checked on every load
+        atomic_write_text(tmp / "key.json", json.dumps(dict(key, files=_cached_files(tmp)),
+                                                       indent=1, sort_keys=True) + "\n")
         os.rename(tmp, entry)  # atomic; fails when another process stored it first
         fsync_dir(entry.parent)
         sess.quasar_ort_cache = "stored"
@@ -240,7 +291,7 @@ def _cpu_session(ort: Any, model: str, cfg: SessionConfig, model_sha256: Optiona
     if model_sha256 and not external_data and ort_cache_enabled(cfg):
         try:
             entry, key = _cache_entry(ort, model, model_sha256, providers)
-            sess = _load_cached(ort, entry, cfg, providers)
+            sess = _load_cached(ort, entry, cfg, providers, key)
             if sess is None:
                 sess = _store_cached(ort, model, entry, key, cfg, providers)
             if sess is not None:
