@@ -158,7 +158,8 @@ def disk_full(path: str, exc: OSError, rows: int) -> Exception:
     import errno
 
     if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        why = "file size limit reached" if exc.errno == errno.EFBIG else "disk full"
+        why = ("disk full (file size limit reached)" if exc.errno == errno.EFBIG
+               else "disk full")
         err: Exception = DiskFullError(
             f"{path}: {why} ({exc.strerror}) while writing; the {rows} rows written before "
             "are kept - free some space and run the same command with --resume")
