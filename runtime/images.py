@@ -243,7 +243,8 @@ def open_image(src: ImageInput, *, apply_exif: bool = False,
             fmt = _isobmff_format(fp)
             if fmt is not None:
                 raise NotAnImageError(
-                    f"{name}: a {fmt[0]} image, which this Pillow cannot decode without a "
+                    f"{name}: {'an' if fmt[0][0] in 'AEIOU' else 'a'} {fmt[0]} image, which "
+                    "this Pillow cannot decode without a "
                     f"plugin; install it (pip install {fmt[1]}) or convert the file to "
                     "JPEG/PNG"
                 ) from exc
