@@ -521,3 +521,75 @@ def test_docs_status_list_matches_code():
     doc = (Path(__file__).resolve().parents[2] / "docs" / "score.md").read_text()
     missing = [s for s in sorted(statuses) if f"`{s}`" not in doc]
     assert not missing, f"docs/score.md does not list {missing}"
+
+
+# ============================================================ SIGKILL at 5 points + resume
+def test_sigkill_at_five_points_then_resume_is_identical(bundle, tmp_path):
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    n = 300
+    for i in range(n):
+        noise_png(imgs / f"{i:04d}.png", 160, 120, seed=i)
+    base = [str(imgs), "--bundle", str(bundle), "--batch-size", "1", "--workers", "1", "-q"]
+    full = tmp_path / "full.csv"
+    assert cli_proc(base + ["--out", str(full)]).returncode == 0
+    part = tmp_path / "part.csv"
+    killed_at = []
+    for k in (15, 70, 130, 200, 260):
+        proc = subprocess.Popen([PY, "-c", "import sys; from quasar.cli import main; main()",
+                                 "score", *base, "--out", str(part)]
+                                + (["--resume"] if part.exists() else []),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while proc.poll() is None and time.time() < deadline:
+            try:
+                if part.read_bytes().count(b"\n") > k:
+                    break
+            except FileNotFoundError:
+                pass
+            time.sleep(0.001)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if proc.returncode == -signal.SIGKILL:
+            killed_at.append(part.read_bytes().count(b"\n") - 1)
+    assert len(killed_at) >= 3, f"too few kills landed mid-run: {killed_at}"
+    # a killed run leaves its lock file, but flock died with it: the resume takes it
+    r = cli_proc(base + ["--out", str(part), "--resume"])
+    assert r.returncode == 0, r.stderr
+    assert part.read_bytes() == full.read_bytes()  # byte-identical rows
+
+
+def test_ort_cache_weights_edited_in_place_or_copied(tmp_path, caplog):
+    import logging
+
+    from quasar.runtime.session import SessionConfig, create_session
+
+    # a tiny encoder with weights over the 1 KiB external-data threshold
+    b = rt_helpers.write_tiny_bundle(tmp_path / "wide", dim=512)
+    onnx_path = str(b / "encoder.onnx")
+    sha = rt_helpers.sha256(b / "encoder.onnx")
+    cfg = SessionConfig(device="cpu")
+    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    want = create_session(onnx_path, cfg, model_sha256=sha).run(None, {"pixels": x})[0]
+    [entry] = list((tmp_path / "home" / "ort-cache").iterdir())
+    data = entry / "model.onnx.data"
+    assert data.stat().st_size > 4096
+    s = create_session(onnx_path, cfg, model_sha256=sha)
+    assert s.quasar_ort_cache == "hit"
+    # a copy of the cache (new inodes and times, same content): re-hashed, accepted
+    shutil.copytree(entry, tmp_path / "copy")
+    shutil.rmtree(entry)
+    shutil.copytree(tmp_path / "copy", entry)
+    s = create_session(onnx_path, cfg, model_sha256=sha)
+    assert s.quasar_ort_cache == "hit"
+    # the weights edited in place, same size: the fingerprint changed, the hash too -> rebuilt
+    raw = bytearray(data.read_bytes())
+    raw[100:104] = b"\x00\x00\x80\x7f"  # one weight -> inf
+    time.sleep(0.02)
+    with open(data, "r+b") as f:
+        f.write(bytes(raw))
+    with caplog.at_level(logging.WARNING):
+        s = create_session(onnx_path, cfg, model_sha256=sha)
+    assert "model.onnx.data changed since it was cached" in caplog.text
+    assert s.quasar_ort_cache == "stored"
+    np.testing.assert_array_equal(s.run(None, {"pixels": x})[0], want)
