@@ -4,8 +4,14 @@ before anything here runs).
 
 Exit codes (as every command, quasar/commands/base.py): 0 every input scored; 3 some inputs
 failed (each has a row with its status); 2 usage error (bad value, no inputs, unknown model,
-bad bundle, output that exists without --resume/--overwrite); 130 interrupted (rows written
-so far are kept: --resume); 1 unexpected error (e.g. the disk is full).
+bad bundle, output that exists without --resume/--overwrite, output locked by another run,
+output that is an input, --resume of another run identity); 130 interrupted (rows written
+so far are kept: --resume); 1 unexpected error (e.g. the disk is full: the message names the
+file, and the output stays resumable).
+
+Integrity (docs/score.md, "Nothing lost" and "Reliability"): an exclusive lock on each
+output file, the run identity next to every output, outputs checked against inputs
+(quasar.runtime.integrity).
 """
 from __future__ import annotations
 
@@ -187,15 +193,10 @@ def _close_quietly(*writers) -> None:
 def _run(inputs, *, bundle, model, anchors, resolution, device, batch_size, workers, out,
          resume, overwrite, quiet, save_embeddings, max_pixels, threads, group_factor,
          force_resume=False) -> int:
-    from quasar.errors import InputIsOutputError
-
-    from .engine import FailedInput
-    from .inputs import check_specs, iter_inputs
-    from .integrity import (OutputGuard, OutputLock, check_resume_identity, read_run_sidecar,
-                            run_identity, run_sidecar, write_run_sidecar)
-    from .pipeline import PipelineConfig, default_workers, run_pipeline
-    from .writers import (STATUS_OK, EmbeddingsWriter, ScoreTable, output_format,
-                          require_pyarrow, safe_text)
+    from .inputs import check_specs
+    from .integrity import OutputGuard, OutputLock, run_identity
+    from .pipeline import default_workers
+    from .writers import EmbeddingsWriter, ScoreTable, output_format, require_pyarrow
 
     logging.basicConfig(level=logging.ERROR if quiet else logging.WARNING,
                         format="quasar score: %(levelname)s: %(message)s", stream=sys.stderr)
@@ -273,7 +274,7 @@ def _run_locked(specs, scorer, identity, table, emb_writer, guard, resume, overw
     from .pipeline import PipelineConfig, run_pipeline
     from .writers import STATUS_OK, safe_text
 
-    done = set()
+    done: set = set()
     existing = [w for w in (table, emb_writer) if w is not None and w.exists()]
     if existing and not resume and not overwrite:
         names = ", ".join(safe_text(w.path) for w in existing)

@@ -24,7 +24,6 @@ import json
 import math
 import os
 import sys
-import unicodedata
 from dataclasses import dataclass
 from typing import Dict, IO, Iterator, List, Optional, Sequence, Set, Tuple
 

@@ -202,7 +202,6 @@ print(json.dumps(out))
 def corpus_section(bundle: Path, work: Path):
     corpus = work / "corpus"
     extra = make_corpus(corpus)
-    from quasar.runtime.inputs import walk_images  # noqa: F401 (the walk itself is tested)
 
     lst = work / "extra.txt"
     lst.write_text("\n".join(extra) + "\n", encoding="utf-8", errors="surrogateescape")
@@ -421,7 +420,7 @@ def main():
         print(f"  final --resume exit {rc}; byte-identical to an uninterrupted run: {same}")
     if "conc" not in skip:
         print("\nconcurrent writers (2 runs at once on one --out, 150 images):")
-        for t, s in enumerate(self_ := concurrency_section(bundle, work)):
+        for t, s in enumerate(concurrency_section(bundle, work)):
             print(f"  try {t + 1}: exit codes {s['codes']}, refused {s['refused']}, rows {s['rows']} "
                   f"(unique paths {s['unique']})")
     if "disk" not in skip:

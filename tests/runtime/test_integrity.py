@@ -9,9 +9,7 @@ from __future__ import annotations
 import base64
 import csv
 import json
-import math
 import os
-import resource
 import shutil
 import signal
 import socket
@@ -593,3 +591,32 @@ def test_ort_cache_weights_edited_in_place_or_copied(tmp_path, caplog):
     assert "model.onnx.data changed since it was cached" in caplog.text
     assert s.quasar_ort_cache == "stored"
     np.testing.assert_array_equal(s.run(None, {"pixels": x})[0], want)
+
+
+def test_lock_unlink_race_retries(tmp_path, monkeypatch):
+    """The previous holder unlinks the lock file between our open() and flock(): the lock
+    taken on the orphan must not count (inode check), the next attempt locks the real one."""
+    import fcntl
+
+    from quasar.runtime.integrity import OutputLock
+
+    out = str(tmp_path / "s.csv")
+    real_flock = fcntl.flock
+    calls = []
+
+    def racing_flock(fd, op):
+        if not calls:  # first attempt: the file we opened disappears before we lock it
+            os.unlink(out + ".lock")
+        calls.append(os.fstat(fd).st_ino)
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", racing_flock)
+    lk = OutputLock(out).acquire()
+    monkeypatch.setattr(fcntl, "flock", real_flock)
+    assert len(calls) == 2  # retried once
+    assert os.stat(out + ".lock").st_ino == calls[-1]
+    assert open(out + ".lock").read().strip() == str(os.getpid())
+    with pytest.raises(Exception, match="being written by process"):
+        OutputLock(out).acquire()
+    lk.release()
+    assert not os.path.exists(out + ".lock")
