@@ -11,13 +11,16 @@ The key is the bundle's encoder checksum (``bundle.json`` ``files``), so re-expo
 different weights never share a cache. ``index.json`` is compared with the current list of
 paths: a different list (other subset, new files) discards the cache. Each chunk is written
 to a temp file and renamed, so an interrupted run leaves only whole chunks, which the next
-run reuses.
+run reuses. Each chunk records a digest of its relative paths *and* the (size, mtime_ns) of
+each file: an image replaced under the same name makes its chunk stale, and it is embedded
+again.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 import sys
@@ -35,7 +38,7 @@ from .datasets.base import DatasetSamples
 log = logging.getLogger(__name__)
 
 INDEX = "index.json"
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: chunks keyed by (size, mtime_ns) of their files too
 DEFAULT_CHUNK = 512
 
 
@@ -80,8 +83,18 @@ def _chunk_name(i: int) -> str:
     return f"chunk-{i:06d}.safetensors"
 
 
-def _paths_digest(paths: Sequence[str]) -> str:
-    return hashlib.sha256("\n".join(paths).encode()).hexdigest()
+def _paths_digest(paths: Sequence[str], files: Optional[Sequence[Path]] = None) -> str:
+    """Key of a chunk: its relative paths and, for each file, (size, mtime_ns), so that an
+    image replaced under the same name is embedded again."""
+    parts = list(paths)
+    if files is not None:
+        for i, f in enumerate(files):
+            try:
+                st = os.stat(f)
+                parts[i] += f"\0{st.st_size}\0{st.st_mtime_ns}"
+            except OSError:
+                parts[i] += "\0missing"
+    return hashlib.sha256("\n".join(parts).encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def _read_chunk(path: Path, digest: str, n: int, dim: int) -> Optional[np.ndarray]:
@@ -166,7 +179,7 @@ def dataset_embeddings(scorer, samples: DatasetSamples, *, cache: bool = True,
     bar = _progress(n, f"{samples.name}/{samples.subset} @{scorer.resolution}", progress)
     try:
         for i, (s, e) in enumerate(bounds):
-            digest = _paths_digest(rel[s:e])
+            digest = _paths_digest(rel[s:e], samples.paths[s:e])
             emb = _read_chunk(d / _chunk_name(i), digest, e - s, dim) if d is not None else None
             if emb is None:
                 emb = _embed_chunk(scorer, samples.paths[s:e])

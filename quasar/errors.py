@@ -103,6 +103,27 @@ class RayRunError(QuasarError, RuntimeError):
     status = "ray_error"
 
 
+class DiskFullError(OutputError, OSError):
+    """An output write failed for lack of space (ENOSPC / EDQUOT) or a file size limit
+    (EFBIG); what was written before is kept and ``--resume`` continues it."""
+
+    status = "disk_full"
+    exit_code = EXIT_ERROR
+
+
+class OutputLockedError(OutputError):
+    """Another process is writing the same output file."""
+
+    status = "output_locked"
+
+
+class RunIdentityError(OutputError):
+    """``--resume`` of an output made by another bundle, resolution, anchor set or
+    precision."""
+
+    status = "run_identity"
+
+
 class DeviceError(QuasarError, RuntimeError):
     """The requested execution device (e.g. CUDA) is not available."""
 
@@ -202,6 +223,12 @@ class SymlinkLoopError(ImageNotFoundError):
     """A symbolic link that points back to itself (directly or through others)."""
 
     status = "symlink_loop"
+
+
+class InputIsOutputError(InputFailure, ValueError):
+    """A file met in a folder, a glob or on stdin that is one of the run's own outputs."""
+
+    status = "output_file"
 
 
 class UnlistableDirError(ReadError):

@@ -9,8 +9,14 @@ and writes a directory of Parquet parts (runtime/ray.py).
 
 Exit codes (as every command, quasar/commands/base.py): 0 every input scored; 3 some inputs
 failed (each has a row with its status); 2 usage error (bad value, no inputs, unknown model,
-bad bundle, output that exists without --resume/--overwrite); 130 interrupted (rows written
-so far are kept: --resume); 1 unexpected error (e.g. the disk is full).
+bad bundle, output that exists without --resume/--overwrite, output locked by another run,
+output that is an input, --resume of another run identity); 130 interrupted (rows written
+so far are kept: --resume); 1 unexpected error (e.g. the disk is full: the message names the
+file, and the output stays resumable).
+
+Integrity (docs/score.md, "Nothing lost" and "Reliability"): an exclusive lock on each
+output file, the run identity next to every output, outputs checked against inputs
+(quasar.runtime.integrity).
 """
 from __future__ import annotations
 
@@ -90,7 +96,8 @@ def score(*inputs, bundle: Optional[str] = None, model: Optional[str] = None,
           fast_decode: bool = False, input_type: str = "auto", image_key: str = "jpg;png;webp",
           image_column: Optional[str] = None, id_column: Optional[str] = None,
           engine: str = "local", address: Optional[str] = None, gpus_per_worker: float = 0.0,
-          decode_cpus: float = 1.0, files_per_part: int = 1000) -> int:
+          decode_cpus: float = 1.0, files_per_part: int = 1000,
+          force_resume: bool = False) -> int:
     """Score images: files, directories (recursive), globs, @list.txt or - (paths on stdin).
 
     Writes one row per input (path, score_<anchor set>..., status, error) to --out
@@ -108,6 +115,9 @@ def score(*inputs, bundle: Optional[str] = None, model: Optional[str] = None,
         workers: decoding threads (default min(4, CPU count)).
         out: output file (.csv, .jsonl, .parquet); CSV on stdout when absent.
         resume: continue an existing --out: skip inputs with an ok row, retry the others.
+            Refused when the output was made by another bundle / model / resolution /
+            anchor sets / precision (its run identity, see docs/score.md).
+        force_resume: also resume an output that records no run identity (older quasar).
         overwrite: replace an existing --out (and --save-embeddings) instead of refusing.
         quiet: no progress bar, no summary (errors still shown).
         save_embeddings: also write embeddings of the ok rows (.npy or .safetensors) plus
@@ -139,7 +149,7 @@ def score(*inputs, bundle: Optional[str] = None, model: Optional[str] = None,
                   fast_decode=fast_decode, input_type=input_type, image_key=image_key,
                   image_column=image_column, id_column=id_column, engine=engine,
                   address=address, gpus_per_worker=gpus_per_worker, decode_cpus=decode_cpus,
-                  files_per_part=files_per_part)
+                  files_per_part=files_per_part, force_resume=force_resume)
 
 
 def load_scorer(**kw):
@@ -149,22 +159,10 @@ def load_scorer(**kw):
     return Scorer.from_bundle(kw.pop("bundle"), **kw)
 
 
-def _write_run_info(out: str, scorer, info) -> None:
-    """``<out>.run.json``: which encoder precision / backend produced the scores in ``out``."""
-    import json
-
-    rec = {"model": getattr(scorer.manifest, "model", ""),
-           "bundle": str(getattr(getattr(scorer, "bundle", None), "path", "")),
-           "resolution": str(scorer.resolution), **info}
-    path = f"{out}.run.json"
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(json.dumps(rec, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
 def _err(msg: str) -> None:
-    print(f"quasar score: error: {msg}", file=sys.stderr)
+    from .writers import safe_text
+
+    print(f"quasar score: error: {safe_text(msg)}", file=sys.stderr)
 
 
 def _score(inputs, **kw) -> int:
@@ -182,10 +180,46 @@ def _score(inputs, **kw) -> int:
         return EXIT_ERROR
     except QuasarError as exc:  # unknown model, bad bundle, device, unreadable output/list
         _err(str(exc))
-        return EXIT_USAGE
+        return int(getattr(exc, "exit_code", EXIT_USAGE))  # 1 for a full disk
     except OSError as exc:
         _err(f"{exc}")
         return EXIT_ERROR
+
+
+def _output_files(table, emb_writer) -> list:
+    """Every file this run may write (checked against its inputs before anything is)."""
+    from .integrity import LOCK_SUFFIX, run_sidecar
+
+    files = []
+    if table.path is not None:
+        files += [table.path, table.journal, table.path + LOCK_SUFFIX, run_sidecar(table.path)]
+    if emb_writer is not None:
+        files += [emb_writer.path, emb_writer.raw, emb_writer.paths_file,
+                  emb_writer.path + LOCK_SUFFIX, run_sidecar(emb_writer.path)]
+    return list(dict.fromkeys(files))
+
+
+def _stored_identity(table):
+    """The run identity an existing table records (sidecar; Parquet: file metadata)."""
+    from .integrity import read_run_sidecar
+
+    ident = read_run_sidecar(table.path)
+    if ident is None and table.format == "parquet" and os.path.exists(table.path) \
+            and not os.path.exists(table.journal):
+        ident = table.parquet_identity()
+    return ident
+
+
+def _close_quietly(*writers) -> None:
+    """Close after a failure; a second failure (the disk is still full) must not hide the
+    first."""
+    for w in writers:
+        if w is None:
+            continue
+        try:
+            w.close(complete=False)
+        except OSError as exc:
+            log.debug("closing %s after a failure: %s", getattr(w, "path", w), exc)
 
 
 def _run(inputs, *, bundle, model, anchors, resolution, device, batch_size, workers, out,
@@ -193,11 +227,12 @@ def _run(inputs, *, bundle, model, anchors, resolution, device, batch_size, work
          precision="fp32", backend=None, fast_decode=False,
          input_type="auto", image_key="jpg;png;webp", image_column=None, id_column=None,
          engine="local", address=None, gpus_per_worker=0.0, decode_cpus=1.0,
-         files_per_part=1000) -> int:
-    from .inputs import check_specs, iter_inputs
-    from .pipeline import PipelineConfig, default_workers, run_pipeline
-    from .sources import SourceOptions, item_id, iter_items
-    from .writers import STATUS_OK, EmbeddingsWriter, ScoreTable, output_format, require_pyarrow
+         files_per_part=1000, force_resume=False) -> int:
+    from .inputs import check_specs
+    from .integrity import OutputGuard, OutputLock, run_identity
+    from .pipeline import default_workers
+    from .sources import SourceOptions
+    from .writers import EmbeddingsWriter, ScoreTable, output_format, require_pyarrow
 
     logging.basicConfig(level=logging.ERROR if quiet else logging.WARNING,
                         format="quasar score: %(levelname)s: %(message)s", stream=sys.stderr)
@@ -225,8 +260,14 @@ def _run(inputs, *, bundle, model, anchors, resolution, device, batch_size, work
     engine = str(engine).lower()
     if engine not in ("local", "ray"):
         raise UsageError(f"--engine must be local or ray, got {engine!r}")
+    if force_resume and not resume:
+        raise UsageError("--force-resume goes with --resume")
     if engine == "ray":
         from .ray import run_ray
+
+        if precision != "fp32" or backend or fast_decode:
+            raise UsageError("--precision / --backend / --fast-decode are not supported with "
+                             "--engine ray yet (the Ray actors run the fp32 encoder)")
 
         return run_ray(specs, bundle=bundle, model=model, anchors=_as_list(anchors) or "text",
                        resolution=resolution, device=device, batch_size=batch_size,
@@ -251,6 +292,12 @@ def _run(inputs, *, bundle, model, anchors, resolution, device, batch_size, work
         if os.path.splitext(save_embeddings)[1].lower() not in (".npy", ".safetensors"):
             raise UsageError(f"--save-embeddings {save_embeddings}: use a .npy or .safetensors file")
 
+    # outputs that are (or would overwrite) an input: refused before anything is touched
+    pre_table = ScoreTable(out, [])
+    pre_emb = EmbeddingsWriter(save_embeddings, 1) if save_embeddings is not None else None
+    guard = OutputGuard(_output_files(pre_table, pre_emb))
+    guard.check_inputs(specs)
+
     scorer = load_scorer(bundle=None if bundle is None else str(bundle), model=model, device=device,
                          anchors=_as_list(anchors) or "text", resolution=resolution,
                          batch_size=batch_size, threads=threads, max_pixels=max_pixels,
@@ -264,25 +311,58 @@ def _run(inputs, *, bundle, model, anchors, resolution, device, batch_size, work
                   f", {info['backend']}, {info['device']}"
                   f"{', fast decode' if info['fast_decode'] else ''}): "
                   f"{info['precision_reason']}", file=sys.stderr)
+    identity = run_identity(scorer)
 
     table = ScoreTable(out, scorer.anchor_names)
+    table.metadata = identity
     emb_writer = None
     if save_embeddings is not None:
         meta = {"model": getattr(scorer.manifest, "model", ""),
                 "anchors": ",".join(scorer.anchor_names), "resolution": str(scorer.resolution)}
-        if info:  # what ran, recorded with the results
-            meta.update({k: str(v) for k, v in info.items()})
+        meta.update({f"quasar.{k}": (",".join(v) if isinstance(v, list) else str(v))
+                     for k, v in identity.items()})
         emb_writer = EmbeddingsWriter(save_embeddings, scorer.embed_dim, meta)
 
-    done = set()
+    locks = []
+    try:
+        for target in ([out] if out is not None else []) + \
+                ([save_embeddings] if save_embeddings is not None else []):
+            locks.append(OutputLock(target).acquire())
+        return _run_locked(specs, scorer, identity, table, emb_writer, guard, resume,
+                           overwrite, quiet, force_resume, batch_size, workers, group_factor, out,
+                           sources)
+    finally:
+        for lk in reversed(locks):
+            lk.release()
+
+
+def _run_locked(specs, scorer, identity, table, emb_writer, guard, resume, overwrite, quiet,
+                force_resume, batch_size, workers, group_factor, out, sources) -> int:
+    from quasar.errors import InputIsOutputError
+
+    from .engine import FailedInput
+    from .inputs import iter_inputs
+    from .integrity import (check_resume_identity, read_run_sidecar, run_sidecar,
+                            write_run_sidecar)
+    from .pipeline import PipelineConfig, run_pipeline
+    from .sources import item_id, iter_items
+    from .writers import STATUS_OK, safe_text
+
+    done: set = set()
     existing = [w for w in (table, emb_writer) if w is not None and w.exists()]
     if existing and not resume and not overwrite:
-        names = ", ".join(w.path for w in existing)
+        names = ", ".join(safe_text(w.path) for w in existing)
         raise UsageError(f"{names} already exists: add --resume to continue it, --overwrite to "
                          "replace it, or choose another file")
+    if resume:  # check every identity before anything is rewritten
+        for w in existing:
+            old = _stored_identity(w) if w is table else read_run_sidecar(w.path)
+            check_resume_identity(w.path, old, identity, force_resume)
     if overwrite:
         for w in existing:
             w.discard()
+            if os.path.exists(run_sidecar(w.path)):
+                os.remove(run_sidecar(w.path))
     if resume:
         ok, _ = table.scan_ok()
         keep = ok
@@ -292,6 +372,9 @@ def _run(inputs, *, bundle, model, anchors, resolution, device, batch_size, work
             emb_writer.compact(jpaths, keep)
         table.compact(keep)
         done = keep
+    for w in (table, emb_writer):  # the identity is on disk before the first row
+        if w is not None and w.path is not None:
+            write_run_sidecar(w.path, identity)
 
     fixed = True
     try:
@@ -310,6 +393,12 @@ def _run(inputs, *, bundle, model, anchors, resolution, device, batch_size, work
             if item_id(p) in done:
                 counts["skipped"] += 1
                 continue
+            if isinstance(p, str):
+                own = guard.is_output(p)
+                if own is not None:
+                    p = FailedInput(p, InputIsOutputError(
+                        f"{safe_text(p)}: this is an output of this run ({safe_text(own)}); "
+                        "not read - write the outputs outside the folders you score"))
             yield p
 
     bar = _make_bar(not quiet and sys.stderr.isatty())
@@ -323,7 +412,7 @@ def _run(inputs, *, bundle, model, anchors, resolution, device, batch_size, work
         for r in rows:
             if r.status != STATUS_OK and failures_shown[0] < MAX_FAILURES_SHOWN and not quiet:
                 failures_shown[0] += 1
-                msg = f"{r.status}: {r.error}"
+                msg = f"{r.status}: {safe_text(' '.join(r.error.split()))}"
                 (bar.write(msg, file=sys.stderr) if bar is not None else print(msg, file=sys.stderr))
 
     src = source()
@@ -331,7 +420,7 @@ def _run(inputs, *, bundle, model, anchors, resolution, device, batch_size, work
     if first is None and counts["seen"] == 0:
         if bar is not None:
             bar.close()
-        raise UsageError("no images found in " + " ".join(specs)
+        raise UsageError("no images found in " + " ".join(safe_text(s) for s in specs)
                          + " (image extensions: jpg, png, webp, bmp, tiff, gif, ...; dataset "
                            "files: .tar, .parquet)")
     table.open()
@@ -341,32 +430,33 @@ def _run(inputs, *, bundle, model, anchors, resolution, device, batch_size, work
     except KeyboardInterrupt:
         if bar is not None:
             bar.close()
-        table.close(complete=False)
-        if emb_writer is not None:
-            emb_writer.close(complete=False)
+        _close_quietly(table, emb_writer)
         where = table.journal or "stdout"
         _err(f"interrupted: {table.rows_written} rows written to {where}; run the same command "
              "with --resume to continue")
         return EXIT_INTERRUPTED
     except BaseException:
-        table.close(complete=False)
-        if emb_writer is not None:
-            emb_writer.close(complete=False)
+        if bar is not None:
+            bar.close()
+        _close_quietly(table, emb_writer)
         raise
     if bar is not None:
         bar.close()
     table.close(complete=True)
-    if out and info and (precision != "fp32" or backend or fast_decode):
-        _write_run_info(out, scorer, info)
     if emb_writer is not None:
         emb_writer.close(complete=True)
+    if table.format == "parquet" and table.path is not None:
+        try:  # the identity is in the Parquet file's metadata now
+            os.remove(run_sidecar(table.path))
+        except OSError:
+            pass
 
     if not quiet:
         failed = ", ".join(f"{k}: {v}" for k, v in sorted(stats.by_status.items()) if k != STATUS_OK)
-        dest = f" -> {out}" if out else ""
+        dest = f" -> {safe_text(out)}" if out else ""
         print(f"quasar score: {stats.scored} scored, {stats.failed} failed"
               + (f" ({failed})" if failed else "")
-              + (f", {counts['skipped']} skipped (already ok in {out})" if resume else "")
+              + (f", {counts['skipped']} skipped (already ok in {safe_text(out)})" if resume else "")
               + f"; {stats.total} images in {stats.seconds:.1f} s ({stats.images_per_s:.1f} images/s)"
               + dest, file=sys.stderr)
     return EXIT_SOME_FAILED if stats.failed else EXIT_OK

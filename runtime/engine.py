@@ -50,7 +50,19 @@ def default_workers() -> int:
 
 def describe(item: Any) -> str:
     """A short name of an input for messages (its path, or its type and size)."""
+    if isinstance(item, FailedInput):
+        return item.id
     return describe_source(getattr(item, "source", item))
+
+
+@dataclass(frozen=True, eq=False)
+class FailedInput:
+    """An input that failed before it could be read (an unlistable folder, a file that is an
+    output of this run...): the engine returns ``error`` as its result, the row's ``path``
+    is ``id``."""
+
+    id: str
+    error: Exception
 
 
 @dataclass(frozen=True)
@@ -127,6 +139,8 @@ class Engine:
     # ---------------------------------------------------------------- one input / one batch
     def decode(self, item: Any) -> Decoded:
         """Decode + preprocess one input; never raises (a failure is returned)."""
+        if isinstance(item, FailedInput):
+            return None, item.error
         try:
             if isinstance(item, (str, os.PathLike)):
                 check_path(item)  # missing, link, FIFO, permission: a specific row status

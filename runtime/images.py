@@ -170,6 +170,39 @@ def draft_request(width: int, height: int, size: int) -> Tuple[int, int]:
     return (max(1, -(-width * size // short)), max(1, -(-height * size // short)))
 
 
+#: ISO-BMFF ``ftyp`` brands of image formats Pillow decodes only with a plugin.
+_PLUGIN_BRANDS = {
+    **{b: ("HEIF/HEIC", "pillow-heif") for b in
+       (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1", b"heif")},
+    **{b: ("AVIF", "pillow-avif-plugin (or Pillow >= 11.2 built with libavif)")
+       for b in (b"avif", b"avis")},
+}
+
+
+def _isobmff_format(fp: Any) -> Optional[Tuple[str, str]]:
+    """(format, what to install) when ``fp`` starts like a HEIF or AVIF file, else None."""
+    try:
+        if isinstance(fp, io.BytesIO):
+            head = fp.getvalue()[:64]
+        else:
+            with open(fp, "rb") as f:
+                head = f.read(64)
+    except OSError:
+        return None
+    if len(head) < 16 or head[4:8] != b"ftyp":
+        return None
+    brands = [head[8:12]] + [head[i:i + 4] for i in range(16, min(len(head), 64) - 3, 4)]
+    if head[8:12] in _PLUGIN_BRANDS:
+        return _PLUGIN_BRANDS[head[8:12]]
+    for b in brands:  # major brand first, then the compatible brands
+        if b in (b"avif", b"avis"):
+            return _PLUGIN_BRANDS[b]
+    for b in brands:
+        if b in _PLUGIN_BRANDS:
+            return _PLUGIN_BRANDS[b]
+    return None
+
+
 def open_image(src: ImageInput, *, apply_exif: bool = False,
                max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
                draft: Optional[int] = None) -> Image.Image:
@@ -217,6 +250,14 @@ def open_image(src: ImageInput, *, apply_exif: bool = False,
                 "(CLI: --max_pixels)."
             ) from exc
         except UnidentifiedImageError as exc:
+            fmt = _isobmff_format(fp)
+            if fmt is not None:
+                raise NotAnImageError(
+                    f"{name}: {'an' if fmt[0][0] in 'AEIOU' else 'a'} {fmt[0]} image, which "
+                    "this Pillow cannot decode without a "
+                    f"plugin; install it (pip install {fmt[1]}) or convert the file to "
+                    "JPEG/PNG"
+                ) from exc
             raise NotAnImageError(
                 f"{name}: not an image (Pillow recognises no image format in it); check that "
                 "the file is really an image and not text, HTML or a partial download"
@@ -309,6 +350,24 @@ def to_normalized_chw(rgb: np.ndarray, lut: np.ndarray) -> np.ndarray:
     return out
 
 
+def check_resized(name: str, width: int, height: int, cfg: PreprocessCfg,
+                  max_pixels: Optional[int]) -> None:
+    """Refuse (``too_large``) an image whose *resized* size would exceed ``max_pixels``,
+    before anything is allocated: the shortest-side resize of a 1x50000 image to 224 would
+    allocate 224x11,200,000 pixels (10 GB) although the file itself is tiny."""
+    if max_pixels is None or cfg.resize_mode != "shortest" or min(width, height) <= 0:
+        return
+    new_w, new_h = resized_size(width, height, int(cfg.size))
+    if new_w * new_h > max_pixels:
+        ratio = max(width, height) / min(width, height)
+        raise ImageTooLargeError(
+            f"{name}: {width}x{height} (aspect ratio {ratio:,.0f}:1) would be resized to "
+            f"{new_w}x{new_h} = {new_w * new_h:,} pixels, over the limit of {max_pixels:,} "
+            "pixels; such an extreme aspect ratio is not a photo. If you trust this file, "
+            "raise the limit: max_pixels=... (CLI: --max-pixels)."
+        )
+
+
 def preprocess_pil(img: Image.Image, cfg: PreprocessCfg, lut: Optional[np.ndarray] = None
                    ) -> np.ndarray:
     """Resize, crop (in the image's own mode), convert to RGB, normalise -> [3, H, W] float32."""
@@ -355,6 +414,7 @@ class ImageLoader:
     def __call__(self, src: ImageInput) -> np.ndarray:
         img = self.open(src)
         try:
+            check_resized(describe_source(src), img.width, img.height, self.cfg, self.limit)
             return preprocess_pil(img, self.cfg, self._lut)  # type: ignore[attr-defined]
         except ImageDecodeError:
             raise

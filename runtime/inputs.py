@@ -6,7 +6,9 @@ An input spec is one of:
   that it gets a ``not_found`` row instead of silently vanishing);
 * a directory: walked recursively in sorted order, files with an image extension only
   (case-insensitive), hidden files and hidden directories (name starting with ``.``)
-  skipped, symlinked directories not followed (no loops);
+  skipped; symlinked directories followed (a loop becomes a ``symlink_loop`` row); a folder
+  that cannot be listed, and FIFOs, sockets, devices and broken links of any name, become
+  rows with their reason (:func:`walk_images`);
 * a glob (``*``, ``?``, ``[``; ``**`` recursive): matching image files in sorted order,
   matching directories walked as above;
 * ``@list.txt``: a text file with one path per line (blank lines and lines starting with
@@ -27,10 +29,14 @@ import glob
 import logging
 import os
 import sys
-from typing import Callable, Iterable, Iterator, Optional, Sequence, TextIO
+from stat import S_ISDIR, S_ISREG
+from typing import Callable, Iterable, Iterator, Optional, Sequence, TextIO, Union
 
 from quasar.constants import IMAGE_EXTENSIONS  # noqa: F401 (re-exported)
-from quasar.errors import InputError  # noqa: F401 (re-exported)
+from quasar.errors import InputError, SymlinkLoopError, UnlistableDirError  # noqa: F401
+
+from .engine import FailedInput
+from .writers import safe_text
 
 log = logging.getLogger(__name__)
 
@@ -53,31 +59,68 @@ def _hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def walk_images(root: str, on_error: Optional[Callable[[str, OSError], None]] = None) -> Iterator[str]:
-    """Image files under ``root``, depth first, entries sorted by name at every level."""
+def walk_images(root: str, on_error: Optional[Callable[[str, OSError], None]] = None,
+                _ancestors: Optional[frozenset] = None) -> Iterator[Union[str, FailedInput]]:
+    """Image files under ``root``, depth first, entries sorted by name at every level.
+
+    Nothing that cannot be read is skipped silently: a folder that cannot be listed gives a
+    :class:`FailedInput` (``unlistable_dir``); a symbolic link to a folder is followed, and
+    one that leads back into its own ancestry gives a ``symlink_loop`` item; FIFOs, sockets,
+    devices, dangling links and link loops (any name: they cannot be judged by their
+    extension) are yielded as paths, so that the engine's ``check_path`` gives them their
+    row (``not_a_file``, ``broken_link``, ``symlink_loop``). ``on_error`` (called with the
+    folder and the OSError) replaces the ``unlistable_dir`` item when given.
+    """
+    if _ancestors is None:
+        try:
+            st = os.stat(root)
+            _ancestors = frozenset([(st.st_dev, st.st_ino)])
+        except OSError:
+            _ancestors = frozenset()
     try:
         with os.scandir(root) as it:
             entries = sorted(it, key=lambda e: e.name)
     except OSError as exc:
-        (on_error or _warn_walk)(root, exc)
+        if on_error is not None:
+            on_error(root, exc)
+            return
+        yield FailedInput(root, UnlistableDirError(
+            f"{safe_text(root)}: cannot list this folder ({exc.strerror or exc}); its images "
+            "were not scored - check its permissions"))
         return
     for entry in entries:
         if _hidden(entry.name):
             continue
         path = os.path.join(root, entry.name)
         try:
-            is_dir = entry.is_dir(follow_symlinks=False)
-            is_file = not is_dir and entry.is_file(follow_symlinks=True)
+            if entry.is_symlink():
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    yield path  # dangling link or link loop: check_path says which
+                    continue
+                if S_ISDIR(st.st_mode):
+                    ident = (st.st_dev, st.st_ino)
+                    if ident in _ancestors:
+                        yield FailedInput(path, SymlinkLoopError(
+                            f"{safe_text(path)}: a symbolic link to a folder that contains it "
+                            f"({safe_text(os.readlink(path))}); not followed - fix or remove "
+                            "the link"))
+                    else:
+                        yield from walk_images(path, on_error, _ancestors | {ident})
+                elif not S_ISREG(st.st_mode) or _is_input_name(entry.name):
+                    yield path
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                st = entry.stat(follow_symlinks=False)
+                yield from walk_images(path, on_error, _ancestors | {(st.st_dev, st.st_ino)})
+            elif entry.is_file(follow_symlinks=False):
+                if _is_input_name(entry.name):
+                    yield path
+            else:
+                yield path  # FIFO, socket, device: a not_a_file row, never opened
         except OSError:
-            is_dir, is_file = False, True  # let decoding report the problem
-        if is_dir:
-            yield from walk_images(path, on_error)
-        elif is_file and _is_input_name(entry.name):
-            yield path
-
-
-def _warn_walk(path: str, exc: OSError) -> None:
-    log.warning("cannot list directory %s: %s (skipped)", path, exc)
+            yield path  # let check_path report the problem
 
 
 def read_path_lines(stream: Iterable[str]) -> Iterator[str]:

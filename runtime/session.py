@@ -9,7 +9,12 @@ and the CPU otherwise.
 protobuf and optimising the graph. The first session for an encoder (identified by the
 bundle's sha256, never re-hashed) saves ONNX Runtime's optimised graph under
 ``$QUASAR_HOME/ort-cache/`` with its weights as an external-data file; later sessions load
-that with graph optimisation off, and ONNX Runtime memory-maps the weights. The key also holds
+that with graph optimisation off, and ONNX Runtime memory-maps the weights. The entry's
+``key.json`` records the sha256 of the cached graph and weights with their stat fingerprint
+(device, inode, size, mtime, ctime); on every load the graph is re-hashed and the weights
+are re-hashed whenever their fingerprint changed (any write or replacement changes ctime).
+An entry that does not match (edited, replaced, truncated) is removed and rebuilt from the
+bundle with a warning, so the cache can never change a score. The key also holds
 the onnxruntime version, the optimisation level, the providers and the CPU identity (the
 ``ORT_ENABLE_ALL`` layout transforms are hardware-specific). The cache never makes scoring fail:
 any problem with it falls back to the normal path. ``QUASAR_ORT_CACHE=0`` or
@@ -167,11 +172,87 @@ def _rmtree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _load_cached(ort: Any, entry: Path, cfg: SessionConfig, providers: List[Any]) -> Any:
-    """The cached optimised graph as a session, or None (missing / unusable: then removed)."""
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(1 << 22)
+            if not chunk:
+                break
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fingerprint(path: Path) -> List[int]:
+    """(device, inode, size, mtime_ns, ctime_ns): any write to the file, or a file put in
+    its place, changes it (a user cannot set ``ctime`` back)."""
+    st = os.stat(path)
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _cached_files(entry: Path) -> dict:
+    """sha256 of the cached graph and its weights file (those that exist)."""
+    return {name: _file_sha256(entry / name) for name in (_CACHED_MODEL, _CACHED_DATA)
+            if (entry / name).is_file()}
+
+
+def _cached_fingerprints(entry: Path) -> dict:
+    return {name: _fingerprint(entry / name) for name in (_CACHED_MODEL, _CACHED_DATA)
+            if (entry / name).is_file()}
+
+
+def _verify_cached(entry: Path, key: dict) -> Optional[str]:
+    """None when the entry's files match the sha256 recorded in its key.json, else why not.
+
+    The graph (~0.2 MB) is re-hashed on every load. The weights (hundreds of MB: hashing
+    them would cost more than the cache saves) are re-hashed only when their stat
+    fingerprint differs from the one recorded with the hash (then the fingerprint is
+    updated when the content still matches, e.g. after a copy of ``$QUASAR_HOME``)."""
+    try:
+        stored = json.loads((entry / "key.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return f"no readable key.json ({exc})"
+    if not isinstance(stored, dict):
+        return "key.json is not an object"
+    expected = stored.get("files")
+    prints = stored.get("fingerprints") or {}
+    if not isinstance(expected, dict) or _CACHED_MODEL not in expected:
+        return "key.json records no file checksums (written by an older quasar)"
+    if {k: v for k, v in stored.items() if k not in ("files", "fingerprints")} != key:
+        return "key.json describes another encoder or machine"
+    present = {n for n in (_CACHED_MODEL, _CACHED_DATA) if (entry / n).is_file()}
+    if present != set(expected):
+        return f"{', '.join(sorted(present ^ set(expected)))} missing or added since it was cached"
+    rehashed = False
+    for name in sorted(present):
+        if name == _CACHED_MODEL or _fingerprint(entry / name) != prints.get(name):
+            if _file_sha256(entry / name) != expected[name]:
+                return f"{name} changed since it was cached"
+            rehashed = rehashed or name != _CACHED_MODEL
+    if rehashed:  # same content, new inode / times (a copied cache): remember the new stat
+        try:
+            atomic_write_text(entry / "key.json", json.dumps(
+                dict(stored, fingerprints=_cached_fingerprints(entry)), indent=1,
+                sort_keys=True) + "\n")
+        except OSError:
+            pass
+    return None
+
+
+def _load_cached(ort: Any, entry: Path, cfg: SessionConfig, providers: List[Any],
+                 key: Optional[dict] = None) -> Any:
+    """The cached optimised graph as a session, or None (missing / unusable / not matching
+    its recorded sha256: then removed, to be rebuilt)."""
     cached = entry / _CACHED_MODEL
     if not cached.is_file():
         return None
+    if key is not None:
+        why = _verify_cached(entry, key)
+        if why is not None:
+            log.warning("ignoring the ONNX Runtime cache %s: %s; rebuilding it from the bundle",
+                        entry, why)
+            _rmtree(entry)
+            return None
     so = session_options(cfg)
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # already optimised
     try:
@@ -202,7 +283,6 @@ def _store_cached(ort: Any, model: str, entry: Path, key: dict, cfg: SessionConf
             except OSError:
                 pass
         tmp.mkdir()
-        atomic_write_text(tmp / "key.json", json.dumps(key, indent=1, sort_keys=True) + "\n")
     except OSError as exc:
         log.debug("ONNX Runtime cache disabled: cannot write %s (%s)", entry.parent, exc)
         _rmtree(tmp)
@@ -224,7 +304,13 @@ def _store_cached(ort: Any, model: str, entry: Path, key: dict, cfg: SessionConf
     try:
         if not (tmp / _CACHED_MODEL).is_file():
             raise OSError("ONNX Runtime wrote no optimised model")
-        os.rename(tmp, entry)  # atomic; fails when another process stored it first
+        # bind the cached files to the bundle: their sha256, checked on every load
+        atomic_write_text(tmp / "key.json", json.dumps(
+            dict(key, files=_cached_files(tmp), fingerprints=_cached_fingerprints(tmp)),
+            indent=1, sort_keys=True) + "\n")
+        # atomic; fails when another process stored it first. A rename keeps the files'
+        # inodes and times, so the fingerprints stay valid.
+        os.rename(tmp, entry)
         fsync_dir(entry.parent)
         sess.quasar_ort_cache = "stored"
         log.debug("saved the optimised graph of %s to %s", model, entry)
@@ -240,7 +326,7 @@ def _cpu_session(ort: Any, model: str, cfg: SessionConfig, model_sha256: Optiona
     if model_sha256 and not external_data and ort_cache_enabled(cfg):
         try:
             entry, key = _cache_entry(ort, model, model_sha256, providers)
-            sess = _load_cached(ort, entry, cfg, providers)
+            sess = _load_cached(ort, entry, cfg, providers, key)
             if sess is None:
                 sess = _store_cached(ort, model, entry, key, cfg, providers)
             if sess is not None:

@@ -251,9 +251,10 @@ def parse_image_keys(keys: Union[str, Sequence[str]]) -> Tuple[str, ...]:
 
 
 def iter_items(paths: Iterator[str], opts: SourceOptions) -> Iterator[Union[str, Sample]]:
-    """Loose image paths as they are, dataset files expanded into their samples."""
+    """Loose image paths as they are, dataset files expanded into their samples (inputs that
+    already failed, e.g. an unlistable folder, pass through)."""
     for p in paths:
-        if opts.kind(p) == "image":
+        if not isinstance(p, str) or opts.kind(p) == "image":
             yield p
         else:
             yield from opts.samples(p)

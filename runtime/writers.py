@@ -17,6 +17,8 @@ again; the remaining ``ok`` paths are returned so that the run skips them.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import csv
 import json
 import math
@@ -29,9 +31,11 @@ import numpy as np
 
 from quasar.bundle.atomic import atomic_output, atomic_write
 from quasar.constants import STATUS_OK
-from quasar.errors import OutputError
+from quasar.errors import DiskFullError, OutputError
 
 TABLE_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
+PARQUET_RUN_KEY = b"quasar.run"
+RUN_SUFFIX = ".run.json"  # the run identity sidecar (quasar.runtime.integrity)
 PARQUET_HINT = 'Parquet output needs pyarrow: pip install "quasar[parquet]" (or pip install pyarrow), or write .csv / .jsonl'
 
 
@@ -73,8 +77,94 @@ def require_pyarrow():
     return pyarrow
 
 
+# --------------------------------------------------------------------------- text safety
+#: Prefix of a path written as base64 of its bytes (see :func:`encode_path`).
+PATH_MARKER = "b64:"
+#: CSV cells starting with one of these get a leading ``'`` (spreadsheet formula injection,
+#: OWASP "CSV injection"); :func:`read_table` and ``--resume`` remove it again.
+CSV_FORMULA_CHARS = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def _unsafe_char(ch: str) -> bool:
+    """Control characters (C0, DEL, C1), lone surrogates (undecodable bytes), line/paragraph
+    separators."""
+    o = ord(ch)
+    return o < 32 or 0x7F <= o <= 0x9F or 0xD800 <= o <= 0xDFFF or o in (0x2028, 0x2029)
+
+
+def encode_path(path: str) -> str:
+    """A path as written in every table (CSV, JSONL, Parquet) and ``.paths.txt``.
+
+    Paths that are valid UTF-8 without control characters are written as they are; any
+    other path (bytes that are not UTF-8, seen by Python as surrogate escapes; control
+    characters such as ``\r`` ``\n`` ``\t`` ESC; or a path starting with the marker itself)
+    is written as ``b64:`` + base64 of its bytes (``os.fsencode``). :func:`decode_path`
+    reverses it exactly."""
+    if path.startswith(PATH_MARKER) or any(_unsafe_char(c) for c in path):
+        return PATH_MARKER + base64.b64encode(os.fsencode(path)).decode("ascii")
+    return path
+
+
+def decode_path(cell: str) -> str:
+    """The path of a table cell written by :func:`encode_path` (a ``str`` as ``os.fsdecode``
+    gives it, so ``open()`` works on it)."""
+    if cell.startswith(PATH_MARKER):
+        try:
+            return os.fsdecode(base64.b64decode(cell[len(PATH_MARKER):], validate=True))
+        except (binascii.Error, ValueError):
+            return cell  # not ours: a literal path that happens to start with the marker
+    return cell
+
+
+def safe_text(msg: str) -> str:
+    """``msg`` on one line with control characters and undecodable bytes escaped
+    (``\x1b``, ``\r``, ``\udcff`` -> ``\xff``): safe to print to a terminal or to write
+    in a table's ``error`` column."""
+    s = str(msg)
+    if not any(_unsafe_char(c) for c in s):
+        return s
+    out = []
+    for c in s:
+        o = ord(c)
+        if c in "\n\r\t":
+            out.append({"\n": "\\n", "\r": "\\r", "\t": "\\t"}[c])
+        elif 0xDC80 <= o <= 0xDCFF:
+            out.append(f"\\x{o - 0xDC00:02x}")
+        elif _unsafe_char(c):
+            out.append(f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}")
+        else:
+            out.append(c)
+    return "".join(out)
+
+
 def _one_line(msg: str) -> str:
-    return " ".join(str(msg).split())
+    """One line (whitespace runs -> one space), other control characters escaped."""
+    return safe_text(" ".join(str(msg).split()))
+
+
+def csv_cell(text: str) -> str:
+    """A text cell for CSV: a leading ``'`` when it starts like a formula."""
+    return "'" + text if text.startswith(CSV_FORMULA_CHARS) else text
+
+
+def csv_uncell(text: str) -> str:
+    return text[1:] if text.startswith("'") else text
+
+
+def disk_full(path: str, exc: OSError, rows: int) -> Exception:
+    """A write that failed for lack of space (ENOSPC, EDQUOT, EFBIG) as a message naming the
+    file; other OSErrors get the file's name too."""
+    import errno
+
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        why = ("disk full (file size limit reached)" if exc.errno == errno.EFBIG
+               else "disk full")
+        err: Exception = DiskFullError(
+            f"{path}: {why} ({exc.strerror}) while writing; the {rows} rows written before "
+            "are kept - free some space and run the same command with --resume")
+    else:
+        err = OSError(exc.errno, f"{path}: cannot write ({exc.strerror or exc})")
+    return err
 
 
 def _finite(v) -> Optional[float]:
@@ -84,16 +174,16 @@ def _finite(v) -> Optional[float]:
 
 # --------------------------------------------------------------------------- encoding rows
 def _csv_cells(row: Row, anchors: Sequence[str]) -> List[str]:
-    cells = [row.path]
+    cells = [csv_cell(encode_path(row.path))]
     for a in anchors:
         v = _finite(row.scores.get(a, float("nan")))
         cells.append("" if v is None else repr(v))
-    cells += [row.status, _one_line(row.error)]
+    cells += [csv_cell(row.status), csv_cell(_one_line(row.error))]
     return cells
 
 
 def _json_line(row: Row, anchors: Sequence[str]) -> str:
-    d = {"path": row.path}
+    d = {"path": encode_path(row.path)}
     for a in anchors:
         d[score_column(a)] = _finite(row.scores.get(a, float("nan")))
     d["status"] = row.status
@@ -151,7 +241,7 @@ def _iter_csv(path: str, columns: Sequence[str], scan: _Scan) -> Iterator[Tuple[
                 first = False
                 scan.header = rec
             else:
-                yield rec[0], rec[-2], start, pos[0]
+                yield decode_path(csv_uncell(rec[0])), csv_uncell(rec[-2]), start, pos[0]
             start = pos[0]
             scan.valid_end = pos[0]
 
@@ -178,7 +268,8 @@ def _iter_jsonl(path: str, columns: Sequence[str], scan: _Scan) -> Iterator[Tupl
                         "--anchors selection?); resume with the same options or use another --out"
                     )
                 scan.header = list(d)
-            yield d.get("path"), d.get("status"), start, end
+            p = d.get("path")
+            yield (decode_path(p) if isinstance(p, str) else p), d.get("status"), start, end
             start = end
             scan.valid_end = end
 
@@ -198,6 +289,8 @@ class ScoreTable:
         self._f: Optional[IO[str]] = None
         self._csv = None
         self.rows_written = 0
+        #: run identity written into a Parquet file's metadata (key ``quasar.run``)
+        self.metadata: Optional[Dict[str, object]] = None
 
     # the file rows are appended to: the output itself, or the Parquet journal
     @property
@@ -232,12 +325,33 @@ class ScoreTable:
                 f"{self.path} has columns {names}, this run writes {self.columns} (another "
                 "--anchors selection?); resume with the same options or use another --out"
             )
+        ident = self.parquet_identity()
+        if ident is not None:  # the journal's identity sidecar, as during the run
+            with atomic_write(self.path + RUN_SUFFIX, "w", encoding="utf-8") as f:
+                f.write(json.dumps(ident, indent=1, sort_keys=True) + "\n")
         with atomic_write(self.journal, "w", encoding="utf-8") as out:
             for batch in pf.iter_batches(batch_size=65536):
                 for d in batch.to_pylist():
                     scores = {a: (float("nan") if d[score_column(a)] is None else d[score_column(a)])
                               for a in self.anchors}
-                    out.write(_json_line(Row(d["path"], scores, d["status"], d["error"] or ""), self.anchors))
+                    out.write(_json_line(Row(decode_path(d["path"]), scores, d["status"],
+                                             d["error"] or ""), self.anchors))
+
+    def parquet_identity(self) -> Optional[Dict[str, object]]:
+        """The run identity in the metadata of a finished Parquet output (None if absent)."""
+        pq = require_pyarrow().parquet
+        try:
+            meta = pq.read_schema(self.path).metadata or {}
+        except Exception as exc:  # noqa: BLE001
+            raise OutputError(f"{self.path}: not a readable Parquet file ({exc}); use another --out") from exc
+        raw = meta.get(PARQUET_RUN_KEY)
+        if raw is None:
+            return None
+        try:
+            d = json.loads(raw)
+        except ValueError as exc:
+            raise OutputError(f"{self.path}: unreadable run identity in its metadata") from exc
+        return d if isinstance(d, dict) else None
 
     def scan_ok(self) -> Tuple[Set[str], int]:
         """Paths with an ``ok`` row in the existing output, and the number of other rows.
@@ -324,11 +438,16 @@ class ScoreTable:
         """Append rows and flush them to the OS (a killed process keeps them)."""
         if self._f is None:
             self.open()
-        if self._csv is not None:
-            self._csv.writerows(_csv_cells(r, self.anchors) for r in rows)
-        else:
-            self._f.write("".join(_json_line(r, self.anchors) for r in rows))
-        self._f.flush()
+        try:
+            if self._csv is not None:
+                self._csv.writerows(_csv_cells(r, self.anchors) for r in rows)
+            else:
+                self._f.write("".join(_json_line(r, self.anchors) for r in rows))
+            self._f.flush()
+        except OSError as exc:
+            if self.path is None:
+                raise
+            raise disk_full(self.journal, exc, self.rows_written) from exc
         self.rows_written += len(rows)
 
     def close(self, complete: bool = True) -> None:
@@ -350,6 +469,9 @@ class ScoreTable:
         schema = pa.schema([("path", pa.string())]
                            + [(score_column(a), pa.float64()) for a in self.anchors]
                            + [("status", pa.string()), ("error", pa.string())])
+        if self.metadata:
+            schema = schema.with_metadata({PARQUET_RUN_KEY: json.dumps(self.metadata,
+                                                                       sort_keys=True)})
         with atomic_output(self.path) as tmp:
             with pq.ParquetWriter(str(tmp), schema) as w:
                 buf: List[dict] = []
@@ -452,7 +574,7 @@ class EmbeddingsWriter:
                 for raw in f:
                     if not raw.endswith(b"\n") or len(paths) >= n_raw:
                         break
-                    paths.append(raw[:-1].decode("utf-8", "surrogateescape"))
+                    paths.append(decode_path(raw[:-1].decode("utf-8", "surrogateescape")))
                     end += len(raw)
         n = len(paths)
         os.truncate(self.raw, n * self._row_bytes())
@@ -476,7 +598,7 @@ class EmbeddingsWriter:
             for i in sel:
                 fin.seek(i * rb)
                 fout.write(fin.read(rb))
-                pout.write(paths[i].encode("utf-8", "surrogateescape") + b"\n")
+                pout.write(encode_path(paths[i]).encode("utf-8") + b"\n")
 
     def write(self, paths: Sequence[str], emb: np.ndarray) -> None:
         if self._raw_f is None:
@@ -484,10 +606,16 @@ class EmbeddingsWriter:
             self._raw_f = open(self.raw, "ab")
             self._paths_f = open(self.paths_file, "a", encoding="utf-8", errors="surrogateescape", newline="\n")
         emb = np.ascontiguousarray(emb, dtype="<f4").reshape(len(paths), self.dim)
-        self._raw_f.write(emb.tobytes())
-        self._raw_f.flush()
-        self._paths_f.write("".join(p + "\n" for p in paths))
-        self._paths_f.flush()
+        try:
+            self._raw_f.write(emb.tobytes())
+            self._raw_f.flush()
+        except OSError as exc:
+            raise disk_full(self.raw, exc, self.rows) from exc
+        try:
+            self._paths_f.write("".join(encode_path(p) + "\n" for p in paths))
+            self._paths_f.flush()
+        except OSError as exc:
+            raise disk_full(self.paths_file, exc, self.rows) from exc
         self.rows += len(paths)
 
     def close(self, complete: bool = True) -> None:
@@ -529,17 +657,25 @@ class EmbeddingsWriter:
 
 
 def read_table(path: str) -> List[dict]:
-    """Rows of a finished score table as dicts (``None`` for missing scores). For tools
-    and tests; reads everything into memory."""
+    """Rows of a finished score table as dicts (``None`` for missing scores), paths decoded
+    (:func:`decode_path`) and the CSV formula guard removed, so every value is what the run
+    saw. For tools and tests; reads everything into memory."""
     fmt = output_format(path)
     if fmt == "parquet":
-        return require_pyarrow().parquet.read_table(path).to_pylist()
-    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
-        if fmt == "jsonl":
-            return [json.loads(line) for line in f if line.strip()]
-        rows = list(csv.DictReader(f))
+        rows = require_pyarrow().parquet.read_table(path).to_pylist()
+    else:
+        with open(path, encoding="utf-8", newline="") as f:
+            if fmt == "jsonl":
+                rows = [json.loads(line) for line in f if line.strip()]
+            else:
+                rows = list(csv.DictReader(f))
+                for r in rows:
+                    for k, v in r.items():
+                        if k.startswith("score_"):
+                            r[k] = float(v) if v != "" else None
+                        elif isinstance(v, str):
+                            r[k] = csv_uncell(v)
     for r in rows:
-        for k, v in r.items():
-            if k.startswith("score_"):
-                r[k] = float(v) if v != "" else None
+        if isinstance(r.get("path"), str):
+            r["path"] = decode_path(r["path"])
     return rows

@@ -23,7 +23,10 @@ COMMAND = Command(
         O.BATCH_SIZE,
         O.WORKERS,
         O.OUT.but(help="output .csv / .jsonl / .parquet", default_text="CSV on stdout"),
-        opt("resume", "continue --out: skip inputs with an ok row, retry the others"),
+        opt("resume", "continue --out: skip inputs with an ok row, retry the others (refused "
+            "when --out was made by another bundle, resolution, anchors or precision)"),
+        opt("force_resume", "with --resume: also continue an output that records no run "
+            "identity (written by an older quasar)"),
         O.OVERWRITE.but(help="replace an existing --out / --save-embeddings"),
         O.QUIET,
         opt("save_embeddings", "also write the embeddings of the ok rows (.npy or "
