@@ -168,6 +168,17 @@ def make_images(out: Path, n: int, size=(1024, 768), varied: bool = False,
     return files
 
 
+def _workdir(workdir: Optional[str]):
+    """(folder, TemporaryDirectory or None): ``workdir`` (kept), else a temporary folder."""
+    tmp = None
+    if workdir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="quasar-bench-")
+        workdir = tmp.name
+    wd = Path(workdir)
+    wd.mkdir(parents=True, exist_ok=True)
+    return wd, tmp
+
+
 def _prepare(model_id: str, workdir: Path) -> Dict[str, str]:
     """Random-init bundle + torch checkpoint of ``model_id`` (made by the export side in a
     subprocess: evaluate never imports export)."""
@@ -371,12 +382,7 @@ def bench(rn50_bundle: Optional[str] = None, vit_bundle: Optional[str] = None,
     if unknown:
         raise ValueError(f"unknown cases {unknown}; choose from {list(CASES)}")
     path_list = [p.strip() for p in str(paths).split(",") if p.strip()]
-    tmp = None
-    if workdir is None:
-        tmp = tempfile.TemporaryDirectory(prefix="quasar-bench-")
-        workdir = tmp.name
-    wd = Path(workdir)
-    wd.mkdir(parents=True, exist_ok=True)
+    wd, tmp = _workdir(workdir)
     files = make_images(wd / "images", int(n_images))
     from quasar.models.catalog import get_model_spec
 
@@ -495,12 +501,7 @@ def bench_variants(cases: str = VARIANT_CASES, variants: str = DEFAULT_VARIANTS,
     names = [v.strip() for v in str(variants).split(",") if v.strip()]
     gate = Gate(DEFAULT_MIN_SRCC if min_srcc is None else float(min_srcc),
                 DEFAULT_MAX_P99_DSCORE if max_p99_dscore is None else float(max_p99_dscore))
-    tmp = None
-    if workdir is None:
-        tmp = tempfile.TemporaryDirectory(prefix="quasar-bench-")
-        workdir = tmp.name
-    wd = Path(workdir)
-    wd.mkdir(parents=True, exist_ok=True)
+    wd, tmp = _workdir(workdir)
     files = make_images(wd / "photos", int(n_images), varied=True, seed=0)
     cal = make_images(wd / "calibration", int(calibration_images), varied=True, seed=1)
     from quasar.models.catalog import get_model_spec

@@ -2,14 +2,13 @@
 (aggregation/fr.py, aggregation/nr.py, main.py's folds) with the same global seeding."""
 from __future__ import annotations
 
-import json
 import os
 import random
 
 import numpy as np
 import pytest
 
-from quasar.errors import BundleError, DatasetError
+from quasar.errors import DatasetError
 from quasar.evaluate.metrics import kfold_indices
 from quasar.evaluate import anchors as A
 

@@ -1,7 +1,6 @@
 """Dataset readers against tiny datasets written in each release's native format."""
 from __future__ import annotations
 
-import importlib.util
 import math
 import shutil
 import subprocess
@@ -21,18 +20,7 @@ from quasar.evaluate.datasets import (
 )
 
 
-def _load_fixtures():
-    """tests/evaluate/fixtures.py as a module, whatever the import mode."""
-    name = "quasar_test_dataset_fixtures"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("fixtures.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-fx = _load_fixtures()
+import fixtures as fx  # noqa: E402 (tests/evaluate/fixtures.py)
 ALL = list(fx.WRITERS)
 
 

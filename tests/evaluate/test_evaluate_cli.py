@@ -5,11 +5,9 @@ Random weights carry no quality meaning: only agreement and structure are assert
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import random
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,10 +15,7 @@ from scipy import stats
 
 pytestmark = pytest.mark.torch
 
-_spec = importlib.util.spec_from_file_location(
-    "quasar_test_fixtures", Path(__file__).with_name("fixtures.py"))
-F = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(F)
+import fixtures as F  # noqa: E402 (tests/evaluate/fixtures.py)
 
 from quasar.cli import main  # noqa: E402
 from quasar.evaluate.datasets import load_dataset  # noqa: E402

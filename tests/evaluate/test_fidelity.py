@@ -5,11 +5,9 @@ re-implemented here from photosynthesis-team/QUASAR (main.py, aggregation/, embe
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 import random
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -29,17 +27,7 @@ torch = pytest.importorskip("torch")
 D = 8
 
 
-def _fixtures():
-    name = "quasar_test_dataset_fixtures"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("fixtures.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-fx = _fixtures()
+import fixtures as fx  # noqa: E402 (tests/evaluate/fixtures.py)
 
 
 def _bundle(tmp_path):

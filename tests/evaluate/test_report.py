@@ -7,12 +7,9 @@ from __future__ import annotations
 import base64
 import csv
 import html
-import importlib.util
 import io
 import json
-import os
 import re
-import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -27,17 +24,8 @@ from quasar.cli import main, run as cli_run  # noqa: E402
 
 
 
-def _load(name: str, file: str):
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(file))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-F = _load("quasar_test_fixtures_report", "fixtures.py")
-_chromium = _load("quasar_test_chromium", "chromium.py")
-Chromium, find_chromium, INSPECT_JS = (_chromium.Chromium, _chromium.find_chromium,
-                                       _chromium.INSPECT_JS)
+import fixtures as F  # noqa: E402 (tests/evaluate/fixtures.py)
+from chromium import INSPECT_JS, Chromium, find_chromium  # noqa: E402 (tests/evaluate/)
 
 needs_chromium = pytest.mark.skipif(find_chromium() is None,
                                     reason="no chromium (scripts/test.sh installs it)")
