@@ -8,10 +8,7 @@ COMMAND = Command(
     summary="Build image anchors from prompt data and add them to BUNDLE as a named set.",
     description="The bundle is modified in place, atomically. See docs/evaluate.md.",
     target="quasar.evaluate.cli:anchors",
-    extra="evaluate",
-    requires=E.REQUIRES,
-    user_errors=E.USER_ERRORS,
-    interrupt_hint=E.INTERRUPT_HINT,
+    **E.COMMAND_KW,
     options=[
         O.BUNDLE.but(help="bundle directory (from quasar export); modified in place",
                      default_text=None),

@@ -9,10 +9,7 @@ COMMAND = Command(
     description="Anchors: the bundle's text set, a stored set (--anchors), or built from the "
                 "prompt images' embeddings. See docs/evaluate.md.",
     target="quasar.evaluate.cli:evaluate",
-    extra="evaluate",
-    requires=E.REQUIRES,
-    user_errors=E.USER_ERRORS,
-    interrupt_hint=E.INTERRUPT_HINT,
+    **E.COMMAND_KW,
     options=[
         O.PROMPT_DATA.but(help="prompt data: text | KADIS700k | PIPAL | AVA"),
         opt("target_data", "target dataset (required): " + E.TARGETS, metavar="NAME"),

@@ -8,10 +8,7 @@ COMMAND = Command(
     summary="The paper's grid (prompt data x target datasets) -> results.csv/.json/.md in --out.",
     description="Missing datasets are reported and their cells skipped. See docs/evaluate.md.",
     target="quasar.evaluate.cli:reproduce",
-    extra="evaluate",
-    requires=E.REQUIRES,
-    user_errors=E.USER_ERRORS,
-    interrupt_hint=E.INTERRUPT_HINT,
+    **E.COMMAND_KW,
     options=[
         E.BUNDLE, O.DATA_ROOT.but(help=O.DATA_ROOT.help + " (required)"),
         O.OUT.but(help="output folder", metavar="DIR"),
