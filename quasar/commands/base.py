@@ -45,7 +45,8 @@ from quasar.errors import (EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAIL
 
 EXIT_CODES_HELP = ("Exit codes: 0 ok; 1 unexpected error; 2 usage error (bad option or value, "
                    "missing extra, unknown model, bad bundle or dataset; nothing done); "
-                   "3 some inputs failed; 130 interrupted.")
+                   "3 some inputs failed; 4 optimize: variant refused by its agreement gate "
+                   "(bundle unchanged); 130 interrupted.")
 
 # Optional dependency (top-level module) -> the extra that installs it.
 EXTRA_OF = {"torch": "export", "torchvision": "export", "open_clip": "export", "timm": "export",
