@@ -23,6 +23,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
+from quasar.bundle.atomic import atomic_write_text
 from quasar.timing import peak_rss_mb, timed
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -416,7 +417,7 @@ def bench(rn50_bundle: Optional[str] = None, vit_bundle: Optional[str] = None,
     report = format_report(results, install_sizes(), machine(), int(n_images),
                            int(batch_size), random_weights)
     if out:
-        Path(out).write_text(report)
+        atomic_write_text(out, report)
     if tmp is not None:
         tmp.cleanup()
     return report
@@ -586,7 +587,7 @@ def bench_variants(cases: str = VARIANT_CASES, variants: str = DEFAULT_VARIANTS,
     report = format_variant_report(runs, machine(), cpu_flags_line(), int(n_images),
                                    int(batch_size), int(rounds), gate)
     if out:
-        Path(out).write_text(report)
+        atomic_write_text(out, report)
     if tmp is not None:
         tmp.cleanup()
     return report

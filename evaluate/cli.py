@@ -316,7 +316,10 @@ def evaluate(prompt_data: str = "text", target_data: Optional[str] = None, bundl
                              target_embeddings=_opt_str(target_embeddings))
         d = res.to_dict()
         if not _none(out):
-            Path(str(out)).expanduser().write_text(json.dumps(d, indent=2, default=str) + "\n")
+            from quasar.bundle.atomic import atomic_write_text
+
+            atomic_write_text(Path(str(out)).expanduser(),
+                              json.dumps(d, indent=2, default=str) + "\n")
         if not _none(report):
             from .report import write_evaluation_report
             write_evaluation_report(Path(str(report)).expanduser(), [(res, target.scores)])

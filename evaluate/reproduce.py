@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
+from quasar.bundle.atomic import atomic_write, atomic_write_text
 from quasar.errors import QuasarError
 from quasar.models.preprocess import RESOLUTIONS
 
@@ -195,17 +196,17 @@ def write_outputs(grid: Grid, out_dir, prompts: Sequence[str], targets: Sequence
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out / "results.csv", "json": out / "results.json", "md": out / "results.md"}
-    with open(paths["csv"], "w", newline="") as f:
+    with atomic_write(paths["csv"], "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(CSV_FIELDS))
         w.writeheader()
         for c in grid.cells:
             w.writerow(c.row())
-    paths["json"].write_text(json.dumps({
+    atomic_write_text(paths["json"], json.dumps({
         "cells": [dict(c.row(), result=c.result.to_dict() if c.result else None)
                   for c in grid.cells],
         "missing": grid.missing}, indent=2, default=str) + "\n")
     md = (header + "\n\n" if header else "") + grid.markdown(prompts, targets)
-    paths["md"].write_text(md)
+    atomic_write_text(paths["md"], md)
     return paths
 
 
