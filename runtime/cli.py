@@ -345,7 +345,8 @@ def _run_locked(specs, scorer, identity, table, emb_writer, guard, resume, overw
     from .integrity import (check_resume_identity, read_run_sidecar, run_sidecar,
                             write_run_sidecar)
     from .pipeline import PipelineConfig, run_pipeline
-    from .sources import item_id, iter_items
+    from .pipeline import item_id
+    from .sources import iter_items
     from .writers import STATUS_OK, safe_text
 
     done: set = set()

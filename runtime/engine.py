@@ -50,8 +50,9 @@ def default_workers() -> int:
 
 def describe(item: Any) -> str:
     """A short name of an input for messages (its path, or its type and size)."""
-    if isinstance(item, FailedInput):
-        return item.id
+    ident = getattr(item, "id", None)  # a FailedInput, a dataset Sample
+    if isinstance(ident, str):
+        return ident
     return describe_source(getattr(item, "source", item))
 
 

@@ -44,11 +44,13 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from quasar.constants import STATUS_OK
 from quasar.errors import (EmptyImageError, ImageDecodeError, ImageNotFoundError,
                            ImageTooLargeError, NotAnImageError, SourceError,
-                           TruncatedImageError)
+                           TruncatedImageError, error_status)
 
-from quasar.constants import STATUS_OK
+from .images import describe_source
+
 DEFAULT_IMAGE_KEYS = ("jpg", "png", "webp")
 #: image-column names tried in order when ``--image-column`` is not given
 DEFAULT_IMAGE_COLUMNS = ("image", "jpg", "img", "png", "webp", "image_bytes", "bytes")
@@ -84,31 +86,6 @@ class Sample:
     def __str__(self) -> str:
         return self.id
 
-    def decode(self, load: Callable[[object], np.ndarray]) -> Tuple[Optional[np.ndarray], str, str]:
-        """``load`` (decode + preprocess) on this sample -> (pixels, status, message), never
-        raising; messages name the sample id instead of ``<N bytes>``. The statuses are the
-        local path's (:func:`quasar.runtime.pipeline.error_status`)."""
-        from .images import describe_source
-        from .pipeline import error_status
-
-        if self.status != STATUS_OK:
-            return None, self.status, self.error
-        src: object = self.data if self.data is not None else self.path
-        try:
-            arr = np.asarray(load(src), dtype=np.float32)
-            if arr.ndim != 3 or arr.shape[0] != 3:
-                return None, "decode_error", (f"{self.id}: preprocessing gave shape {arr.shape}, "
-                                              "expected [3,H,W]")
-            return arr, STATUS_OK, ""
-        except Exception as exc:  # noqa: BLE001 - one bad sample must never stop a run
-            msg = str(exc) if isinstance(exc, ImageDecodeError) else f"{type(exc).__name__}: {exc}"
-            name = describe_source(src)
-            if self.data is not None and msg.startswith(name):
-                msg = self.id + msg[len(name):]
-            elif self.id not in msg:
-                msg = f"{self.id}: {msg}"
-            return None, error_status(exc), msg
-
 
 _STATUS_ERRORS = {
     "not_found": ImageNotFoundError, "empty_file": EmptyImageError,
@@ -120,23 +97,31 @@ _STATUS_ERRORS = {
 def sample_aware(load: Callable[[object], np.ndarray]) -> Callable[[object], np.ndarray]:
     """An engine ``load`` (item -> pixels, raising on failure) that also takes
     :class:`Sample` items: a sample's failure is raised as an ``ImageDecodeError`` subclass
-    whose message names the sample id and whose ``status`` is the row status. For
+    whose message names the sample id (not ``<N bytes>``) and whose ``status`` is the row
+    status - the local path's for the same bytes. For
     ``Engine(sample_aware(scorer.load_image), scorer.embed_pixels, ...)``."""
     def load_item(item):
         if not isinstance(item, Sample):
             return load(item)
-        arr, status, msg = item.decode(load)
-        if arr is None:
+        if item.status != STATUS_OK:  # failed while reading its shard
+            err = _STATUS_ERRORS.get(item.status, ImageDecodeError)(item.error)
+            err.status = item.status
+            raise err
+        src: object = item.data if item.data is not None else item.path
+        try:
+            return load(src)
+        except Exception as exc:  # noqa: BLE001 - renamed, then the engine isolates it
+            msg = str(exc) if isinstance(exc, ImageDecodeError) else f"{type(exc).__name__}: {exc}"
+            name = describe_source(src)
+            if item.data is not None and msg.startswith(name):
+                msg = item.id + msg[len(name):]
+            elif item.id not in msg:
+                msg = f"{item.id}: {msg}"
+            status = error_status(exc)
             err = _STATUS_ERRORS.get(status, ImageDecodeError)(msg)
             err.status = status
-            raise err
-        return arr
+            raise err from exc
     return load_item
-
-
-def item_id(item: Union[str, Sample]) -> str:
-    """The output-row identity of an input: a loose file's path, a sample's id."""
-    return item.id if isinstance(item, Sample) else item
 
 
 def _failed(shard: str, sid: str, status: str, msg: str, index: int) -> Sample:
