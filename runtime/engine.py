@@ -171,13 +171,20 @@ class Engine:
                                  f"{type(cause).__name__}: {cause}")
             err.__cause__ = exc
             return [(None, err)]
+        # A valid embedding is finite and has a direction: then its score against the
+        # (validated, unit) anchors is finite too, so no later step needs to check scores.
         out: List[Tuple[Optional[np.ndarray], Optional[Exception]]] = []
         finite = np.isfinite(emb).all(axis=1)
-        for it, e, ok in zip(items, emb, finite):
-            out.append((e, None) if ok else (None, InferenceError(
-                f"{describe(it)}: the encoder returned a non-finite embedding (NaN/inf); "
-                "the bundle or the image is broken - check the bundle with `quasar models`"
-                " or re-export it")))
+        nonzero = (emb != 0).any(axis=1)
+        for it, e, ok, nz in zip(items, emb, finite, nonzero):
+            if ok and nz:
+                out.append((e, None))
+                continue
+            what = ("a non-finite embedding (NaN/inf)" if not ok else
+                    "an all-zero embedding: it has no direction, so its score is not finite")
+            out.append((None, InferenceError(
+                f"{describe(it)}: the encoder returned {what}; the bundle or the image is "
+                "broken - check the bundle with `quasar models` or re-export it")))
         return out
 
     def embed_decoded(self, items: List[Any], decoded: List[Decoded]

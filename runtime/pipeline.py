@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, List
 import numpy as np
 
 from quasar.constants import STATUS_OK
-from quasar.errors import InferenceError, error_status
+from quasar.errors import error_status
 
 from .engine import Engine, EngineConfig, Window, default_workers  # noqa: F401 (re-exported)
 from .sources import sample_aware
@@ -60,35 +60,22 @@ def item_id(item: Any) -> str:
     return item if isinstance(item, str) else str(getattr(item, "id", item))
 
 
-def nonfinite_score_error(item: Any, values: dict) -> InferenceError:
-    """The error of an input whose embedding was finite but whose score is not (e.g. a zero
-    embedding: its cosine is 0/0)."""
-    from .engine import describe
-
-    bad = ", ".join(f"{k}={v!r}" for k, v in values.items() if not np.isfinite(v))
-    return InferenceError(f"{describe(item)}: the score is not finite ({bad}); the embedding "
-                          "has no direction (all zeros?) - the bundle or the image is broken")
-
-
 def window_rows(scorer: Any, w: Window) -> List[Row]:
     """Rows of a window, in input order: scores of the ok inputs, status + message of the
-    others. An input whose score is not finite becomes an ``inference_error`` (its entry of
-    ``w.errors`` is set, so ``w.ok`` no longer counts it)."""
+    others (the engine only passes finite, non-zero embeddings, whose scores are finite)."""
     names = list(scorer.anchor_names)
     ok = w.ok
     scores = scorer.scores_from_embeddings(w.embeddings[ok]) if ok.any() else {}
     nan = {a: float("nan") for a in names}
     rows: List[Row] = []
     k = 0
-    for i, (item, err) in enumerate(zip(w.items, w.errors)):
+    for item, err in zip(w.items, w.errors):
         if err is None:
-            vals = {a: float(scores[a][k]) for a in names}
+            rows.append(Row(item_id(item), {a: float(scores[a][k]) for a in names},
+                            STATUS_OK, ""))
             k += 1
-            if all(np.isfinite(v) for v in vals.values()):
-                rows.append(Row(item_id(item), vals, STATUS_OK, ""))
-                continue
-            err = w.errors[i] = nonfinite_score_error(item, vals)
-        rows.append(Row(item_id(item), nan, error_status(err), str(err)))
+        else:
+            rows.append(Row(item_id(item), nan, error_status(err), str(err)))
     return rows
 
 

@@ -324,20 +324,6 @@ class Scorer:
             self.scores_from_embeddings(emb[:0])  # raises the no-anchors error
         scores = {n: quasar_scores(emb, a) if len(emb) else np.zeros(0)
                   for n, a in self._anchor_mats.items()}
-        # a finite embedding can still give a non-finite score (an all-zero embedding)
-        bad = np.zeros(len(emb), dtype=bool)
-        for v in scores.values():
-            bad |= ~np.isfinite(v)
-        bad &= np.array([e is None for e in errs], dtype=bool)
-        for i in np.flatnonzero(bad):
-            from .pipeline import nonfinite_score_error
-
-            err = nonfinite_score_error(f"input {i}", {n: v[i] for n, v in scores.items()})
-            if errors != "collect":
-                raise err
-            errs[i] = err
-            for v in scores.values():
-                v[i] = np.nan
         return ScoreResult(scores, errs) if errors == "collect" else scores
 
     def score(self, images: Any, errors: str = "raise") -> Union[np.ndarray, ScoreResult]:
