@@ -449,13 +449,9 @@ def _median(v: Sequence[float]) -> float:
 
 
 def cpu_flags_line() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "?"
+    from quasar.runtime.backends import cpu_flag_list
+
+    return " ".join(cpu_flag_list()) or "?"
 
 
 def _variant_bundle(model_id: str, given: Optional[str], wd: Path) -> Path:

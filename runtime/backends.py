@@ -26,7 +26,7 @@ import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, FrozenSet, Iterable, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
@@ -225,16 +225,22 @@ def open_encoder(args: OpenArgs, backend: str = DEFAULT_BACKEND) -> EncoderSessi
 
 # --------------------------------------------------------------------------- hardware
 
-def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> FrozenSet[str]:
-    """The CPU feature flags (first ``flags`` line of /proc/cpuinfo; empty elsewhere)."""
+def cpu_flag_list(cpuinfo: str = "/proc/cpuinfo") -> List[str]:
+    """The CPU feature flags in the kernel's order (first ``flags`` line of /proc/cpuinfo;
+    empty elsewhere)."""
     try:
         with open(cpuinfo, encoding="utf-8", errors="replace") as f:
             for line in f:
                 if line.split(":", 1)[0].strip().lower() in ("flags", "features"):
-                    return frozenset(line.split(":", 1)[1].split())
+                    return line.split(":", 1)[1].split()
     except OSError:
         pass
-    return frozenset()
+    return []
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> FrozenSet[str]:
+    """The CPU feature flags as a set (see :func:`cpu_flag_list`)."""
+    return frozenset(cpu_flag_list(cpuinfo))
 
 
 def runs_fast(precision: str, flags: Iterable[str], cuda: bool) -> bool:
