@@ -18,12 +18,14 @@ COMMAND = Command(
     options=[
         O.BUNDLE.but(help="bundle directory (from quasar export); changed in place, atomically",
                      default_text=None),
-        opt("precision", "int8 | bf16 | fp16", metavar="P", choices=("int8", "bf16", "fp16")),
-        opt("calibration", "your own images: a folder, a glob or @list.txt", metavar="INPUT",
-            default_text="required"),
+        opt("precision", "precision of the variant", metavar="P",
+            choices=("int8", "bf16", "fp16")),
+        opt("calibration", "your own images (required): a folder, a glob or @list.txt",
+            metavar="INPUT", default_text="none"),
         opt("holdout", "separate held-out images for the agreement report", metavar="INPUT",
             default_text="a seeded split of --calibration"),
-        opt("backend", "openvino (int8 via NNCF, bf16) | onnxruntime (int8 QDQ, fp16 on CUDA)",
+        opt("backend", "where the variant runs: openvino (int8 via NNCF, bf16), onnxruntime "
+            "(int8 QDQ, fp16 on CUDA)",
             metavar="NAME", choices=("openvino", "onnxruntime"),
             default_text="openvino for int8 and bf16, onnxruntime for fp16"),
         O.RESOLUTION.but(help="resolution to calibrate and measure at"),
