@@ -38,7 +38,7 @@ def _num(x: float) -> Optional[float]:
 
 
 def _scores(emb: np.ndarray, anchors: np.ndarray) -> np.ndarray:
-    from quasar.runtime.scorer import quasar_scores
+    from quasar.runtime.scoring import quasar_scores
 
     return quasar_scores(emb, anchors)
 
