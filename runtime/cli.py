@@ -265,10 +265,8 @@ def _run(inputs, *, bundle, model, anchors, resolution, device, batch_size, work
     if engine == "ray":
         from .ray import run_ray
 
-        if precision != "fp32" or backend or fast_decode:
-            raise UsageError("--precision / --backend / --fast-decode are not supported with "
-                             "--engine ray yet (the Ray actors run the fp32 encoder)")
-
+        if bundle is not None and model is not None:
+            raise UsageError("give --bundle or --model, not both")
         return run_ray(specs, bundle=bundle, model=model, anchors=_as_list(anchors) or "text",
                        resolution=resolution, device=device, batch_size=batch_size,
                        workers=_positive_int("workers", workers, allow_none=True), out=out,
@@ -277,6 +275,7 @@ def _run(inputs, *, bundle, model, anchors, resolution, device, batch_size, work
                        sources=sources, address=address, gpus_per_worker=gpus_per_worker,
                        decode_cpus=decode_cpus,
                        files_per_part=_positive_int("files-per-part", files_per_part),
+                       precision=precision, backend=backend, fast_decode=fast_decode,
                        usage_error=UsageError)
     workers = workers or default_workers()
     if out is not None:

@@ -12,7 +12,7 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, List
+from typing import Any, Callable, Iterable, Iterator, List, Tuple
 
 import numpy as np
 
@@ -79,6 +79,15 @@ def window_rows(scorer: Any, w: Window) -> List[Row]:
     return rows
 
 
+def iter_rows(scorer: Any, inputs: Iterable[Any], cfg: EngineConfig
+              ) -> Iterator[Tuple[List[Row], np.ndarray]]:
+    """``(rows, embeddings of the ok rows)`` window by window: the engine over the Scorer
+    API, dataset samples included (tar / Parquet members decode in the engine too)."""
+    engine = Engine(sample_aware(scorer.load_image), scorer.embed_pixels, scorer.embed_dim, cfg)
+    for w in engine.windows(inputs):
+        yield window_rows(scorer, w), w.embeddings[w.ok]
+
+
 def run_pipeline(scorer: Any, inputs: Iterable[Any], sink: Sink, cfg: EngineConfig,
                  progress=None) -> RunStats:
     """Score every input (lazily consumed) and hand rows to ``sink`` window by window.
@@ -91,11 +100,8 @@ def run_pipeline(scorer: Any, inputs: Iterable[Any], sink: Sink, cfg: EngineConf
     stats = RunStats()
     t0 = time.perf_counter()
     try:
-        engine = Engine(sample_aware(scorer.load_image), scorer.embed_pixels, scorer.embed_dim,
-                        cfg)  # dataset samples (tar / Parquet members) decode in the engine too
-        for w in engine.windows(inputs):
-            rows = window_rows(scorer, w)
-            sink(rows, w.embeddings[w.ok])
+        for rows, emb in iter_rows(scorer, inputs, cfg):
+            sink(rows, emb)
             stats.by_status.update(r.status for r in rows)
             if progress is not None:
                 progress.update(len(rows))

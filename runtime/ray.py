@@ -39,7 +39,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from quasar.bundle.atomic import atomic_output
 from quasar.errors import MissingDependencyError, QuasarError, RayRunError
@@ -67,17 +67,30 @@ def require_ray():
 
 
 # --------------------------------------------------------------------------- the engine seam
-def _embed_batch(scorer, items: Sequence[Any], batch_size: int, workers: int,
-                 variable_shapes: bool) -> list:
-    """Rows (``writers.Row``, input order) for ``items`` (paths or :class:`Sample`): the local
-    path's engine, unchanged. Adapter until main has ``runtime/engine.py``; then this becomes
-    ``scorer.engine.windows(items)`` + ``scorer.scores_from_embeddings``."""
+def score_items(scorer, items: Iterable[Any], batch_size: int, workers: int,
+                variable_shapes: bool, embeddings: bool = False):
+    """``(rows, emb)`` for ``items`` (paths or :class:`Sample`, consumed lazily): the local
+    path's engine and row builder (:func:`quasar.runtime.pipeline.run_pipeline`), unchanged.
+    ``rows`` are ``writers.Row`` in input order; ``emb`` the float32 [n_ok, D] embeddings of
+    the ok rows in order (None unless ``embeddings``)."""
+    import numpy as np
+
     from .pipeline import PipelineConfig, run_pipeline
 
     cfg = PipelineConfig(batch_size=batch_size, workers=workers, variable_shapes=variable_shapes)
     rows: list = []
-    run_pipeline(scorer, items, lambda r, _emb: rows.extend(r), cfg)
-    return rows
+    embs: list = []
+
+    def sink(r, emb):
+        rows.extend(r)
+        if embeddings and len(emb):
+            embs.append(np.asarray(emb, dtype=np.float32))
+
+    run_pipeline(scorer, items, sink, cfg)
+    if not embeddings:
+        return rows, None
+    dim = int(scorer.embed_dim)
+    return rows, (np.concatenate(embs) if embs else np.zeros((0, dim), np.float32))
 
 
 def _variable_shapes(scorer) -> bool:
@@ -90,7 +103,8 @@ def _variable_shapes(scorer) -> bool:
 # --------------------------------------------------------------------------- run identity
 @dataclass(frozen=True)
 class ScorerSpec:
-    """What an actor needs to build its Scorer (picklable; resolved on the driver)."""
+    """What an actor needs to build its Scorer (picklable; resolved on the driver, so every
+    actor runs the encoder the run identity names)."""
 
     bundle: str
     anchors: Tuple[str, ...]
@@ -99,49 +113,81 @@ class ScorerSpec:
     threads: Optional[int] = None
     max_pixels: Optional[int] = None
     batch_size: int = 16
+    precision: str = "fp32"          # resolved: fp32 | int8 | bf16 | fp16 (never auto)
+    backend: str = "onnxruntime"
+    variant: Optional[str] = None    # the manifest's variant key (None: the fp32 encoder)
+    fast_decode: bool = False
 
     def build(self):
         from .scorer import Scorer
 
-        return Scorer.from_bundle(self.bundle, anchors=list(self.anchors),
-                                  resolution=self.resolution, device=self.device,
-                                  threads=self.threads, max_pixels=self.max_pixels,
-                                  batch_size=self.batch_size)
+        scorer = Scorer.from_bundle(self.bundle, anchors=list(self.anchors),
+                                    resolution=self.resolution, device=self.device,
+                                    threads=self.threads, max_pixels=self.max_pixels,
+                                    batch_size=self.batch_size, precision=self.precision,
+                                    backend=self.backend, fast_decode=self.fast_decode)
+        got = scorer.choice.variant
+        if got != self.variant:
+            import socket
+
+            raise RayRunError(
+                f"the worker on {socket.gethostname()} chose encoder {got or 'fp32'} for "
+                f"--precision {self.precision}, the driver chose {self.variant or 'fp32'} "
+                "(different hardware or backends): install the same backends on every node, "
+                "or name a precision every node runs")
+        return scorer
 
 
 def resolve_spec(bundle: Optional[str] = None, *, model: Optional[str] = None, anchors="text",
                  resolution: Optional[str] = None, device: str = "auto",
                  threads: Optional[int] = None, max_pixels: Optional[int] = None,
-                 batch_size: int = 16):
-    """(ScorerSpec, Bundle) with the anchor sets and resolution resolved on the driver (no
-    ONNX Runtime session is created here)."""
+                 batch_size: int = 16, precision: str = "fp32", backend: Optional[str] = None,
+                 fast_decode: bool = False):
+    """(ScorerSpec, Bundle) with the anchor sets, resolution and encoder variant resolved on
+    the driver (no ONNX Runtime session is created here). ``precision="auto"`` is resolved
+    with the driver's hardware; on a cluster whose nodes differ, name the precision."""
     from quasar.bundle import load_bundle
     from .default_bundle import resolve_bundle
-    from .scorer import select_anchors
+    from .scorer import check_fast_decode, resolve_precision, select_anchors
 
     bdir = resolve_bundle(bundle, model=model)
     b = load_bundle(bdir, verify=True)
     names = select_anchors(b, anchors)
     res = str(resolution if resolution is not None else b.manifest.default_resolution)
     b.preprocess(res)  # validates the resolution against the bundle
+    if fast_decode:
+        check_fast_decode(b, res)
+    choice = resolve_precision(b, precision, backend, device, res)
     spec = ScorerSpec(bundle=str(bdir), anchors=tuple(names), resolution=res, device=device,
-                      threads=threads, max_pixels=max_pixels, batch_size=batch_size)
+                      threads=threads, max_pixels=max_pixels, batch_size=batch_size,
+                      precision=choice.precision, backend=choice.backend,
+                      variant=choice.variant, fast_decode=bool(fast_decode))
     return spec, b
 
 
-def run_identity(bundle, spec: ScorerSpec, sources: SourceOptions) -> Dict[str, Any]:
-    """What makes two runs' rows comparable; stored in every part's Parquet metadata."""
-    import quasar
-    from quasar.bundle import sha256_file
+#: identity keys that must match for a rerun to continue an output (absent in older parts:
+#: the default)
+SAME_RUN = {"bundle_sha256": None, "model": None, "resolution": None, "anchors": None,
+            "precision": "fp32", "backend": "onnxruntime", "variant": None,
+            "fast_decode": False, "input": None}
 
-    enc = bundle.manifest.encoder
+
+def run_identity(bundle, spec: ScorerSpec, sources: SourceOptions) -> Dict[str, Any]:
+    """What makes two runs' rows comparable (the local path's identity,
+    :func:`quasar.runtime.integrity.run_identity`, plus the input options); stored in every
+    part's Parquet metadata."""
+    from .integrity import quasar_version
+
     return {
-        "quasar_version": quasar.__version__,
-        "bundle_sha256": sha256_file(os.path.join(str(bundle.path), "bundle.json")),
+        "quasar_version": quasar_version(),
+        "bundle_sha256": bundle.sha256,
         "model": bundle.model,
         "resolution": spec.resolution,
         "anchors": list(spec.anchors),
-        "precision": getattr(enc, "precision", "fp32"),
+        "precision": spec.precision,
+        "backend": spec.backend,
+        "variant": spec.variant,
+        "fast_decode": spec.fast_decode,
         "input": sources.describe(),
     }
 
@@ -228,96 +274,111 @@ def read_part_meta(path: str) -> Optional[Dict[str, Any]]:
         return None
 
 
-# --------------------------------------------------------------------------- read stage
-def _sample_table(pa, rows: List[dict]):
-    schema = pa.schema([("part", pa.string()), ("idx", pa.int64()), ("n", pa.int64()),
-                        ("id", pa.string()), ("data", pa.binary()), ("file", pa.string()),
-                        ("status", pa.string()), ("error", pa.string())])
-    return pa.Table.from_pylist(rows, schema=schema)
+# --------------------------------------------------------------------------- part stage
+def _part_items(part: dict, sources: SourceOptions) -> Iterator[Any]:
+    """The engine items of a part, streamed: loose paths, or a shard's samples."""
+    if part["kind"] == "files":
+        return iter(part["paths"])
+    return sources.samples(part["shard"])
 
 
-def _read_parts(batch, sources: SourceOptions, block_rows: int = 64,
-                block_bytes: int = 32 << 20) -> Iterator[Any]:
-    """Ray Data read UDF: a batch of part descriptions -> blocks of samples + end markers."""
-    import pyarrow as pa
+def score_parts(scorer, parts: Sequence[dict], sources: SourceOptions, batch_size: int,
+                workers: int, variable_shapes: bool, embeddings: bool = False
+                ) -> Iterator[Tuple[dict, list, Optional[list]]]:
+    """``(part, rows, embeddings)`` for each of ``parts``, in order, as each completes.
 
-    for d in batch.to_pylist():
-        name, kind = d["part"], d["kind"]
-        rows: List[dict] = []
-        size = 0
+    The parts' inputs go through **one** engine stream, so decoding of the next part
+    overlaps the encoding of this one (a stream per part would drain and refill the
+    decode-ahead pipeline at every part boundary). ``embeddings``: per row, the float32
+    embedding of an ok row, None for a failed one."""
+    from .pipeline import PipelineConfig, iter_rows
+
+    ends: Dict[int, int] = {}  # part index -> inputs before its end (set once it is read)
+
+    def feed() -> Iterator[Any]:
         n = 0
-        if kind == "files":
-            items: Iterator[Any] = iter(d["paths"])
-        else:
-            items = sources.samples(d["shard"])
-        for it in items:
-            if isinstance(it, Sample):
-                rows.append({"part": name, "idx": n, "n": -1, "id": it.id, "data": it.data,
-                             "file": it.path, "status": it.status, "error": it.error})
-                size += len(it.data or b"")
-            else:
-                rows.append({"part": name, "idx": n, "n": -1, "id": it, "data": None,
-                             "file": it, "status": "path", "error": ""})
-            n += 1
-            if len(rows) >= block_rows or size >= block_bytes:
-                yield _sample_table(pa, rows)
-                rows, size = [], 0
-        rows.append({"part": name, "idx": -1, "n": n, "id": "", "data": None, "file": None,
-                     "status": "", "error": ""})
-        yield _sample_table(pa, rows)
+        for j, d in enumerate(parts):
+            for item in _part_items(d, sources):
+                yield item
+                n += 1
+            ends[j] = n
+
+    cfg = PipelineConfig(batch_size=batch_size, workers=workers, variable_shapes=variable_shapes)
+    rows: list = []
+    embs: list = []
+    start = 0   # global index of rows[0]
+    j = 0       # next part to hand out
+
+    def ready():
+        nonlocal start, j, rows, embs
+        while j < len(parts) and j in ends and start + len(rows) >= ends[j]:
+            k = ends[j] - start
+            yield parts[j], rows[:k], (embs[:k] if embeddings else None)
+            rows, embs = rows[k:], embs[k:]
+            start = ends[j]
+            j += 1
+
+    for window, emb in iter_rows(scorer, feed(), cfg):
+        rows.extend(window)
+        if embeddings:
+            it = iter(emb)
+            embs.extend(next(it) if r.status == STATUS_OK else None for r in window)
+        yield from ready()
+    yield from ready()  # the stream is exhausted: every end is known (empty parts too)
 
 
-def _items_of(rows: List[dict]) -> List[Any]:
-    """Engine items of read rows: loose paths as str, dataset samples as Sample."""
-    items = []
-    for r in rows:
-        if r["status"] == "path":
-            items.append(r["file"])
-        else:
-            items.append(Sample(id=r["id"], data=r["data"], path=r["file"],
-                                status=r["status"], error=r["error"] or ""))
-    return items
+class _PartRunner:
+    """Actor UDF of the CLI pipeline: a batch of part descriptions -> one table per part,
+    yielded as each part completes.
 
+    The actor reads its shards itself (streaming, :mod:`quasar.runtime.sources`), decodes in
+    ``decode_threads`` threads and embeds with its one session - the local engine, unchanged
+    (:func:`score_parts`). Only part descriptions go in and score rows (plus embeddings when
+    asked) come out: image bytes never travel through the object store. Every part ends with
+    one marker row (``idx`` -1) carrying its row count ``n``, so the driver knows a part is
+    complete even when Ray splits a table into several blocks, or when it has no rows."""
 
-# --------------------------------------------------------------------------- score stage
-class _PartScorer:
-    """Actor UDF of the CLI pipeline: read rows -> score rows (end markers pass through)."""
-
-    def __init__(self, spec: ScorerSpec, decode_threads: int):
+    def __init__(self, spec: ScorerSpec, sources: SourceOptions, decode_threads: int,
+                 embeddings: bool = False):
         self.scorer = spec.build()
-        self.anchors = list(spec.anchors)
-        self.batch_size = spec.batch_size
+        self.spec = spec
+        self.sources = sources
         self.threads = decode_threads
+        self.embeddings = embeddings
         self.variable = _variable_shapes(self.scorer)
 
-    def __call__(self, table):
+    def __call__(self, batch):
         import pyarrow as pa
 
-        rows = table.to_pylist()
-        samples = [r for r in rows if r["n"] < 0]
-        scored = _embed_batch(self.scorer, _items_of(samples), self.batch_size, self.threads,
-                              self.variable) if samples else []
-        out = {"part": [], "idx": [], "n": [], "path": [], "status": [], "error": []}
-        scores: Dict[str, list] = {a: [] for a in self.anchors}
-        for r, row in zip(samples, scored):
-            out["part"].append(r["part"]); out["idx"].append(r["idx"]); out["n"].append(-1)
-            out["path"].append(row.path); out["status"].append(row.status)
-            out["error"].append(row.error)
-            for a in self.anchors:
-                v = row.scores.get(a, float("nan"))
-                scores[a].append(None if v is None or math.isnan(v) else float(v))
-        for r in rows:
-            if r["n"] >= 0:
-                out["part"].append(r["part"]); out["idx"].append(-1); out["n"].append(r["n"])
-                out["path"].append(""); out["status"].append(""); out["error"].append("")
-                for a in self.anchors:
-                    scores[a].append(None)
-        cols = {"part": pa.array(out["part"], pa.string()), "idx": pa.array(out["idx"], pa.int64()),
-                "n": pa.array(out["n"], pa.int64()), "path": pa.array(out["path"], pa.string())}
-        for a in self.anchors:
-            cols[f"score_{a}"] = pa.array(scores[a], pa.float64())
-        cols["status"] = pa.array(out["status"], pa.string())
-        cols["error"] = pa.array(out["error"], pa.string())
+        for d, rows, embs in score_parts(self.scorer, batch.to_pylist(), self.sources,
+                                         self.spec.batch_size, self.threads, self.variable,
+                                         self.embeddings):
+            yield self._table(pa, d, rows, embs)
+
+    def _table(self, pa, d: dict, rows: list, embs: Optional[list]):
+        import numpy as np
+
+        from .writers import encode_path
+
+        n = len(rows)
+        cols = {"part": pa.array([d["part"]] * (n + 1), pa.string()),
+                "idx": pa.array(list(range(n)) + [-1], pa.int64()),
+                "n": pa.array([-1] * n + [n], pa.int64()),
+                "path": pa.array([encode_path(r.path) for r in rows] + [""], pa.string())}
+        for a in self.spec.anchors:
+            vals = [r.scores.get(a, float("nan")) for r in rows]
+            cols[f"score_{a}"] = pa.array(
+                [None if v is None or math.isnan(v) else float(v) for v in vals] + [None],
+                pa.float64())
+        cols["status"] = pa.array([r.status for r in rows] + [""], pa.string())
+        cols["error"] = pa.array([r.error or "" for r in rows] + [""], pa.string())
+        if self.embeddings:
+            dim = int(self.scorer.embed_dim)
+            full = np.zeros((n + 1, dim), np.float32)
+            for i, e in enumerate(embs or []):
+                if e is not None:
+                    full[i] = e
+            cols["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(full.reshape(-1)), dim)
         return pa.table(cols)
 
 
@@ -331,9 +392,7 @@ class RayOptions:
     workers: Optional[int] = None       # actors; None: GPUs / gpus_per_worker, else 1 per node
     gpus_per_worker: float = 0.0
     decode_cpus: float = 1.0            # CPUs reserved per actor (its decode threads)
-    read_cpus: float = 0.25             # CPUs reserved per read task
     files_per_part: int = 1000
-    actor_batch: int = 0                # rows per actor call; 0: 8 x batch size
 
     def __post_init__(self) -> None:
         if self.workers is not None and int(self.workers) < 1:
@@ -380,9 +439,23 @@ def _default_workers(ray, opts: RayOptions) -> int:
     return max(1, len(nodes))
 
 
+#: most parts one actor call streams through one engine
+MAX_PARTS_PER_CALL = 16
+
+
+def parts_per_call(n_parts: int, n_actors: int) -> int:
+    """Parts per actor call: enough that the decode-ahead pipeline rarely restarts (each call
+    is one engine stream), few enough that every actor gets about two calls (a slow actor
+    holds back little)."""
+    return max(1, min(MAX_PARTS_PER_CALL, math.ceil(n_parts / (2 * max(1, n_actors)))))
+
+
 def _actor_args(opts: RayOptions, spec: ScorerSpec, ray) -> Dict[str, Any]:
     n = _default_workers(ray, opts)
-    kw: Dict[str, Any] = {"compute": ray.data.ActorPoolStrategy(size=n),
+    # two parts in flight per actor: one running, the next queued (no idle gap between
+    # parts, and a slow actor holds back at most one part)
+    kw: Dict[str, Any] = {"compute": ray.data.ActorPoolStrategy(size=n,
+                                                                max_tasks_in_flight_per_actor=2),
                           "num_cpus": float(opts.decode_cpus)}
     if opts.gpus_per_worker > 0:
         kw["num_gpus"] = float(opts.gpus_per_worker)
@@ -420,10 +493,23 @@ class RunReport:
 
 
 def _write_part(pa, out_dir: str, part: Part, rows: Dict[int, dict], anchors: Sequence[str],
-                identity: Dict[str, Any]) -> None:
+                identity: Dict[str, Any], emb_dir: Optional[str] = None, dim: int = 0) -> None:
+    """Write a finished part: its embeddings first (when asked), then the Parquet part - the
+    file whose presence means "done" - each to a temp name renamed into place."""
+    import numpy as np
     import pyarrow.parquet as pq
 
+    from quasar.bundle.atomic import atomic_write
+
     order = [rows[i] for i in sorted(rows)]
+    if emb_dir is not None:
+        ok = [r for r in order if r["status"] == STATUS_OK]
+        emb = np.stack([r["embedding"] for r in ok]) if ok else np.zeros((0, dim), np.float32)
+        npy, paths = _embedding_files(emb_dir, part)
+        with atomic_write(npy, "wb") as f:
+            np.save(f, np.ascontiguousarray(emb, dtype="<f4"))
+        with atomic_write(paths, "w") as f:
+            f.write("".join(r["path"] + "\n" for r in ok))
     cols = {"path": pa.array([r["path"] for r in order], pa.string())}
     for a in anchors:
         cols[f"score_{a}"] = pa.array([r[f"score_{a}"] for r in order], pa.float64())
@@ -435,14 +521,29 @@ def _write_part(pa, out_dir: str, part: Part, rows: Dict[int, dict], anchors: Se
         pq.write_table(table, str(tmp))
 
 
-def prepare_output(out_dir: str, parts: List[Part], identity: Dict[str, Any], *,
-                   resume: bool, overwrite: bool) -> List[Part]:
-    """Check / clean the output directory; return the parts still to compute."""
-    os.makedirs(out_dir, exist_ok=True)
-    names = os.listdir(out_dir)
-    for n in names:  # an unfinished part of a killed run: redone whole
+def _embedding_files(emb_dir: str, part: Part) -> Tuple[str, str]:
+    """``<emb_dir>/<part>.npy`` (float32 [n_ok, D], the part's ok rows in order) and
+    ``<emb_dir>/<part>.paths.txt`` (their ``path`` cells, one per line)."""
+    return (os.path.join(emb_dir, part.name + ".npy"),
+            os.path.join(emb_dir, part.name + ".paths.txt"))
+
+
+def _clean_temps(d: str) -> None:
+    for n in os.listdir(d):  # an unfinished file of a killed run: redone whole
         if n.startswith(".") and n.endswith(TMP_SUFFIX):
-            os.remove(os.path.join(out_dir, n))
+            os.remove(os.path.join(d, n))
+
+
+def prepare_output(out_dir: str, parts: List[Part], identity: Dict[str, Any], *,
+                   resume: bool, overwrite: bool, emb_dir: Optional[str] = None) -> List[Part]:
+    """Check / clean the output directory; return the parts still to compute (with
+    ``emb_dir``, also the finished parts whose embedding files are missing)."""
+    os.makedirs(out_dir, exist_ok=True)
+    _clean_temps(out_dir)
+    if emb_dir is not None:
+        os.makedirs(emb_dir, exist_ok=True)
+        _clean_temps(emb_dir)
+    names = os.listdir(out_dir)
     done = {n for n in names if n.endswith(PART_SUFFIX) and not n.startswith(".")}
     if done and not resume and not overwrite:
         raise RayRunError(f"{out_dir} already holds {len(done)} scored parts: add --resume to "
@@ -454,7 +555,6 @@ def prepare_output(out_dir: str, parts: List[Part], identity: Dict[str, Any], *,
             if n in by_file:
                 os.remove(os.path.join(out_dir, n))
         return list(parts)
-    same = ("bundle_sha256", "model", "resolution", "anchors", "precision", "input")
     for p in parts:
         if p.file not in done:
             todo.append(p)
@@ -463,24 +563,28 @@ def prepare_output(out_dir: str, parts: List[Part], identity: Dict[str, Any], *,
         if meta is None:
             raise RayRunError(f"{os.path.join(out_dir, p.file)} is not a part of a quasar run (no "
                               "quasar.run metadata); move it away or choose another --out")
-        diff = [k for k in same if meta.get(k) != identity.get(k)]
+        diff = [k for k, default in SAME_RUN.items()
+                if meta.get(k, default) != identity.get(k, default)]
         if diff:
             raise RayRunError(
                 f"{os.path.join(out_dir, p.file)} was scored with other settings ({', '.join(diff)}: "
-                f"{[meta.get(k) for k in diff]} vs {[identity.get(k) for k in diff]}); resume with "
-                "the same bundle and options, --overwrite, or choose another --out")
+                f"{[meta.get(k, SAME_RUN[k]) for k in diff]} vs {[identity.get(k) for k in diff]}); "
+                "resume with the same bundle and options, --overwrite, or choose another --out")
         if meta.get("source") != p.key:
             raise RayRunError(
                 f"{os.path.join(out_dir, p.file)} was made from {meta.get('source')!r}, this run "
                 f"maps that part to {p.key!r} (inputs changed?); --overwrite or choose another --out")
+        if emb_dir is not None and not all(os.path.exists(f) for f in _embedding_files(emb_dir, p)):
+            todo.append(p)  # scored without --save-embeddings: redone whole, with them
     return todo
 
 
 def run(specs: Sequence[str], out_dir: str, spec: ScorerSpec, bundle, *,
         sources: SourceOptions = SourceOptions(), opts: RayOptions = RayOptions(),
         resume: bool = False, overwrite: bool = False, on_rows=None,
-        show_progress: bool = False) -> RunReport:
-    """Score ``specs`` into ``out_dir`` (one Parquet part per shard) on Ray."""
+        show_progress: bool = False, emb_dir: Optional[str] = None) -> RunReport:
+    """Score ``specs`` into ``out_dir`` (one Parquet part per shard) on Ray; with
+    ``emb_dir``, also each part's embeddings (``<part>.npy`` + ``<part>.paths.txt``)."""
     ray = require_ray()
     import pyarrow as pa
 
@@ -490,43 +594,57 @@ def run(specs: Sequence[str], out_dir: str, spec: ScorerSpec, bundle, *,
     parts = plan_parts(specs, sources, opts.files_per_part)
     if not parts:
         raise RayRunError("no inputs found in " + " ".join(specs))
-    todo = prepare_output(out_dir, parts, identity, resume=resume, overwrite=overwrite)
+    todo = prepare_output(out_dir, parts, identity, resume=resume, overwrite=overwrite,
+                          emb_dir=emb_dir)
     report.parts_skipped = len(parts) - len(todo)
     if not todo:
         report.seconds = time.perf_counter() - t0
         return report
     started = connect(opts.address)
     delay = float(os.environ.get(_PART_DELAY_ENV, "0") or 0)
+    want_emb = emb_dir is not None
+    dim = int(bundle.manifest.encoder.embed_dim)
     try:
         _quiet_data_context(show_progress)
+        per_call = parts_per_call(len(todo), _default_workers(ray, opts))
         ds = ray.data.from_items(
             [{"part": p.name, "kind": p.kind, "shard": p.shard, "paths": p.paths} for p in todo],
-            override_num_blocks=len(todo))
-        ds = ds.map_batches(_read_parts, batch_size=1, batch_format="pyarrow",
-                            fn_kwargs={"sources": sources}, num_cpus=opts.read_cpus)
-        ds = ds.map_batches(_PartScorer, batch_format="pyarrow",
-                            batch_size=opts.actor_batch or 8 * spec.batch_size,
-                            fn_constructor_kwargs={"spec": spec,
-                                                   "decode_threads": opts.decode_threads},
+            override_num_blocks=math.ceil(len(todo) / per_call))
+        ds = ds.map_batches(_PartRunner, batch_size=per_call, batch_format="pyarrow",
+                            fn_constructor_kwargs={"spec": spec, "sources": sources,
+                                                   "decode_threads": opts.decode_threads,
+                                                   "embeddings": want_emb},
                             **_actor_args(opts, spec, ray))
         by_name = {p.name: p for p in todo}
         pending: Dict[str, Dict[int, dict]] = {}
         counts: Dict[str, int] = {}
+        written: set = set()  # a retried call (its actor died) resends parts already written
         for batch in _unwrapped(ds.iter_batches(batch_size=None, batch_format="pyarrow")):
-            for r in batch.to_pylist():
+            emb = None
+            if want_emb:
+                col = batch.column("embedding").combine_chunks()
+                emb = col.values.to_numpy(zero_copy_only=False).reshape(len(col), -1)
+                batch = batch.drop_columns(["embedding"])
+            for k, r in enumerate(batch.to_pylist()):
                 name = r["part"]
+                if name in written:
+                    continue
                 rows = pending.setdefault(name, {})
                 if r["n"] >= 0:
                     counts[name] = r["n"]
                 else:
+                    if emb is not None:
+                        r["embedding"] = emb[k]
                     rows[r["idx"]] = r
                 if name in counts and len(rows) == counts[name]:
-                    _write_part(pa, out_dir, by_name[name], rows, spec.anchors, identity)
+                    _write_part(pa, out_dir, by_name[name], rows, spec.anchors, identity,
+                                emb_dir, dim)
                     report.parts_written += 1
                     report.by_status.update(x["status"] for x in rows.values())
                     if on_rows is not None:
                         on_rows([rows[i] for i in sorted(rows)])
                     del pending[name], counts[name]
+                    written.add(name)
                     if delay:
                         time.sleep(delay)
         unfinished = sorted(set(by_name) - set(_finished(out_dir, todo)))
@@ -540,18 +658,30 @@ def run(specs: Sequence[str], out_dir: str, spec: ScorerSpec, bundle, *,
     return report
 
 
+_REMOTE_ERROR = re.compile(r"^quasar\.errors\.([A-Za-z]+Error): (.+)$", re.M)
+
+
 def _unwrapped(it):
-    """Iterate, re-raising a QuasarError raised inside a Ray task as itself (Ray wraps it in
-    RayTaskError / UserCodeException with the remote traceback)."""
+    """Iterate, re-raising a QuasarError raised inside a Ray task as itself. Ray wraps it in
+    RayTaskError / UserCodeException with the remote traceback; an error raised in an
+    actor's constructor reaches the driver only as text (ActorDiedError: "... raised in its
+    creation task" + the traceback), whose last ``quasar.errors.X: message`` line is used."""
     try:
         yield from it
     except Exception as exc:
+        import quasar.errors as qerrors
+
         seen, e = set(), exc
         while e is not None and id(e) not in seen:
             seen.add(id(e))
             if isinstance(e, QuasarError) and type(e).__module__.startswith("quasar"):
                 raise type(e)(*e.args) from None
-            e = getattr(e, "cause", None) or e.__cause__
+            if "creation task" in str(e):
+                found = _REMOTE_ERROR.findall(str(e))
+                cls = getattr(qerrors, found[-1][0], None) if found else None
+                if isinstance(cls, type) and issubclass(cls, QuasarError):
+                    raise cls(found[-1][1]) from None
+            e = getattr(e, "cause", None) or e.__cause__ or e.__context__
         raise
 
 
@@ -572,11 +702,13 @@ def read_parts(out_dir: str) -> List[dict]:
 
 # --------------------------------------------------------------------------- Python API
 class _DatasetScorer:
-    """Actor UDF of :func:`score_dataset`: adds score_<set>, status, error columns."""
+    """Actor UDF of :func:`score_dataset`: adds score_<set>, status, error (and embedding)
+    columns."""
 
     def __init__(self, spec: ScorerSpec, column: str, id_column: Optional[str],
-                 decode_threads: int):
+                 decode_threads: int, embeddings: bool = False):
         self.scorer = spec.build()
+        self.embeddings = embeddings
         self.spec = spec
         self.column = column
         self.id_column = id_column
@@ -584,6 +716,7 @@ class _DatasetScorer:
         self.variable = _variable_shapes(self.scorer)
 
     def __call__(self, table):
+        import numpy as np
         import pyarrow as pa
 
         values = table.column(self.column).to_pylist()
@@ -600,15 +733,24 @@ class _DatasetScorer:
             else:
                 items.append(Sample(id=sid, status="empty_file",
                                     error=f"{sid}: no image bytes in column {self.column!r}"))
-        rows = _embed_batch(self.scorer, items, self.spec.batch_size, self.threads,
-                            self.variable) if items else []
+        rows, emb = score_items(self.scorer, items, self.spec.batch_size, self.threads,
+                                self.variable, self.embeddings)
         for a in self.spec.anchors:
             vals = [r.scores.get(a, float("nan")) for r in rows]
             table = table.append_column(
                 f"score_{a}", pa.array([None if math.isnan(v) else float(v) for v in vals],
                                        pa.float64()))
         table = table.append_column("status", pa.array([r.status for r in rows], pa.string()))
-        return table.append_column("error", pa.array([r.error for r in rows], pa.string()))
+        table = table.append_column("error", pa.array([r.error for r in rows], pa.string()))
+        if not self.embeddings:
+            return table
+        ok = [r.status == STATUS_OK for r in rows]
+        dim = int(self.scorer.embed_dim)
+        full = np.zeros((len(rows), dim), np.float32)
+        full[np.asarray(ok, bool)] = emb
+        col = pa.FixedSizeListArray.from_arrays(pa.array(full.reshape(-1)), dim,
+                                                mask=pa.array([not x for x in ok]))
+        return table.append_column("embedding", col)
 
 
 def score_dataset(ds, bundle: Optional[str] = None, *, column: Optional[str] = None,
@@ -616,7 +758,9 @@ def score_dataset(ds, bundle: Optional[str] = None, *, column: Optional[str] = N
                   anchors="text", resolution: Optional[str] = None, device: str = "auto",
                   batch_size: int = 16, threads: Optional[int] = None,
                   max_pixels: Optional[int] = None, workers: Optional[int] = None,
-                  gpus_per_worker: float = 0.0, decode_cpus: float = 1.0):
+                  gpus_per_worker: float = 0.0, decode_cpus: float = 1.0,
+                  precision: str = "fp32", backend: Optional[str] = None,
+                  fast_decode: bool = False, embeddings: bool = False):
     """Add QUASAR scores to a Ray Dataset of images (lazy, like any Ray Data transform).
 
     Args:
@@ -629,7 +773,11 @@ def score_dataset(ds, bundle: Optional[str] = None, *, column: Optional[str] = N
             ``png``, ``webp``, ``path`` present.
         id_column: a column naming each row in error messages (default ``path`` when the
             images are bytes and a ``path`` column exists).
-        anchors, resolution, device, batch_size, threads, max_pixels: as ``Scorer``.
+        anchors, resolution, device, batch_size, threads, max_pixels, precision, backend,
+            fast_decode: as ``Scorer`` (a reduced precision must have passed its
+            ``quasar optimize`` gate; ``auto`` is resolved with the driver's hardware).
+        embeddings: also add an ``embedding`` column (fixed-size list of float32, null
+            where the input failed).
         workers: actors (default: GPUs / gpus_per_worker, or one per node).
         gpus_per_worker: GPUs per actor (> 0 runs ONNX Runtime on CUDA).
         decode_cpus: CPUs reserved per actor for its decoding threads.
@@ -637,7 +785,7 @@ def score_dataset(ds, bundle: Optional[str] = None, *, column: Optional[str] = N
     Returns:
         The dataset with ``score_<anchor set>`` (float, null where the input failed),
         ``status`` (``ok`` or the failure kind, as ``quasar score`` writes it) and ``error``
-        columns added; the other columns are kept.
+        columns (and ``embedding``) added; the other columns are kept.
 
     Example:
         >>> ds = ray.data.read_binary_files("s3://bucket/images/", include_paths=True)
@@ -648,7 +796,8 @@ def score_dataset(ds, bundle: Optional[str] = None, *, column: Optional[str] = N
     device = "cuda" if gpus_per_worker and device == "auto" else device
     spec, _b = resolve_spec(bundle, model=model, anchors=anchors, resolution=resolution,
                             device=device, threads=threads, max_pixels=max_pixels,
-                            batch_size=batch_size)
+                            batch_size=batch_size, precision=precision, backend=backend,
+                            fast_decode=fast_decode)
     names = ds.schema().names
     if column is None:
         column = next((c for c in ("bytes", "image", "jpg", "png", "webp", "path") if c in names), None)
@@ -664,14 +813,27 @@ def score_dataset(ds, bundle: Optional[str] = None, *, column: Optional[str] = N
     return ds.map_batches(_DatasetScorer, batch_format="pyarrow", batch_size=8 * batch_size,
                           fn_constructor_kwargs={"spec": spec, "column": column,
                                                  "id_column": id_column,
-                                                 "decode_threads": opts.decode_threads},
+                                                 "decode_threads": opts.decode_threads,
+                                                 "embeddings": bool(embeddings)},
                           **_actor_args(opts, spec, ray))
 
 
 # --------------------------------------------------------------------------- quasar score
+def _inside_input(d: str, specs: Sequence[str]) -> Optional[str]:
+    """The input folder that directory ``d`` is (or lies inside), or None."""
+    real = os.path.realpath(d)
+    for s in specs:
+        if s != "-" and not s.startswith("@") and os.path.isdir(s):
+            top = os.path.realpath(s)
+            if real == top or real.startswith(top.rstrip(os.sep) + os.sep):
+                return s
+    return None
+
+
 def run_ray(specs: Sequence[str], *, bundle, model, anchors, resolution, device, batch_size,
             workers, out, resume, overwrite, quiet, save_embeddings, max_pixels, threads,
             sources: SourceOptions, address, gpus_per_worker, decode_cpus, files_per_part,
+            precision="fp32", backend=None, fast_decode=False,
             usage_error=ValueError) -> int:
     """``quasar score --engine ray``: returns the exit code (0 all ok, 3 some failed)."""
     if out is None:
@@ -680,8 +842,20 @@ def run_ray(specs: Sequence[str], *, bundle, model, anchors, resolution, device,
     if os.path.exists(out) and not os.path.isdir(out):
         raise usage_error(f"--out {out} is a file; --engine ray writes a directory of Parquet "
                           "parts: give a directory")
+    emb_dir = None
     if save_embeddings is not None:
-        raise usage_error("--save-embeddings is not supported with --engine ray (yet)")
+        emb_dir = str(save_embeddings)
+        if os.path.splitext(emb_dir)[1].lower() in (".npy", ".safetensors") or \
+                (os.path.exists(emb_dir) and not os.path.isdir(emb_dir)):
+            raise usage_error(f"--save-embeddings {emb_dir}: with --engine ray this is a "
+                              "directory (one <part>.npy + <part>.paths.txt per part; it may be "
+                              "the --out directory)")
+    for d, flag in ((out, "--out"), (emb_dir, "--save-embeddings")):
+        inside = _inside_input(d, specs) if d is not None else None
+        if inside is not None:
+            raise usage_error(f"{flag} {d} is inside the input folder {inside}: a rerun would "
+                              "read this run's files as inputs; choose a directory outside "
+                              "the inputs")
     try:
         gpus = float(gpus_per_worker or 0)
         opts = RayOptions(address=None if address is None else str(address), workers=workers,
@@ -696,7 +870,13 @@ def run_ray(specs: Sequence[str], *, bundle, model, anchors, resolution, device,
     require_ray()
     spec, b = resolve_spec(None if bundle is None else str(bundle), model=model, anchors=anchors,
                            resolution=resolution, device=device, threads=threads,
-                           max_pixels=max_pixels, batch_size=batch_size)
+                           max_pixels=max_pixels, batch_size=batch_size,
+                           precision=str(precision).lower(), backend=backend,
+                           fast_decode=bool(fast_decode))
+    if not quiet and (spec.precision != "fp32" or spec.backend != "onnxruntime" or fast_decode):
+        print(f"quasar score: precision {spec.precision} ({spec.variant or 'fp32 encoder'}, "
+              f"{spec.backend}{', fast decode' if fast_decode else ''}) on every actor",
+              file=sys.stderr)
     shown = [0]
 
     def on_rows(rows):
@@ -708,7 +888,7 @@ def run_ray(specs: Sequence[str], *, bundle, model, anchors, resolution, device,
     show = not quiet and sys.stderr.isatty()
     try:
         rep = run(specs, out, spec, b, sources=sources, opts=opts, resume=resume,
-                  overwrite=overwrite, on_rows=on_rows, show_progress=show)
+                  overwrite=overwrite, on_rows=on_rows, show_progress=show, emb_dir=emb_dir)
     except KeyboardInterrupt:
         print(f"quasar score: error: interrupted; finished parts are in {out}: run the same "
               "command with --resume to continue", file=sys.stderr)

@@ -240,6 +240,14 @@ def test_ray_usage_errors(tmp_path, tiny, data, capsys):
     assert cli.main([str(data["pq"]), "--bundle", str(tiny), "--engine", "ray", "--quiet",
                      "--out", str(tmp_path / "d2"), "--image-column", "nope"]) == 2
     assert "no column 'nope'" in capsys.readouterr().err      # checked before Ray starts
+    loose = data["loose"]
+    assert cli.main([str(loose), "--bundle", str(tiny), "--engine", "ray", "--quiet",
+                     "--out", str(loose / "scores")]) == 2
+    assert "inside the input folder" in capsys.readouterr().err
+    assert not (loose / "scores").exists()
+    assert cli.main(base + ["--out", str(tmp_path / "d3"), "--save-embeddings",
+                            str(tmp_path / "e.npy")]) == 2
+    assert "is a directory" in capsys.readouterr().err
 
 
 @pytest.mark.gpu
@@ -253,3 +261,185 @@ def test_ray_on_cuda_equals_cpu(tmp_path, ray_address, tiny, data):
     assert [r["path"] for r in cpu] == [r["path"] for r in gpu]
     np.testing.assert_allclose([r["score_text"] for r in gpu], [r["score_text"] for r in cpu],
                                rtol=1e-4)
+
+
+def _cells(rows):
+    return [(r["path"], r["status"], r["error"], r.get("score_text")) for r in rows]
+
+
+def test_parts_share_one_engine_stream_and_split_exactly(tmp_path, tiny, data):
+    """score_parts runs several parts (empty and hostile ones included) through one engine
+    stream and splits the rows back: each part's rows equal scoring that part on its own."""
+    from quasar.runtime.scorer import Scorer
+    from quasar.runtime.sources import SourceOptions
+
+    s = Scorer.from_bundle(tiny)
+    src = SourceOptions()
+    loose = sorted(str(p) for p in data["loose"].iterdir())
+    parts = [{"part": "a", "kind": "files", "shard": "", "paths": loose[:3]},
+             {"part": "empty", "kind": "files", "shard": "", "paths": []},
+             {"part": "h", "kind": "webdataset", "shard": str(data["hostile"]), "paths": []},
+             {"part": "b", "kind": "files", "shard": "", "paths": loose[3:]},
+             {"part": "empty2", "kind": "files", "shard": "", "paths": []}]
+    got = list(qray.score_parts(s, parts, src, batch_size=2, workers=2, variable_shapes=False,
+                                embeddings=True))
+    assert [d["part"] for d, _, _ in got] == ["a", "empty", "h", "b", "empty2"]
+    for d, rows, embs in got:
+        alone, emb = qray.score_items(s, qray._part_items(d, src), 2, 2, False, embeddings=True)
+        assert [(r.path, r.status, r.error) for r in rows] == \
+            [(r.path, r.status, r.error) for r in alone]
+        np.testing.assert_allclose([r.scores["text"] for r in rows],
+                                   [r.scores["text"] for r in alone], rtol=1e-9)
+        ok = [e for e in embs if e is not None]
+        assert len(ok) == len(emb) == sum(r.status == "ok" for r in rows)
+        if ok:
+            np.testing.assert_allclose(np.stack(ok), emb, rtol=1e-6)
+
+
+def test_save_embeddings_per_part_and_resume(tmp_path, ray_address, tiny, data):
+    from quasar.runtime.images import ImageLoader
+    from quasar.bundle import load_bundle
+
+    specs = data["specs"][:2] + [str(data["loose"])]
+    out, emb = tmp_path / "parts", tmp_path / "emb"
+    base = specs + ["--bundle", str(tiny), "--out", str(out), "--engine", "ray", "--quiet",
+                    "--files-per-part", "4"]
+    assert cli.main(base) == 3                                  # scores only, first
+    assert not emb.exists()
+    assert cli.main(base + ["--resume", "--save-embeddings", str(emb)]) == 3  # all redone
+    local_npy = tmp_path / "local.npy"
+    _local_rows(tmp_path, specs, tiny, ["--save-embeddings", str(local_npy)])
+    local = dict(zip((tmp_path / "local.paths.txt").read_text().splitlines(),
+                     np.load(local_npy)))
+    got = {}
+    for part in sorted(out.glob("*.parquet")):
+        rows = pq.read_table(part).to_pylist()
+        names = (emb / (part.stem + ".paths.txt")).read_text().splitlines()
+        arr = np.load(emb / (part.stem + ".npy"))
+        assert arr.dtype == np.float32 and arr.shape == (len(names), 8)
+        assert names == [r["path"] for r in rows if r["status"] == "ok"]
+        got.update(zip(names, arr))
+    assert sorted(got) == sorted(local) and len(got) == 8 + 1 + 5  # ok rows only
+    for k in local:
+        np.testing.assert_allclose(got[k], local[k], rtol=1e-6)
+    # independent: the tiny encoder re-computed in numpy on the loader's pixels
+    b = load_bundle(tiny)
+    loader = ImageLoader(b.preprocess("224"))
+    for k, blob in data["expected"].items():
+        ref = rt_helpers.tiny_reference_embedding(loader(blob)[None])[0]
+        np.testing.assert_allclose(got[k], ref, rtol=1e-4, atol=1e-5)
+    # a part whose embeddings went missing is redone (alone) on --resume
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.parquet")}
+    (emb / "shard-00001.npy").unlink()
+    assert cli.main(base + ["--resume", "--save-embeddings", str(emb)]) == 0  # its rows: ok
+    after = {p.name: p.stat().st_mtime_ns for p in out.glob("*.parquet")}
+    assert [n for n in before if before[n] != after[n]] == ["shard-00001.parquet"]
+    np.testing.assert_allclose(np.load(emb / "shard-00001.npy"),
+                               np.stack([local[k] for k in data["expected"]
+                                         if "shard-00001" in k]), rtol=1e-6)
+
+
+def test_undecodable_file_names_are_encoded_like_the_local_tables(tmp_path, ray_address, tiny):
+    d = tmp_path / "imgs"
+    d.mkdir()
+    (d / "plain.jpg").write_bytes(sh.image_bytes(1))
+    odd = os.fsdecode(b"caf\xe9\nline.jpg")
+    with open(os.path.join(os.fsencode(d), os.fsencode(odd)), "wb") as f:
+        f.write(sh.image_bytes(2))
+    out = tmp_path / "parts"
+    assert cli.main([str(d), "--bundle", str(tiny), "--out", str(out), "--engine", "ray",
+                     "--quiet"]) == 0
+    got = sorted(r["path"] for r in _part_rows(out))
+    local = sorted(r["path"] for r in _local_rows(tmp_path, [str(d)], tiny))
+    assert got == local and any(p.startswith("b64:") for p in got)
+
+
+def test_precision_variant_on_ray(tmp_path, ray_address, tiny, data, capsys):
+    import shutil
+
+    from quasar.export.precision import Gate, build_and_measure
+    from quasar.runtime.scorer import Scorer
+
+    b = tmp_path / "bundle"
+    shutil.copytree(tiny, b)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(20):
+        (photos / f"p{i}.jpg").write_bytes(sh.image_bytes(200 + i, size=(64, 80)))
+    out = tmp_path / "parts"
+    args = [str(data["loose"]), "--bundle", str(b), "--out", str(out), "--engine", "ray"]
+    assert cli.main(args + ["--precision", "int8", "--quiet"]) == 2   # no variant yet
+    assert "no int8 variant" in capsys.readouterr().err and not out.exists()
+    assert build_and_measure(b, precision="int8", backend="onnxruntime",
+                             calibration=str(photos), gate=Gate(-1.0, 1.0)).passed
+    assert cli.main(args + ["--precision", "int8"]) == 3
+    assert "precision int8 (int8-onnxruntime" in capsys.readouterr().err
+    rows = [r for r in _part_rows(out) if r["status"] == "ok"]
+    want = Scorer.from_bundle(b, device="cpu", precision="int8").score([r["path"] for r in rows])
+    np.testing.assert_allclose([r["score_text"] for r in rows], want, atol=1e-9)
+    fp32 = Scorer.from_bundle(b, device="cpu").score([r["path"] for r in rows])
+    assert not np.allclose([r["score_text"] for r in rows], fp32, atol=1e-12, rtol=0)
+    meta = json.loads(pq.read_schema(next(out.glob("*.parquet"))).metadata[b"quasar.run"])
+    assert (meta["precision"], meta["backend"], meta["variant"]) == \
+        ("int8", "onnxruntime", "int8-onnxruntime")
+    assert cli.main(args + ["--resume", "--quiet"]) == 2                 # fp32 now: refused
+    assert "other settings (precision, variant" in capsys.readouterr().err
+
+
+def test_actor_error_surfaces_as_itself(tmp_path, ray_address, tiny, data):
+    """An error raised by an actor's constructor (here: a node picking another encoder than
+    the driver) stops the run with that error, not a Ray wrapper, and writes nothing."""
+    import dataclasses
+
+    from quasar.errors import RayRunError
+    from quasar.runtime.sources import SourceOptions
+
+    spec, b = qray.resolve_spec(str(tiny))
+    bad = dataclasses.replace(spec, variant="int8-onnxruntime")
+    out = tmp_path / "parts"
+    with pytest.raises(RayRunError, match="chose encoder fp32 for --precision fp32, the driver "
+                                          "chose int8-onnxruntime"):
+        qray.run([data["specs"][0]], str(out), bad, b, sources=SourceOptions())
+    assert not list(out.glob("*.parquet"))
+
+
+def _actor_pids():
+    pids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                cmd = open(f"/proc/{d}/cmdline", "rb").read()
+            except OSError:
+                continue
+            if b"_PartRunner" in cmd:
+                pids.append(int(d))
+    return pids
+
+
+def test_killed_actor_is_replaced_and_each_input_written_once(tmp_path, ray_address, tiny):
+    """SIGKILL the scoring actor mid-run (what the OOM killer does): Ray restarts it, the
+    part it held is redone, and every input still appears exactly once."""
+    shards, expected = sh.good_shards(tmp_path / "wds", n_shards=6, per_shard=3)
+    out = tmp_path / "parts"
+    args = [str(tmp_path / "wds" / "shard-{00000..00005}.tar"), "--bundle", str(tiny),
+            "--out", str(out), "--engine", "ray", "--address", ray_address, "--quiet"]
+    env = dict(os.environ, QUASAR_RAY_PART_DELAY="2")
+    proc = subprocess.Popen([sys.executable, "-m", "quasar", "score", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    killed = []
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None and not killed:
+            if any(out.glob("*.parquet")):
+                for pid in _actor_pids():
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+            time.sleep(0.05)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert killed, "the actor was never seen"
+    assert proc.returncode == 0, err.decode()[-3000:]
+    assert sorted(p.name for p in out.glob("*.parquet")) == \
+        [f"shard-{i:05d}.parquet" for i in range(6)]
+    assert Counter(r["path"] for r in _part_rows(out)) == Counter(list(expected))
