@@ -30,7 +30,8 @@ COMMAND = Command(
         O.OVERWRITE.but(help="replace an existing --out / --save-embeddings"),
         O.QUIET,
         opt("save_embeddings", "also write the embeddings of the ok rows (.npy or "
-            ".safetensors) plus <stem>.paths.txt", metavar="FILE"),
+            ".safetensors) plus <stem>.paths.txt; --engine ray: a directory, one "
+            "<part>.npy + <part>.paths.txt per part", metavar="FILE"),
         opt("max_pixels", "refuse images with more pixels (decompression-bomb limit; 0: no "
             "limit)", metavar="N", type=O.integer, default_text="89478485, as Pillow"),
         O.THREADS,

@@ -443,3 +443,37 @@ def test_killed_actor_is_replaced_and_each_input_written_once(tmp_path, ray_addr
     assert sorted(p.name for p in out.glob("*.parquet")) == \
         [f"shard-{i:05d}.parquet" for i in range(6)]
     assert Counter(r["path"] for r in _part_rows(out)) == Counter(list(expected))
+
+
+def _ray_daemons():
+    found = set()
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                cmd = open(f"/proc/{d}/cmdline", "rb").read()
+            except OSError:
+                continue
+            if b"gcs_server" in cmd or b"raylet" in cmd or b"autoscaler/_private/monitor" in cmd:
+                found.add(int(d))
+    return found
+
+
+def test_cli_starts_and_stops_its_own_ray(tmp_path, ray_address, tiny):
+    """Without --address the command starts a local Ray (workers at normal priority, the
+    idle autoscaler monitor stopped early) and stops it: clean console, nothing left behind."""
+    shards, expected = sh.good_shards(tmp_path / "wds", n_shards=2, per_shard=3)
+    before = _ray_daemons()
+    out = tmp_path / "parts"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run([sys.executable, "-m", "quasar", "score",
+                           str(tmp_path / "wds" / "shard-{00000..00001}.tar"), "--bundle",
+                           str(tiny), "--out", str(out), "--engine", "ray"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # Ray Data's own core_worker line about actor constructor arguments (ray#53727) aside
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and "RANDOMLY" not in ln
+             and "has constructor arguments in the object store" not in ln]
+    assert len(lines) == 1 and lines[0].startswith("quasar score: 6 scored, 0 failed"), lines
+    assert Counter(r["path"] for r in _part_rows(out)) == Counter(list(expected))
+    time.sleep(1)
+    assert _ray_daemons() <= before  # the instance it started is gone
