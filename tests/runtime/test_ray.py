@@ -218,6 +218,12 @@ def test_score_dataset_api(ray_address, tiny, data):
     assert rows[-1]["status"] == "not_an_image" and rows[-1]["score_text"] is None
     assert rows[-1]["error"].startswith("mem/5.jpg: not an image")
     assert rows[0]["bytes"] == blobs[0]                          # input columns kept
+    # embeddings=True: a fixed-size float32 list per ok row, null for a failed one
+    rows = sorted(qray.score_dataset(ds, str(tiny), batch_size=2, embeddings=True).take_all(),
+                  key=lambda r: r["path"])
+    want = Scorer.from_bundle(tiny).embed(blobs[:-1])
+    np.testing.assert_allclose(np.stack([r["embedding"] for r in rows[:-1]]), want, rtol=1e-6)
+    assert rows[-1]["embedding"] is None and rows[-1]["status"] == "not_an_image"
     # a dataset of paths
     paths = sorted(str(p) for p in data["loose"].glob("im*.jpg"))
     rows = sorted(qray.score_dataset(ray.data.from_items([{"path": p} for p in paths]),
