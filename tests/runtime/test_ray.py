@@ -169,14 +169,21 @@ def test_ray_vitb32_equals_scorer(tmp_path, ray_address, vitb32_bundle):
     assert np.ptp(ref) > 1e-4  # a random ViT-B-32 separates images
 
 
-def test_killed_driver_rerun_gives_each_input_once(tmp_path, ray_address, tiny):
+def _slow_run(tmp_path, ray_address, tiny, part_delay):
+    """A `quasar score --engine ray` subprocess on 6 shards of 3 samples that waits
+    ``part_delay`` s after writing each part: (process, out dir, args, expected ids)."""
     shards, expected = sh.good_shards(tmp_path / "wds", n_shards=6, per_shard=3)
     out = tmp_path / "parts"
     args = [str(tmp_path / "wds" / "shard-{00000..00005}.tar"), "--bundle", str(tiny),
             "--out", str(out), "--engine", "ray", "--address", ray_address, "--quiet"]
-    env = dict(os.environ, QUASAR_RAY_PART_DELAY="4")
+    env = dict(os.environ, QUASAR_RAY_PART_DELAY=str(part_delay))
     proc = subprocess.Popen([sys.executable, "-m", "quasar", "score", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return proc, out, args, expected
+
+
+def test_killed_driver_rerun_gives_each_input_once(tmp_path, ray_address, tiny):
+    proc, out, args, expected = _slow_run(tmp_path, ray_address, tiny, 4)
     try:
         deadline = time.time() + 240
         while time.time() < deadline and proc.poll() is None:
@@ -409,29 +416,28 @@ def test_actor_error_surfaces_as_itself(tmp_path, ray_address, tiny, data):
     assert not list(out.glob("*.parquet"))
 
 
-def _actor_pids():
-    pids = []
+def _pids_with(*needles: bytes):
+    """PIDs of the processes whose command line contains one of ``needles``."""
+    found = set()
     for d in os.listdir("/proc"):
         if d.isdigit():
             try:
                 cmd = open(f"/proc/{d}/cmdline", "rb").read()
             except OSError:
                 continue
-            if b"_PartRunner" in cmd:
-                pids.append(int(d))
-    return pids
+            if any(n in cmd for n in needles):
+                found.add(int(d))
+    return found
+
+
+def _actor_pids():
+    return _pids_with(b"_PartRunner")
 
 
 def test_killed_actor_is_replaced_and_each_input_written_once(tmp_path, ray_address, tiny):
     """SIGKILL the scoring actor mid-run (what the OOM killer does): Ray restarts it, the
     part it held is redone, and every input still appears exactly once."""
-    shards, expected = sh.good_shards(tmp_path / "wds", n_shards=6, per_shard=3)
-    out = tmp_path / "parts"
-    args = [str(tmp_path / "wds" / "shard-{00000..00005}.tar"), "--bundle", str(tiny),
-            "--out", str(out), "--engine", "ray", "--address", ray_address, "--quiet"]
-    env = dict(os.environ, QUASAR_RAY_PART_DELAY="2")
-    proc = subprocess.Popen([sys.executable, "-m", "quasar", "score", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc, out, _args, expected = _slow_run(tmp_path, ray_address, tiny, 2)
     killed = []
     try:
         deadline = time.time() + 240
@@ -452,16 +458,7 @@ def test_killed_actor_is_replaced_and_each_input_written_once(tmp_path, ray_addr
 
 
 def _ray_daemons():
-    found = set()
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                cmd = open(f"/proc/{d}/cmdline", "rb").read()
-            except OSError:
-                continue
-            if b"gcs_server" in cmd or b"raylet" in cmd or b"autoscaler/_private/monitor" in cmd:
-                found.add(int(d))
-    return found
+    return _pids_with(b"gcs_server", b"raylet", b"autoscaler/_private/monitor")
 
 
 def test_cli_starts_and_stops_its_own_ray(tmp_path, ray_address, tiny):
