@@ -232,8 +232,16 @@ class OutputGuard:
                     "another output name")
 
     def is_output(self, path: str) -> Optional[str]:
-        """The output that ``path`` is, or None. Cheap: only names equal to an output's
-        name are resolved."""
-        if os.path.basename(path) not in self._names:
+        """The output that ``path`` is, or None. Cheap: a name equal to an output's name is
+        resolved; any other name costs one ``stat``, and only while an output existed
+        before the run (a ``--resume`` appends to it in place, so a hard link to it under
+        another name is that output too)."""
+        if os.path.basename(path) in self._names:
+            return self.which(path)
+        if not self._ids:
             return None
-        return self.which(path)
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None  # the engine reports why it cannot be read
+        return self._ids.get((st.st_dev, st.st_ino))

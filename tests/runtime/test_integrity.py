@@ -393,6 +393,17 @@ def test_outputs_never_overwrite_inputs(bundle, tmp_path, capsys):
     assert r.returncode == 3, r.stderr
     st = {Path(x["path"]).name: x["status"] for x in read_table(str(out))}
     assert st == {"0.png": "ok", "s.jsonl": "output_file"}
+    # a hard link to the output under another name, in a scanned folder, on --resume
+    d = tmp_path / "d"
+    d.mkdir()
+    noise_png(d / "a.png", seed=7)
+    out2 = tmp_path / "r.jsonl"
+    assert main([str(d), "--bundle", str(bundle), "--out", str(out2), "-q"]) == 0
+    os.link(out2, d / "copy.png")  # folders list images by extension
+    noise_png(d / "b.png", seed=8)
+    assert main([str(d), "--bundle", str(bundle), "--out", str(out2), "--resume", "-q"]) == 3
+    st = {Path(x["path"]).name: x["status"] for x in read_table(str(out2))}
+    assert st == {"a.png": "ok", "b.png": "ok", "copy.png": "output_file"}
 
 
 # ============================================================ 9. bundle.json robustness
