@@ -645,8 +645,8 @@ def run(specs: Sequence[str], out_dir: str, spec: ScorerSpec, bundle, *,
         for batch in _unwrapped(ds.iter_batches(batch_size=None, batch_format="pyarrow")):
             emb = None
             if want_emb:
-                col = batch.column("embedding").combine_chunks()
-                emb = col.values.to_numpy(zero_copy_only=False).reshape(len(col), -1)
+                col = batch.column("embedding").combine_chunks()  # flatten(): offset-aware
+                emb = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), dim)
                 batch = batch.drop_columns(["embedding"])
             for k, r in enumerate(batch.to_pylist()):
                 name = r["part"]
