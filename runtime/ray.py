@@ -469,8 +469,9 @@ MAX_PARTS_PER_CALL = 16
 def parts_per_call(n_parts: int, n_actors: int) -> int:
     """Parts per actor call: enough that the decode-ahead pipeline rarely restarts (each call
     is one engine stream), few enough that every actor gets about two calls (a slow actor
-    holds back little)."""
-    return max(1, min(MAX_PARTS_PER_CALL, math.ceil(n_parts / (2 * max(1, n_actors)))))
+    holds back little); a single actor has no one to balance with, so it takes the most."""
+    calls = 1 if n_actors <= 1 else 2 * n_actors
+    return max(1, min(MAX_PARTS_PER_CALL, math.ceil(n_parts / calls)))
 
 
 def _actor_args(opts: RayOptions, spec: ScorerSpec, ray) -> Dict[str, Any]:
