@@ -70,32 +70,6 @@ def require_ray():
 
 
 # --------------------------------------------------------------------------- the engine seam
-def score_items(scorer, items: Iterable[Any], batch_size: int, workers: int,
-                variable_shapes: bool, embeddings: bool = False):
-    """``(rows, emb)`` for ``items`` (paths or :class:`Sample`, consumed lazily): the local
-    path's engine and row builder (:func:`quasar.runtime.pipeline.run_pipeline`), unchanged.
-    ``rows`` are ``writers.Row`` in input order; ``emb`` the float32 [n_ok, D] embeddings of
-    the ok rows in order (None unless ``embeddings``)."""
-    import numpy as np
-
-    from .pipeline import PipelineConfig, run_pipeline
-
-    cfg = PipelineConfig(batch_size=batch_size, workers=workers, variable_shapes=variable_shapes)
-    rows: list = []
-    embs: list = []
-
-    def sink(r, emb):
-        rows.extend(r)
-        if embeddings and len(emb):
-            embs.append(np.asarray(emb, dtype=np.float32))
-
-    run_pipeline(scorer, items, sink, cfg)
-    if not embeddings:
-        return rows, None
-    dim = int(scorer.embed_dim)
-    return rows, (np.concatenate(embs) if embs else np.zeros((0, dim), np.float32))
-
-
 def _variable_shapes(scorer) -> bool:
     try:
         return scorer.manifest.preprocess[str(scorer.resolution)].fixed_size is None
@@ -285,38 +259,41 @@ def _part_items(part: dict, sources: SourceOptions) -> Iterator[Any]:
     return sources.samples(part["shard"])
 
 
-def score_parts(scorer, parts: Sequence[dict], sources: SourceOptions, batch_size: int,
-                workers: int, variable_shapes: bool, embeddings: bool = False
-                ) -> Iterator[Tuple[dict, list, Optional[list]]]:
-    """``(part, rows, embeddings)`` for each of ``parts``, in order, as each completes.
+def score_streams(scorer, streams: Iterable[Iterable[Any]], batch_size: int, workers: int,
+                  variable_shapes: bool, embeddings: bool = False
+                  ) -> Iterator[Tuple[int, list, Optional[list]]]:
+    """``(j, rows, embeddings)`` for each input stream ``j`` (paths or :class:`Sample`,
+    consumed lazily), in order, as each completes: the local path's engine and row builder
+    (:func:`quasar.runtime.pipeline.iter_rows`), unchanged.
 
-    The parts' inputs go through **one** engine stream, so decoding of the next part
-    overlaps the encoding of this one (a stream per part would drain and refill the
-    decode-ahead pipeline at every part boundary). ``embeddings``: per row, the float32
-    embedding of an ok row, None for a failed one."""
+    All streams go through **one** engine stream, so decoding of the next one overlaps the
+    encoding of this one (an engine per stream would drain and refill the decode-ahead
+    pipeline at every boundary). ``rows`` are ``writers.Row`` in input order;
+    ``embeddings`` (with ``embeddings=True``), per row, the float32 embedding of an ok row,
+    None for a failed one."""
     from .pipeline import PipelineConfig, iter_rows
 
-    ends: Dict[int, int] = {}  # part index -> inputs before its end (set once it is read)
+    ends: List[int] = []  # inputs before the end of each stream read so far
 
     def feed() -> Iterator[Any]:
         n = 0
-        for j, d in enumerate(parts):
-            for item in _part_items(d, sources):
+        for items in streams:
+            for item in items:
                 yield item
                 n += 1
-            ends[j] = n
+            ends.append(n)
 
     cfg = PipelineConfig(batch_size=batch_size, workers=workers, variable_shapes=variable_shapes)
     rows: list = []
     embs: list = []
     start = 0   # global index of rows[0]
-    j = 0       # next part to hand out
+    j = 0       # next stream to hand out
 
     def ready():
         nonlocal start, j, rows, embs
-        while j < len(parts) and j in ends and start + len(rows) >= ends[j]:
+        while j < len(ends) and start + len(rows) >= ends[j]:
             k = ends[j] - start
-            yield parts[j], rows[:k], (embs[:k] if embeddings else None)
+            yield j, rows[:k], (embs[:k] if embeddings else None)
             rows, embs = rows[k:], embs[k:]
             start = ends[j]
             j += 1
@@ -327,10 +304,56 @@ def score_parts(scorer, parts: Sequence[dict], sources: SourceOptions, batch_siz
             it = iter(emb)
             embs.extend(next(it) if r.status == STATUS_OK else None for r in window)
         yield from ready()
-    yield from ready()  # the stream is exhausted: every end is known (empty parts too)
+    yield from ready()  # the stream is exhausted: every end is known (empty streams too)
 
 
-class _PartRunner:
+def score_parts(scorer, parts: Sequence[dict], sources: SourceOptions, batch_size: int,
+                workers: int, variable_shapes: bool, embeddings: bool = False
+                ) -> Iterator[Tuple[dict, list, Optional[list]]]:
+    """``(part, rows, embeddings)`` for each of ``parts``, in order, as each completes, all
+    through one engine stream (:func:`score_streams`)."""
+    for j, rows, embs in score_streams(scorer, (_part_items(d, sources) for d in parts),
+                                       batch_size, workers, variable_shapes, embeddings):
+        yield parts[j], rows, embs
+
+
+class _ScoringActor:
+    """What both actor UDFs hold: one Scorer (one ONNX Runtime session) and how it streams."""
+
+    def __init__(self, spec: ScorerSpec, decode_threads: int, embeddings: bool = False):
+        self.scorer = spec.build()
+        self.spec = spec
+        self.threads = decode_threads
+        self.embeddings = embeddings
+        self.variable = _variable_shapes(self.scorer)
+
+    def _columns(self, pa, rows: list, embs: Optional[list], pad: int = 0) -> Dict[str, Any]:
+        """``score_<set>`` (null where failed), ``status``, ``error`` and, when asked,
+        ``embedding`` (fixed-size float32 list, null where failed) of ``rows``, followed by
+        ``pad`` empty cells."""
+        import numpy as np
+
+        cols: Dict[str, Any] = {}
+        for a in self.spec.anchors:
+            vals = [r.scores.get(a, float("nan")) for r in rows]
+            cols[f"score_{a}"] = pa.array(
+                [None if v is None or math.isnan(v) else float(v) for v in vals] + [None] * pad,
+                pa.float64())
+        cols["status"] = pa.array([r.status for r in rows] + [""] * pad, pa.string())
+        cols["error"] = pa.array([r.error or "" for r in rows] + [""] * pad, pa.string())
+        if self.embeddings:
+            dim = int(self.scorer.embed_dim)
+            full = np.zeros((len(rows) + pad, dim), np.float32)
+            missing = [True] * (len(rows) + pad)
+            for i, e in enumerate(embs or []):
+                if e is not None:
+                    full[i], missing[i] = e, False
+            cols["embedding"] = pa.FixedSizeListArray.from_arrays(
+                pa.array(full.reshape(-1)), dim, mask=pa.array(missing))
+        return cols
+
+
+class _PartRunner(_ScoringActor):
     """Actor UDF of the CLI pipeline: a batch of part descriptions -> one table per part,
     yielded as each part completes.
 
@@ -343,12 +366,8 @@ class _PartRunner:
 
     def __init__(self, spec: ScorerSpec, sources: SourceOptions, decode_threads: int,
                  embeddings: bool = False):
-        self.scorer = spec.build()
-        self.spec = spec
+        super().__init__(spec, decode_threads, embeddings)
         self.sources = sources
-        self.threads = decode_threads
-        self.embeddings = embeddings
-        self.variable = _variable_shapes(self.scorer)
 
     def __call__(self, batch):
         import pyarrow as pa
@@ -359,8 +378,6 @@ class _PartRunner:
             yield self._table(pa, d, rows, embs)
 
     def _table(self, pa, d: dict, rows: list, embs: Optional[list]):
-        import numpy as np
-
         from .writers import encode_path
 
         n = len(rows)
@@ -368,20 +385,7 @@ class _PartRunner:
                 "idx": pa.array(list(range(n)) + [-1], pa.int64()),
                 "n": pa.array([-1] * n + [n], pa.int64()),
                 "path": pa.array([encode_path(r.path) for r in rows] + [""], pa.string())}
-        for a in self.spec.anchors:
-            vals = [r.scores.get(a, float("nan")) for r in rows]
-            cols[f"score_{a}"] = pa.array(
-                [None if v is None or math.isnan(v) else float(v) for v in vals] + [None],
-                pa.float64())
-        cols["status"] = pa.array([r.status for r in rows] + [""], pa.string())
-        cols["error"] = pa.array([r.error or "" for r in rows] + [""], pa.string())
-        if self.embeddings:
-            dim = int(self.scorer.embed_dim)
-            full = np.zeros((n + 1, dim), np.float32)
-            for i, e in enumerate(embs or []):
-                if e is not None:
-                    full[i] = e
-            cols["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(full.reshape(-1)), dim)
+        cols.update(self._columns(pa, rows, embs, pad=1))
         return pa.table(cols)
 
 
@@ -645,11 +649,13 @@ def run(specs: Sequence[str], out_dir: str, spec: ScorerSpec, bundle, *,
         written: set = set()  # a retried call (its actor died) resends parts already written
         for batch in _unwrapped(ds.iter_batches(batch_size=None, batch_format="pyarrow")):
             emb = None
-            if want_emb:
-                col = batch.column("embedding").combine_chunks()  # flatten(): offset-aware
-                emb = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), dim)
+            if want_emb:  # non-null exactly for the ok rows; flatten() skips the nulls
+                col = batch.column("embedding").combine_chunks()
+                emb = iter(col.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim))
                 batch = batch.drop_columns(["embedding"])
-            for k, r in enumerate(batch.to_pylist()):
+            for r in batch.to_pylist():
+                if emb is not None and r["status"] == STATUS_OK:
+                    r["embedding"] = next(emb)  # taken in row order, also for skipped rows
                 name = r["part"]
                 if name in written:
                     continue
@@ -657,8 +663,6 @@ def run(specs: Sequence[str], out_dir: str, spec: ScorerSpec, bundle, *,
                 if r["n"] >= 0:
                     counts[name] = r["n"]
                 else:
-                    if emb is not None:
-                        r["embedding"] = emb[k]
                     rows[r["idx"]] = r
                 if name in counts and len(rows) == counts[name]:
                     _write_part(pa, out_dir, by_name[name], rows, spec.anchors, identity,
@@ -725,22 +729,17 @@ def read_parts(out_dir: str) -> List[dict]:
 
 
 # --------------------------------------------------------------------------- Python API
-class _DatasetScorer:
+class _DatasetScorer(_ScoringActor):
     """Actor UDF of :func:`score_dataset`: adds score_<set>, status, error (and embedding)
     columns."""
 
     def __init__(self, spec: ScorerSpec, column: str, id_column: Optional[str],
                  decode_threads: int, embeddings: bool = False):
-        self.scorer = spec.build()
-        self.embeddings = embeddings
-        self.spec = spec
+        super().__init__(spec, decode_threads, embeddings)
         self.column = column
         self.id_column = id_column
-        self.threads = decode_threads
-        self.variable = _variable_shapes(self.scorer)
 
     def __call__(self, table):
-        import numpy as np
         import pyarrow as pa
 
         values = table.column(self.column).to_pylist()
@@ -757,24 +756,11 @@ class _DatasetScorer:
             else:
                 items.append(Sample(id=sid, status="empty_file",
                                     error=f"{sid}: no image bytes in column {self.column!r}"))
-        rows, emb = score_items(self.scorer, items, self.spec.batch_size, self.threads,
-                                self.variable, self.embeddings)
-        for a in self.spec.anchors:
-            vals = [r.scores.get(a, float("nan")) for r in rows]
-            table = table.append_column(
-                f"score_{a}", pa.array([None if math.isnan(v) else float(v) for v in vals],
-                                       pa.float64()))
-        table = table.append_column("status", pa.array([r.status for r in rows], pa.string()))
-        table = table.append_column("error", pa.array([r.error for r in rows], pa.string()))
-        if not self.embeddings:
-            return table
-        ok = [r.status == STATUS_OK for r in rows]
-        dim = int(self.scorer.embed_dim)
-        full = np.zeros((len(rows), dim), np.float32)
-        full[np.asarray(ok, bool)] = emb
-        col = pa.FixedSizeListArray.from_arrays(pa.array(full.reshape(-1)), dim,
-                                                mask=pa.array([not x for x in ok]))
-        return table.append_column("embedding", col)
+        ((_, rows, embs),) = score_streams(self.scorer, [items], self.spec.batch_size,
+                                           self.threads, self.variable, self.embeddings)
+        for name, col in self._columns(pa, rows, embs).items():
+            table = table.append_column(name, col)
+        return table
 
 
 def score_dataset(ds, bundle: Optional[str] = None, *, column: Optional[str] = None,

@@ -283,6 +283,7 @@ def _cells(rows):
 def test_parts_share_one_engine_stream_and_split_exactly(tmp_path, tiny, data):
     """score_parts runs several parts (empty and hostile ones included) through one engine
     stream and splits the rows back: each part's rows equal scoring that part on its own."""
+    from quasar.runtime.pipeline import PipelineConfig, run_pipeline
     from quasar.runtime.scorer import Scorer
     from quasar.runtime.sources import SourceOptions
 
@@ -298,7 +299,10 @@ def test_parts_share_one_engine_stream_and_split_exactly(tmp_path, tiny, data):
                                 embeddings=True))
     assert [d["part"] for d, _, _ in got] == ["a", "empty", "h", "b", "empty2"]
     for d, rows, embs in got:
-        alone, emb = qray.score_items(s, qray._part_items(d, src), 2, 2, False, embeddings=True)
+        alone, emb = [], []  # the part scored on its own by the local pipeline
+        run_pipeline(s, qray._part_items(d, src),
+                     lambda r, e: (alone.extend(r), emb.extend(e)),
+                     PipelineConfig(batch_size=2, workers=2))
         assert [(r.path, r.status, r.error) for r in rows] == \
             [(r.path, r.status, r.error) for r in alone]
         np.testing.assert_allclose([r.scores["text"] for r in rows],
