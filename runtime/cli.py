@@ -160,7 +160,7 @@ def load_scorer(**kw):
 
 
 def _err(msg: str) -> None:
-    from .writers import safe_text
+    from quasar.text import safe_text
 
     print(f"quasar score: error: {safe_text(msg)}", file=sys.stderr)
 
@@ -346,7 +346,9 @@ def _run_locked(specs, scorer, identity, table, emb_writer, guard, resume, overw
     from .pipeline import PipelineConfig, run_pipeline
     from .pipeline import item_id
     from .sources import iter_items
-    from .writers import STATUS_OK, safe_text
+    from quasar.text import safe_text
+
+    from .writers import STATUS_OK
 
     done: set = set()
     existing = [w for w in (table, emb_writer) if w is not None and w.exists()]

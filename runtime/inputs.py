@@ -36,7 +36,7 @@ from quasar.constants import IMAGE_EXTENSIONS  # noqa: F401 (re-exported)
 from quasar.errors import InputError, SymlinkLoopError, UnlistableDirError  # noqa: F401
 
 from .engine import FailedInput
-from .writers import safe_text
+from quasar.text import safe_text
 
 log = logging.getLogger(__name__)
 

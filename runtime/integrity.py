@@ -5,91 +5,21 @@ or would write over, one of the run's inputs (:class:`OutputGuard`).
 """
 from __future__ import annotations
 
-import errno
 import json
 import os
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from quasar.bundle.atomic import atomic_write_text
-from quasar.errors import OutputError, OutputLockedError, RunIdentityError, UsageError
+from quasar.bundle.lock import LOCK_SUFFIX, OutputLock  # noqa: F401 - the lock of every writer
+from quasar.errors import OutputError, RunIdentityError, UsageError
+from quasar.text import safe_text
 
-from .writers import RUN_SUFFIX, safe_text
+from .writers import RUN_SUFFIX
 
 #: Fields of the identity that must match for ``--resume`` (``quasar_version`` is recorded
 #: and a difference only warned about: an upgrade must not strand a half-done run).
 IDENTITY_KEYS = ("bundle_sha256", "model", "resolution", "anchors", "precision", "backend",
                  "variant", "fast_decode")
-LOCK_SUFFIX = ".lock"
-
-
-# --------------------------------------------------------------------------- lock
-class OutputLock:
-    """An exclusive, non-blocking ``fcntl.flock`` on ``<path>.lock``, held for the whole
-    run (reading / resuming / writing). A second writer is refused at once
-    (:class:`OutputLockedError`, naming the file and the other process id).
-
-    The lock file is removed at release, while still locked; a process that opened the old
-    file just before it was unlinked would lock an orphan, so after locking the inode of
-    the open file is compared with the one at the path, and the attempt repeated when they
-    differ."""
-
-    def __init__(self, path: str) -> None:
-        self.target = str(path)
-        self.path = self.target + LOCK_SUFFIX
-        self._fd: Optional[int] = None
-
-    def acquire(self) -> "OutputLock":
-        import fcntl
-
-        parent = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(parent, exist_ok=True)
-        for _ in range(100):
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                pid = ""
-                try:
-                    pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-                except OSError:
-                    pass
-                os.close(fd)
-                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    who = f"process {pid}" if pid.isdigit() else "another process"
-                    raise OutputLockedError(
-                        f"{safe_text(self.target)} is being written by {who} (lock "
-                        f"{safe_text(self.path)}); wait for it to finish, or choose another "
-                        "--out") from None
-                raise
-            try:
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
-            except FileNotFoundError:
-                same = False
-            if not same:  # unlinked by the previous holder between open and flock
-                os.close(fd)
-                continue
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-            self._fd = fd
-            return self
-        raise OutputLockedError(f"{safe_text(self.path)}: cannot take the lock (it keeps "
-                                "being replaced)")
-
-    def release(self) -> None:
-        if self._fd is None:
-            return
-        try:
-            os.unlink(self.path)
-        except OSError:
-            pass
-        os.close(self._fd)
-        self._fd = None
-
-    def __enter__(self) -> "OutputLock":
-        return self.acquire()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.release()
 
 
 # --------------------------------------------------------------------------- identity

@@ -378,7 +378,7 @@ class _PartRunner(_ScoringActor):
             yield self._table(pa, d, rows, embs)
 
     def _table(self, pa, d: dict, rows: list, embs: Optional[list]):
-        from .writers import encode_path
+        from quasar.text import encode_path
 
         n = len(rows)
         cols = {"part": pa.array([d["part"]] * (n + 1), pa.string()),

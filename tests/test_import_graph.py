@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {"models": "models", "bundle": "bundle", "runtime": "runtime", "export": "export",
             "evaluate": "evaluate", "bench": "bench"}
-LEAVES = {"constants", "errors", "home", "timing", "console"}  # quasar/<leaf>.py, stdlib only
+LEAVES = {"constants", "errors", "home", "timing", "console", "text"}  # quasar/<leaf>.py, stdlib only
 # package -> the quasar packages it may import (itself always allowed)
 ALLOWED = {
     "models": {"constants", "errors"},

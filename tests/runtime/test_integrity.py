@@ -28,7 +28,8 @@ from quasar.bundle import load_bundle
 from quasar.cli import run
 from quasar.errors import BundleError
 from quasar.runtime.scorer import Scorer
-from quasar.runtime.writers import decode_path, encode_path, read_table
+from quasar.runtime.writers import read_table
+from quasar.text import decode_path, encode_path
 
 PY = sys.executable
 SETPRIV = shutil.which("setpriv")
