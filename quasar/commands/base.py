@@ -70,6 +70,11 @@ class Option:
     accepted silently. ``type`` converts the string (``None``: inferred from the default:
     bool -> a switch, int, float, else str). A switch whose default is True is spelled
     ``--no-<name>``. ``default_text`` describes a ``None`` default in words.
+
+    Ranges are declared here, once, like choices: ``minimum`` / ``maximum`` (inclusive) and
+    ``above`` / ``below`` (exclusive bounds, for "a number > 0") are checked when the command line
+    is parsed (``--batch-size 0``: "must be at least 1, got 0"; exit 2, nothing run) and
+    shown in help. The command bodies receive checked, typed values and do not check again.
     """
 
     name: str
@@ -80,6 +85,10 @@ class Option:
     choices: Optional[Tuple[str, ...]] = None
     default_text: Optional[str] = None
     aliases: Tuple[str, ...] = ()   # other accepted long flags (hidden), e.g. "--anchor-set"
+    minimum: Optional[float] = None  # inclusive bounds of an integer / number option
+    maximum: Optional[float] = None
+    above: Optional[float] = None    # exclusive bounds: above=0 means "> 0"
+    below: Optional[float] = None
 
     def __post_init__(self):
         if not self.name.isidentifier():
@@ -88,6 +97,46 @@ class Option:
             raise ValueError(f"option {self.name!r} needs a description")
         if self.short is not None and (len(self.short) != 2 or not self.short.startswith("-")):
             raise ValueError(f"short flag {self.short!r} of {self.name!r}: use -x")
+        if None not in (self.minimum, self.above) or None not in (self.maximum, self.below):
+            raise ValueError(f"option {self.name!r}: minimum or above, maximum or below")
+        lo = self.minimum if self.minimum is not None else self.above
+        hi = self.maximum if self.maximum is not None else self.below
+        closed = self.minimum is not None and self.maximum is not None
+        if lo is not None and hi is not None and (lo > hi or (lo == hi and not closed)):
+            raise ValueError(f"option {self.name!r}: empty range")
+
+    def check_range(self, value):
+        """``value`` if it lies in the declared range, else an ``argparse.ArgumentTypeError``
+        saying which bound it misses (a message meant for ``quasar CMD: error: --flag ...``)."""
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            return value
+        if self.minimum is not None and value < self.minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {_num(self.minimum)}, "
+                                             f"got {_num(value)}")
+        if self.above is not None and not value > self.above:
+            raise argparse.ArgumentTypeError(f"must be greater than {_num(self.above)}, "
+                                             f"got {_num(value)}")
+        if self.maximum is not None and value > self.maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {_num(self.maximum)}, "
+                                             f"got {_num(value)}")
+        if self.below is not None and not value < self.below:
+            raise argparse.ArgumentTypeError(f"must be less than {_num(self.below)}, "
+                                             f"got {_num(value)}")
+        return value
+
+    @property
+    def range_text(self) -> Optional[str]:
+        """The declared range in words, for help ("at least 1", "> 0, at most 1")."""
+        parts = []
+        if self.minimum is not None:
+            parts.append(f"at least {_num(self.minimum)}")
+        if self.above is not None:
+            parts.append(f"> {_num(self.above)}")
+        if self.maximum is not None:
+            parts.append(f"at most {_num(self.maximum)}")
+        if self.below is not None:
+            parts.append(f"< {_num(self.below)}")
+        return ", ".join(parts) or None
 
     def but(self, **changes) -> "Option":
         """A copy with some fields changed (a command-specific description, metavar...)."""
@@ -96,6 +145,11 @@ class Option:
     @property
     def flag(self) -> str:
         return "--" + self.name.replace("_", "-")
+
+
+def _num(x) -> str:
+    """1.0 -> "1", 0.25 -> "0.25" (bounds and values in messages, as the user writes them)."""
+    return str(int(x)) if isinstance(x, float) and x.is_integer() else str(x)
 
 
 def opt(name: str, help: str, **kw) -> Option:
@@ -148,10 +202,26 @@ def integer(text: str) -> int:
 
 
 def number(text: str) -> float:
+    """A number (``nan`` is refused: it compares false with every bound and every value)."""
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value != value:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
+    return value
+
+
+def _checked(convert: Callable[[str], Any], option: Option) -> Callable[[str], Any]:
+    """``convert`` followed by the option's range check (argparse reports either error)."""
+    if (option.minimum, option.maximum, option.above, option.below) == (None,) * 4:
+        return convert
+
+    def typed(text: str):
+        return option.check_range(convert(text))
+
+    typed.__name__ = getattr(convert, "__name__", "value")  # argparse names it in errors
+    return typed
 
 
 def lower(text: str) -> str:
@@ -265,7 +335,7 @@ class Command:
             else:
                 parser.add_argument(*names, dest=p.name, metavar=p.metavar,
                                     default=p.default, choices=o.choices,
-                                    type=o.type or _infer_type(p.default))
+                                    type=_checked(o.type or _infer_type(p.default), o))
         return parser
 
     def _normalise(self, argv: Sequence[str]) -> List[str]:
@@ -344,6 +414,8 @@ class Command:
             if p.kind == "value":
                 left += f" {p.metavar}"
                 notes = [" | ".join(o.choices)] if o.choices else []
+                if o.range_text:
+                    notes.append(o.range_text)
                 if o.default_text:
                     notes.append(f"default: {o.default_text}")
                 elif p.default is not None:

@@ -8,13 +8,18 @@ Use them as they are, or with a command-specific description::
 No short flag may mean two things (tests/test_cli.py checks every command): -o --out,
 -b --bundle, -m --model, -a --anchors, -r --resolution, -d --device, -t --threads,
 -w --workers, -q --quiet (here); -g --group-factor (score).
+
+Choices and ranges are declared here (vocabularies from quasar/constants.py), once: the
+command line is checked against them while it is parsed, and the command bodies receive
+typed, checked values (they do not check again).
 """
 from __future__ import annotations
 
-from .base import Option, integer, lower, number  # noqa: F401 - re-exported for commands
+from quasar.constants import (AGGREGATIONS, BACKENDS, DEVICES, ENGINES,  # noqa: F401
+                              EXPORTERS, INPUT_TYPES, RESOLUTIONS, RUNTIME_PRECISIONS,
+                              VARIANT_PRECISIONS)
 
-RESOLUTIONS = ("224", "512", "native")
-DEVICES = ("auto", "cpu", "cuda")
+from .base import Option, integer, lower, number  # noqa: F401 - re-exported for commands
 
 # --- what to run on
 BUNDLE = Option("bundle", "bundle directory (from quasar export)", short="-b", metavar="DIR",
@@ -27,11 +32,12 @@ RESOLUTION = Option("resolution", "input resolution", short="-r", metavar="RES",
                     choices=RESOLUTIONS, default_text="the bundle's")
 DEVICE = Option("device", "execution device", short="-d", metavar="DEV", choices=DEVICES,
                 type=lower)
-BATCH_SIZE = Option("batch_size", "images per inference batch", metavar="N", type=integer)
+BATCH_SIZE = Option("batch_size", "images per inference batch", metavar="N", type=integer,
+                    minimum=1)
 THREADS = Option("threads", "ONNX Runtime intra-op threads", short="-t", metavar="N",
-                 type=integer, default_text="ONNX Runtime's choice")
+                 type=integer, minimum=1, default_text="ONNX Runtime's choice")
 WORKERS = Option("workers", "image decoding threads", short="-w", metavar="N", type=integer,
-                 default_text="min(4, CPUs)")
+                 minimum=1, default_text="min(4, CPUs)")
 
 # --- output
 OUT = Option("out", "output file", short="-o", metavar="FILE")
@@ -47,18 +53,19 @@ PROMPT_ROOT = Option("prompt_root", "the prompt dataset's folder", metavar="DIR"
 PROMPT_DATA_SUBSET = Option("prompt_data_subset", "subset of the prompt dataset",
                             metavar="NAME", default_text="the reader's")
 TARGET_CV_FOLDS = Option("target_cv_folds", "folds of the reference's split", metavar="K",
-                         type=integer, default_text="one fold of all images")
+                         type=integer, minimum=1, default_text="one fold of all images")
 AGGREGATION_TYPE = Option("aggregation_type", "how anchors are formed: the mean of each side, "
                           "or k-means centres (scikit-learn, seeded)", metavar="TYPE",
-                          choices=("mean", "clustering"))
+                          choices=AGGREGATIONS)
 PROMPT_RATIO = Option("prompt_ratio", "fraction of the prompt data used for the anchors",
-                      metavar="F", type=number)
+                      metavar="F", type=number, above=0, maximum=1)
 MEDIAN_OFFSET_RATIO = Option("median_offset_ratio", "AVA: drop this fraction nearest the "
-                             "median on each side", metavar="F", type=number,
-                             default_text="none dropped")
+                             "median on each side", metavar="F", type=number, minimum=0,
+                             below=1, default_text="none dropped")
 N_CLUSTERS = Option("n_clusters", "k-means clusters per side (--aggregation-type clustering)",
-                    metavar="K", type=integer)
-SEED = Option("seed", "seed of the reference's random streams", metavar="N", type=integer)
+                    metavar="K", type=integer, minimum=1)
+SEED = Option("seed", "seed of the reference's random streams", metavar="N", type=integer,
+              minimum=0)
 PROMPT_EMBEDDINGS = Option("prompt_embeddings", "the authors' released prompt embeddings "
                            "(<name>.pt + <name>.json; needs torch) instead of the images",
                            metavar="FILE")
