@@ -111,6 +111,13 @@ class DiskFullError(OutputError, OSError):
     exit_code = EXIT_ERROR
 
 
+class OutputIsInputError(UsageError):
+    """An output of a run (table, journal, sidecar, lock, embeddings, Ray parts directory)
+    that is, contains or lies inside one of its inputs, however the input was reached."""
+
+    status = "output_is_input"
+
+
 class OutputLockedError(OutputError):
     """Another process is writing the same output file."""
 
