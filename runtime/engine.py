@@ -10,6 +10,12 @@ How a stream of inputs is processed:
   preprocessed by ``load`` in a thread pool (Pillow and numpy release the GIL), overlapping
   inference. At most :attr:`EngineConfig.in_flight` inputs are decoded or decoding at once,
   so memory stays flat on millions of inputs.
+* **Bounded bytes too.** Inputs that carry their encoded bytes (dataset samples: a tar
+  member or a Parquet cell may be up to 256 MB) also count against
+  :attr:`EngineConfig.max_pending_bytes`: no new input is submitted while the undecoded
+  ones hold more (at least one always is). Once decoded, an input is kept for its row
+  without its bytes (``released()``), and a failure keeps no traceback (its frames would
+  pin the bytes in a reference cycle until the cyclic GC runs).
 * **Windows.** Inputs are handed out in *windows* of consecutive inputs (``batch_size``
   when every input has one shape; ``batch_size * group_factor`` when shapes vary, e.g. at
   ``native`` resolution, so that equal shapes can meet), closed early when the decoded
@@ -75,9 +81,11 @@ class EngineConfig:
     variable_shapes: bool = False
     group_factor: int = 8
     max_window_bytes: int = 1 << 30
+    max_pending_bytes: int = 384 << 20
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "workers", "group_factor", "max_window_bytes"):
+        for name in ("batch_size", "workers", "group_factor", "max_window_bytes",
+                     "max_pending_bytes"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name.replace('_', ' ')} must be an integer >= 1, got {v!r}")
@@ -107,6 +115,31 @@ class Window:
     @property
     def ok(self) -> np.ndarray:
         return np.array([e is None for e in self.errors], dtype=bool)
+
+
+def _nbytes(item: Any) -> int:
+    """Encoded bytes an input holds (0 for a path)."""
+    return getattr(item, "nbytes", 0) if not isinstance(item, str) else 0
+
+
+def _released(item: Any) -> Any:
+    """The input as kept for its row once decoded (a sample without its bytes)."""
+    release = getattr(item, "released", None) if not isinstance(item, str) else None
+    return release() if release is not None else item
+
+
+def drop_tracebacks(exc: BaseException) -> BaseException:
+    """``exc`` without the tracebacks of it and its causes: their frames hold the input's
+    bytes and the exception itself, a reference cycle that only the cyclic GC would free."""
+    seen = set()
+    e: Optional[BaseException] = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        e.__traceback__ = None
+        if e.__context__ is not None and e.__cause__ is None:
+            e.__context__.__traceback__ = None
+        e = e.__cause__ or e.__context__
+    return exc
 
 
 def as_input_failure(item: Any, exc: BaseException) -> Exception:
@@ -147,7 +180,7 @@ class Engine:
                 check_path(item)  # missing, link, FIFO, permission: a specific row status
             arr = np.asarray(self.load(item), dtype=np.float32)
         except Exception as exc:  # noqa: BLE001 - one bad input must never stop a run
-            return None, as_input_failure(item, exc)
+            return None, drop_tracebacks(as_input_failure(item, exc))
         if arr.ndim != 3 or arr.shape[0] != 3:
             return None, ImageDecodeError(f"{describe(item)}: preprocessing gave shape "
                                           f"{list(arr.shape)}, expected [3, H, W]")
@@ -169,7 +202,7 @@ class Engine:
             err = InferenceError(f"{describe(items[0])}: the encoder failed on this image "
                                  f"(input {arrays[0].shape[1]}x{arrays[0].shape[2]}): "
                                  f"{type(cause).__name__}: {cause}")
-            err.__cause__ = exc
+            err.__cause__ = drop_tracebacks(exc)  # its frames hold the batch's pixels
             return [(None, err)]
         # A valid embedding is finite and has a direction: then its score against the
         # (validated, unit) anchors is finite too, so no later step needs to check scores.
@@ -222,19 +255,23 @@ class Engine:
         if cfg.workers <= 1:
             yield from self._windows_serial(it)
             return
-        pending: Deque[Tuple[Any, Future]] = deque()
+        pending: Deque[Tuple[Any, Future, int]] = deque()
         exhausted = False
+        held = 0  # encoded bytes of the pending inputs
         pool = ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="quasar-decode")
 
         def top_up() -> None:
-            nonlocal exhausted
-            while not exhausted and len(pending) < cfg.in_flight:
+            nonlocal exhausted, held
+            while not exhausted and len(pending) < cfg.in_flight and \
+                    (held < cfg.max_pending_bytes or not pending):
                 try:
                     item = next(it)
                 except StopIteration:
                     exhausted = True
                     return
-                pending.append((item, pool.submit(self.decode, item)))
+                n = _nbytes(item)
+                held += n
+                pending.append((item, pool.submit(self.decode, item), n))
 
         try:
             while True:
@@ -245,9 +282,11 @@ class Engine:
                 decoded: List[Decoded] = []
                 nbytes = 0
                 while pending and len(items_w) < cfg.window and nbytes < cfg.max_window_bytes:
-                    item, fut = pending.popleft()
+                    item, fut, n = pending.popleft()
                     dec = fut.result()
-                    items_w.append(item)
+                    held -= n
+                    items_w.append(_released(item))
+                    del item, fut
                     decoded.append(dec)
                     if dec[0] is not None:
                         nbytes += dec[0].nbytes
@@ -255,7 +294,7 @@ class Engine:
                 emb, errs = self.embed_decoded(items_w, decoded)
                 yield Window(items_w, emb, errs)
         finally:
-            for _, fut in pending:
+            for _, fut, _ in pending:
                 fut.cancel()
             pool.shutdown(wait=True, cancel_futures=True)
 
@@ -273,7 +312,8 @@ class Engine:
                     done = True
                     break
                 dec = self.decode(item)
-                items_w.append(item)
+                items_w.append(_released(item))
+                del item
                 decoded.append(dec)
                 if dec[0] is not None:
                     nbytes += dec[0].nbytes

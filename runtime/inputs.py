@@ -15,7 +15,8 @@ An input spec is one of:
   ``#`` ignored), each taken literally;
 * ``-``: paths on standard input, one per line, taken literally;
 * a brace pattern (WebDataset style): ``shards/shard-{00000..00099}.tar``, ``{a,b}.parquet``
-  (expanded in order; each result is then treated as above).
+  (expanded lazily, in order; each result is then treated as above; a pattern naming more
+  than ``MAX_BRACE_NAMES`` (10 million) files is refused by :func:`check_specs`).
 
 Dataset files - WebDataset ``.tar`` shards and ``.parquet`` files - are picked up by folders
 and globs too; :func:`quasar.runtime.sources.iter_items` expands them into their samples.
@@ -163,14 +164,14 @@ def iter_inputs(specs: Sequence[str], stdin: Optional[TextIO] = None) -> Iterato
 
 
 def _expand_one(spec: str) -> Iterator[str]:
-    from .sources import expand_braces, has_braces
+    from .sources import has_braces, iter_braces
 
     if os.path.isdir(spec):
         yield from walk_images(spec)
     elif os.path.lexists(spec):
         yield spec
     elif has_braces(spec):
-        for s in expand_braces(spec):
+        for s in iter_braces(spec):  # lazily: the first shard starts before the last is named
             yield from _expand_one(s)
     elif not any(c in spec for c in GLOB_CHARS):
         yield spec
@@ -196,6 +197,13 @@ def check_specs(specs: Sequence[str]) -> None:
         raise InputError("no inputs: give image files, directories, globs, @list.txt or '-'")
     if sum(1 for s in specs if s == "-") > 1:
         raise InputError("'-' (paths on stdin) can be given only once")
+    from .sources import MAX_BRACE_NAMES, brace_count, has_braces
+
     for s in specs:
         if s.startswith("@") and len(s) > 1 and not os.path.exists(s) and not os.path.isfile(s[1:]):
             raise InputError(f"list of inputs {s} not found: {s[1:]} is not a file")
+        if has_braces(s) and not os.path.lexists(s) and brace_count(s) > MAX_BRACE_NAMES:
+            raise InputError(
+                f"{safe_text(s)}: the brace pattern names {brace_count(s):,} files, over the "
+                f"limit of {MAX_BRACE_NAMES:,} for one pattern; check the range (a typo like "
+                "{0..99999999}?) or split it into several patterns")

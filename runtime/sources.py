@@ -35,27 +35,42 @@ bytes fail later, in decoding, exactly as a corrupt loose file does.
 """
 from __future__ import annotations
 
+import errno
+import hashlib
+import logging
 import os
 import posixpath
 import re
+import stat
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from quasar.constants import STATUS_OK
-from quasar.errors import (EmptyImageError, ImageDecodeError, ImageNotFoundError,
-                           ImageTooLargeError, NotAnImageError, SourceError,
-                           TruncatedImageError, error_status)
+from quasar.errors import (BrokenLinkError, EmptyImageError, ImageDecodeError,
+                           ImageNotFoundError, ImageTooLargeError, NotAFileError,
+                           NotAnImageError, PermissionDeniedError, ReadError, SourceError,
+                           SymlinkLoopError, TruncatedImageError, error_status)
+
+from quasar.text import safe_text
 
 from .images import describe_source
+
+log = logging.getLogger(__name__)
 
 DEFAULT_IMAGE_KEYS = ("jpg", "png", "webp")
 #: image-column names tried in order when ``--image-column`` is not given
 DEFAULT_IMAGE_COLUMNS = ("image", "jpg", "img", "png", "webp", "image_bytes", "bytes")
 #: a tar member larger than this is not read into memory (a row with status too_large)
 MAX_MEMBER_BYTES = 256 << 20
+#: a GNU long-name / PAX extended header larger than this is refused (a row) and skipped
+MAX_HEADER_BYTES = 1 << 20
+#: brace patterns expanding to more names than this are refused (a typo like {0..99999999})
+MAX_BRACE_NAMES = 10_000_000
+_PARQUET_BUFFER = 4 << 20        # pyarrow's read buffer: never a whole column chunk at once
+_PARQUET_BATCH_BYTES = 64 << 20  # rows per record batch: about this many image bytes
 TAR_EXTENSIONS = (".tar",)
 PARQUET_EXTENSIONS = (".parquet", ".pq")
 INPUT_TYPES = ("auto", "image", "webdataset", "parquet")
@@ -86,11 +101,23 @@ class Sample:
     def __str__(self) -> str:
         return self.id
 
+    @property
+    def nbytes(self) -> int:
+        """Encoded bytes held (what the engine's decode-ahead budget counts)."""
+        return len(self.data) if self.data is not None else 0
+
+    def released(self) -> "Sample":
+        """This sample without its bytes: what the engine keeps for the row once the sample
+        is decoded, so that a window of written rows never pins encoded images."""
+        return self if self.data is None else replace(self, data=None)
+
 
 _STATUS_ERRORS = {
     "not_found": ImageNotFoundError, "empty_file": EmptyImageError,
     "truncated": TruncatedImageError, "too_large": ImageTooLargeError,
-    "not_an_image": NotAnImageError,
+    "not_an_image": NotAnImageError, "not_a_file": NotAFileError,
+    "broken_link": BrokenLinkError, "symlink_loop": SymlinkLoopError,
+    "permission_denied": PermissionDeniedError, "read_error": ReadError,
 }
 
 
@@ -128,12 +155,20 @@ def _failed(shard: str, sid: str, status: str, msg: str, index: int) -> Sample:
     return Sample(id=sid, status=status, error=msg, shard=shard, index=index)
 
 
-def _open_error(shard: str, exc: OSError) -> Tuple[str, str]:
+def _open_error(shard: str, exc: OSError, what: str = "shard") -> Tuple[str, str]:
     if isinstance(exc, FileNotFoundError):
+        if os.path.islink(shard):
+            return "broken_link", (f"{shard}: a symbolic link whose target does not exist; fix "
+                                   "or remove the link")
         return "not_found", f"{shard}: no such file; check the path"
     if isinstance(exc, IsADirectoryError):
-        return "not_found", f"{shard}: is a directory, not a shard file"
-    return "read_error", f"{shard}: cannot open the shard ({exc.strerror or exc}); check permissions"
+        return "not_a_file", f"{shard}: is a directory, not a {what}"
+    if isinstance(exc, PermissionError):
+        return "permission_denied", (f"{shard}: permission denied; check the {what}'s "
+                                     "permissions (chmod +r)")
+    if exc.errno == errno.ELOOP:
+        return "symlink_loop", f"{shard}: a symbolic link loop; fix or remove the link"
+    return "read_error", f"{shard}: cannot open the {what} ({exc.strerror or exc}); check the disk"
 
 
 # --------------------------------------------------------------------------- brace patterns
@@ -141,27 +176,56 @@ _BRACE = re.compile(r"\{([^{}]*)\}")
 _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
 
 
-def expand_braces(pattern: str) -> List[str]:
-    """WebDataset / shell brace patterns: ``shard-{00000..00099}.tar`` (zero-padded numeric
-    range, padding taken from the bounds), ``{train,val}``; several groups multiply out, in
-    order. A pattern without a brace group is returned as is."""
-    m = _BRACE.search(pattern)
-    if m is None:
-        return [pattern]
-    body = m.group(1)
+def _brace_alts(body: str) -> Optional[Tuple[int, Callable[[], Iterator[str]]]]:
+    """(count, generator of the alternatives) of one brace group; None for a literal one."""
     r = _RANGE.match(body)
     if r:
         lo, hi = r.group(1), r.group(2)
         a, b = int(lo), int(hi)
         width = len(lo) if (lo.startswith("0") or hi.startswith("0")) else 0
         step = 1 if b >= a else -1
-        alts = [str(i).zfill(width) for i in range(a, b + step, step)]
-    elif "," in body:
+        return abs(b - a) + 1, lambda: (str(i).zfill(width) for i in range(a, b + step, step))
+    if "," in body:
         alts = body.split(",")
-    else:  # "{x}" is literal, as in the shell
-        return [pattern[:m.end()] + rest for rest in expand_braces(pattern[m.end():])]
+        return len(alts), lambda: iter(alts)
+    return None  # "{x}" is literal, as in the shell
+
+
+def iter_braces(pattern: str) -> Iterator[str]:
+    """WebDataset / shell brace patterns, lazily: ``shard-{00000..00099}.tar`` (zero-padded
+    numeric range, padding taken from the bounds), ``{train,val}``; several groups multiply
+    out, in order. A pattern without a brace group is yielded as is. A generator, so that
+    ``s-{0..99999999}.tar`` starts work at once in flat memory."""
+    m = _BRACE.search(pattern)
+    if m is None:
+        yield pattern
+        return
+    group = _brace_alts(m.group(1))
+    if group is None:
+        for rest in iter_braces(pattern[m.end():]):
+            yield pattern[:m.end()] + rest
+        return
     head, tail = pattern[:m.start()], pattern[m.end():]
-    return [head + alt + rest for alt in alts for rest in expand_braces(tail)]
+    for alt in group[1]():
+        for rest in iter_braces(tail):
+            yield head + alt + rest
+
+
+def expand_braces(pattern: str) -> List[str]:
+    """:func:`iter_braces` as a list (for small patterns)."""
+    return list(iter_braces(pattern))
+
+
+def brace_count(pattern: str) -> int:
+    """How many names a brace pattern expands to, computed without expanding it."""
+    n = 1
+    while True:
+        m = _BRACE.search(pattern)
+        if m is None:
+            return n
+        group = _brace_alts(m.group(1))
+        n *= 1 if group is None else group[0]
+        pattern = pattern[m.end():]
 
 
 def has_braces(spec: str) -> bool:
@@ -245,34 +309,288 @@ def iter_items(paths: Iterator[str], opts: SourceOptions) -> Iterator[Union[str,
             yield from opts.samples(p)
 
 
+# --------------------------------------------------------------------------- one input file
+class UniqueIds:
+    """Row ids unique within one input file, so that ``--resume`` (which skips ids with an
+    ``ok`` row) can never mistake one sample for another.
+
+    ``<file>#<key>`` the first time; a key seen before in the same file (a tar with key ``a``
+    three times, a Parquet id column with repeats) becomes ``<file>#<key>.dup2``,
+    ``.dup3``... in reading order (the first free one). Only 8-byte digests of the ids are
+    kept (deterministic: blake2b), and a counter per repeated id.
+    """
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+        self._seen: set = set()
+        self._next: dict = {}
+        self.repeats = 0
+
+    @staticmethod
+    def _digest(s: str) -> bytes:
+        return hashlib.blake2b(s.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+
+    def __call__(self, key: str) -> str:
+        sid = f"{self.prefix}#{key}"
+        h = self._digest(sid)
+        if h not in self._seen:
+            self._seen.add(h)
+            return sid
+        self.repeats += 1
+        n = self._next.get(h, 2)
+        while True:
+            cand = f"{sid}.dup{n}"
+            hc = self._digest(cand)
+            n += 1
+            if hc not in self._seen:
+                self._seen.add(hc)
+                self._next[h] = n
+                return cand
+
+
+def _not_regular(path: str, st: os.stat_result) -> str:
+    mode = st.st_mode
+    kind = ("a directory" if stat.S_ISDIR(mode) else
+            "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else
+            "a socket" if stat.S_ISSOCK(mode) else
+            "a character device" if stat.S_ISCHR(mode) else
+            "a block device" if stat.S_ISBLK(mode) else "a special file")
+    what = " (reached through a symbolic link)" if os.path.islink(path) else ""
+    return (f"{path}: not a regular file - {kind}{what}; it was not opened (reading it could "
+            "block or never end) - pass the dataset file itself")
+
+
+def open_regular(path: str, what: str) -> Union[int, Tuple[str, str]]:
+    """A read-only descriptor of ``path`` when it is a regular file, else ``(status,
+    message)``: ``not_found``, ``not_a_file`` (FIFO, socket, device, directory: never opened,
+    so nothing can block), ``permission_denied``, ``read_error``. ``stat`` first (opening a
+    device can have side effects), then ``O_NONBLOCK`` + ``fstat`` so that a file swapped for
+    a FIFO in between cannot block either."""
+    if "\0" in path:
+        return "not_found", (f"{safe_text(path)}: the path contains a NUL byte, which no file "
+                             f"name can hold; fix the {what} name")
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            return "not_a_file", _not_regular(path, st)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        return _open_error(path, exc, what)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        return "not_a_file", _not_regular(path, st)
+    return fd
+
+
 # --------------------------------------------------------------------------- WebDataset
-def split_member(name: str) -> Optional[Tuple[str, str]]:
-    """(key, extension) of a tar member the WebDataset way, None for names without a dot."""
+def split_member(name: str) -> Tuple[str, str]:
+    """(key, extension) of a tar member the WebDataset way: the key is the path up to the
+    first dot of the basename, the extension the rest, lower-cased. Leading dots belong to
+    the key (``.x.jpg`` -> ``.x``, ``jpg``: hidden names are samples too) and a name without
+    a dot is a key with the empty extension (it gets a row: no image member)."""
     d, base = posixpath.split(name)
-    if "." not in base or base.startswith("."):
-        return None
-    stem, ext = base.split(".", 1)
-    return (posixpath.join(d, stem) if d else stem), ext.lower()
+    lead = len(base) - len(base.lstrip("."))
+    stem, dot, ext = base[lead:].partition(".")
+    key = base[:lead] + stem
+    return (posixpath.join(d, key) if d else key), (ext.lower() if dot else "")
+
+
+@dataclass
+class _Member:
+    """One member of a tar, as read from its headers."""
+
+    name: str
+    type: bytes
+    size: int
+    link: str
+    offset: int     # of its (first) header
+    data: int       # of its data
+
+
+@dataclass
+class _Problem:
+    """A place in a tar that cannot be read as a member: it becomes a row ``<shard>#@<offset>``."""
+
+    offset: int
+    status: str
+    message: str
+    stop: bool = True
+    eof: bool = False   # the file ended where a header was expected
+
+
+_FILE_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE)
+_LONG_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
+_PAX_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE)
+_NODATA_KINDS = {tarfile.SYMTYPE: "a symbolic link", tarfile.LNKTYPE: "a hard link",
+                 tarfile.FIFOTYPE: "a FIFO", tarfile.CHRTYPE: "a character device",
+                 tarfile.BLKTYPE: "a block device", tarfile.GNUTYPE_SPARSE: "a GNU sparse file"}
+
+
+def _padded(n: int) -> int:
+    return -(-n // _BLOCK) * _BLOCK
+
+
+def _pread(fd: int, n: int, offset: int) -> bytes:
+    """Up to ``n`` bytes at ``offset`` (fewer only at the end of the file)."""
+    parts = []
+    while n > 0:
+        chunk = os.pread(fd, min(n, 1 << 30), offset)
+        if not chunk:
+            break
+        parts.append(chunk)
+        n -= len(chunk)
+        offset += len(chunk)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _parse_pax(raw: bytes) -> dict:
+    """Records ``"<len> <key>=<value>\\n"`` of a PAX extended header (raises ValueError)."""
+    out, i = {}, 0
+    while i < len(raw) and raw[i] != 0:
+        sp = raw.index(b" ", i)
+        n = int(raw[i:sp])
+        if n <= sp - i or i + n > len(raw):
+            raise ValueError(f"bad record length {n}")
+        key, _, value = raw[sp + 1:i + n - 1].partition(b"=")
+        out[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
+        i += n
+    return out
+
+
+class _TarScanner:
+    """The members of a tar file, from headers read by hand (``tarfile.TarInfo.frombuf``
+    parses one 512-byte header; everything else is here): GNU long-name and PAX headers are
+    read only up to ``max_header`` bytes (an oversized one is refused with a row and skipped
+    by seeking - the member after it keeps its own header name); data after the
+    end-of-archive marker is read on (GNU tar's ``--ignore-zeros``: ``cat a.tar b.tar``)."""
+
+    def __init__(self, fd: int, shard: str, size: int, max_header: int):
+        self.fd, self.shard, self.size, self.max_header = fd, shard, size, max_header
+        self.pos = 0
+        self.last_key = ""
+
+    def _after(self) -> str:
+        return f" (after key {safe_text(self.last_key)})" if self.last_key else ""
+
+    def __iter__(self) -> Iterator[Union[_Member, _Problem]]:
+        ext: dict = {}   # pending long name / long link / PAX records for the next member
+        zeros = 0
+        while True:
+            off = self.pos
+            buf = _pread(self.fd, _BLOCK, off)
+            if len(buf) < _BLOCK:
+                if zeros < 2:
+                    yield _Problem(off, "truncated",
+                                   f"{self.shard}: the shard ends at byte {self.size:,} without "
+                                   f"the end-of-archive marker{self._after()}; it is truncated "
+                                   "and samples after it are missing - re-download or re-copy it",
+                                   eof=True)
+                return
+            self.pos = off + _BLOCK
+            if buf.count(0) == _BLOCK:
+                zeros += 1
+                continue
+            ended, zeros = zeros >= 2, 0
+            try:
+                info = tarfile.TarInfo.frombuf(buf, "utf-8", "surrogateescape")
+            except tarfile.HeaderError as exc:
+                yield self._bad_header(off, ended, exc)
+                return
+            if ended:
+                log.warning("%s: more members after the end-of-archive marker at byte %d "
+                            "(concatenated tars?): reading on, as tar --ignore-zeros does",
+                            safe_text(self.shard), off)
+            item = self._member(info, off, ext)
+            if item is not None:
+                yield item
+                if isinstance(item, _Problem) and item.stop:
+                    return
+
+    def _bad_header(self, off: int, ended: bool, exc: Exception) -> _Problem:
+        if off == 0:
+            msg = (f"{self.shard}: not a tar archive ({exc}); check that the shard is an "
+                   "uncompressed WebDataset .tar")
+        elif ended:
+            msg = (f"{self.shard}: {self.size - off:,} bytes after the end-of-archive marker "
+                   f"(byte {off:,}){self._after()} are not a tar header ({exc}); the shard "
+                   "was damaged or had data appended - re-download or re-copy it")
+        else:
+            msg = (f"{self.shard}: corrupt tar header at byte {off:,}{self._after()} ({exc}); "
+                   f"the rest of the shard ({self.size - off:,} bytes) cannot be read - "
+                   "re-download or re-copy it")
+        return _Problem(off, "read_error", msg)
+
+    def _member(self, info: tarfile.TarInfo, off: int,
+                ext: dict) -> Optional[Union[_Member, _Problem]]:
+        """The member of header ``info`` (None for an extended header, kept in ``ext``)."""
+        t, size, data = info.type, info.size, off + _BLOCK
+        if t in _LONG_TYPES or t in _PAX_TYPES:
+            self.pos = data + _padded(size)
+            kind = "GNU long-name" if t in _LONG_TYPES else "PAX extended"
+            if size > self.max_header:
+                return _Problem(off, "too_large",
+                                f"{self.shard}: a {kind} header at byte {off:,}{self._after()} "
+                                f"declares {size:,} bytes, over the {self.max_header:,}-byte "
+                                "limit; ignored (not read) - the member after it is read "
+                                "under its own header name", stop=False)
+            raw = _pread(self.fd, size, data)
+            if len(raw) < size:
+                return None  # the next header read reports the truncation
+            if t == tarfile.GNUTYPE_LONGNAME:
+                ext["path"] = raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+            elif t == tarfile.GNUTYPE_LONGLINK:
+                ext["linkpath"] = raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+            elif t != tarfile.XGLTYPE:  # global PAX records (rare) are read and ignored
+                try:
+                    ext.update(_parse_pax(raw))
+                except ValueError as exc:
+                    return _Problem(off, "read_error",
+                                    f"{self.shard}: corrupt PAX header at byte {off:,}"
+                                    f"{self._after()} ({exc}); ignored - the member after it "
+                                    "is read under its own header name", stop=False)
+            return None
+        name, link = ext.pop("path", info.name), ext.pop("linkpath", info.linkname)
+        if "size" in ext:
+            try:
+                size = int(ext["size"])
+            except ValueError:
+                pass
+        ext.clear()
+        self.pos = data + _padded(size)
+        return _Member(name, t, size, link, off, data)
 
 
 class _Group:
-    """Members of the sample being assembled (image bytes only for the wanted extensions)."""
+    """Members of the sample being assembled: the image bytes of the best ``--image-key``
+    extension read so far (only that one is kept), link and other data-less members."""
 
-    def __init__(self, key: str):
+    def __init__(self, key: str, keys: Sequence[str]):
         self.key = key
+        self.rank = {k: i for i, k in enumerate(keys)}
         self.names: List[str] = []
         self.exts: set = set()
-        self.images: dict = {}     # ext -> bytes
+        self.best: Optional[Tuple[int, bytes]] = None     # (rank, bytes)
+        self.nodata: dict = {}                            # ext -> description
         self.failure: Optional[Tuple[str, str]] = None
 
-    def sample(self, shard: str, keys: Sequence[str], index: int) -> Sample:
-        sid = f"{shard}#{self.key}"
+    def wants(self, ext: str) -> bool:
+        r = self.rank.get(ext)
+        return r is not None and (self.best is None or r < self.best[0])
+
+    def sample(self, shard: str, sid: str, keys: Sequence[str], index: int) -> Sample:
         if self.failure is not None:
             return _failed(shard, sid, self.failure[0], self.failure[1], index)
+        if self.best is not None:
+            return Sample(id=sid, data=self.best[1], shard=shard, index=index)
         for k in keys:
-            if k in self.images:
-                return Sample(id=sid, data=self.images[k], shard=shard, index=index)
-        shown = ", ".join(posixpath.basename(n) for n in self.names[:8])
+            if k in self.nodata:
+                return _failed(shard, sid, "not_a_file",
+                               f"{sid}: the image member is {self.nodata[k]}, which has no "
+                               "data in a tar (links are not followed); re-create the shard "
+                               "with the image itself (tar --dereference --hard-dereference)",
+                               index)
+        shown = ", ".join(safe_text(posixpath.basename(n)) for n in self.names[:8])
         return _failed(shard, sid, "not_found",
                        f"{sid}: no image member with extension {' or '.join(keys)} in this "
                        f"sample (members: {shown}); choose the image member with --image-key",
@@ -280,124 +598,98 @@ class _Group:
 
 
 def iter_tar_samples(shard: str, image_keys: Sequence[str] = DEFAULT_IMAGE_KEYS,
-                     max_member_bytes: int = MAX_MEMBER_BYTES) -> Iterator[Sample]:
+                     max_member_bytes: int = MAX_MEMBER_BYTES,
+                     max_header_bytes: int = MAX_HEADER_BYTES) -> Iterator[Sample]:
     """Samples of a WebDataset tar shard, in archive order, one pass (see module docstring).
 
-    Never raises for a bad shard: a missing/unreadable/non-tar file is one failed sample
-    ``<shard>#@0``; a member cut short fails its sample (``truncated``); a shard that ends
-    without the end-of-archive blocks, or stops at a corrupt header, adds a failed sample
-    ``<shard>#@<byte offset>`` naming the last key read.
+    Never raises for a bad shard: a missing / unreadable / non-regular / non-tar file is one
+    failed sample ``<shard>#@0``; a member cut short fails its sample (``truncated``); a shard
+    that ends without the end-of-archive blocks, stops at a corrupt header or holds an
+    oversized extended header adds a failed sample ``<shard>#@<byte offset>`` naming the
+    last key read. Every member is accounted for: directories and ``__meta__`` members are
+    skipped (they hold no sample), every other member belongs to a sample that gets a row.
     """
     keys = parse_image_keys(image_keys)
-    index = 0
-    try:
-        f = open(shard, "rb")
-    except OSError as exc:
-        status, msg = _open_error(shard, exc)
-        yield _failed(shard, f"{shard}#@0", status, msg, 0)
+    opened = open_regular(shard, "shard")
+    if not isinstance(opened, int):
+        yield _failed(shard, f"{shard}#@0", opened[0], opened[1], 0)
         return
-    with f:
-        size = os.fstat(f.fileno()).st_size
+    try:
+        size = os.fstat(opened).st_size
         if size == 0:
             yield _failed(shard, f"{shard}#@0", "empty_file",
                           f"{shard}: the shard is empty (0 bytes); re-download or re-copy it", 0)
             return
-        try:
-            tar = tarfile.open(fileobj=f, mode="r|")
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            yield _failed(shard, f"{shard}#@0", "read_error",
-                          f"{shard}: not a tar archive ({exc}); check that the shard is an "
-                          "uncompressed WebDataset .tar", 0)
-            return
-        group: Optional[_Group] = None
-        last_key = ""
-        reading: Optional[tarfile.TarInfo] = None  # the member whose data is being read
-        broken: Optional[Tuple[str, str, str]] = None   # (id, status, message) for the shard
-        cut = False  # a member's data ended early: its sample says so, nothing follows
-        try:
-            for info in tar:
-                tar.members = []  # flat memory: tarfile keeps every TarInfo otherwise
-                if not info.isfile() or _META.search(info.name):
-                    continue
-                km = split_member(info.name)
-                if km is None:
-                    continue
-                key, ext = km
-                if group is not None and (key != group.key or ext in group.exts):
-                    yield group.sample(shard, keys, index)
-                    index += 1
-                    group = None
-                if group is None:
-                    group = _Group(key)
-                group.names.append(info.name)
-                group.exts.add(ext)
-                last_key = key
-                if ext in keys and group.failure is None:
-                    if info.size > max_member_bytes:
-                        sid = f"{shard}#{key}"
-                        group.failure = ("too_large",
-                                         f"{sid}: member {info.name} is {info.size:,} bytes, over "
-                                         f"the {max_member_bytes:,}-byte limit for one image")
-                        continue
-                    reading = info
-                    fobj = tar.extractfile(info)
-                    data = fobj.read() if fobj is not None else b""
-                    if len(data) != info.size:
-                        raise tarfile.ReadError("unexpected end of data")
-                    group.images[ext] = data
-                    reading = None
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            if reading is not None and group is not None:
-                cut = True
-                sid = f"{shard}#{group.key}"
-                group.failure = ("truncated",
-                                 f"{sid}: the shard ends or breaks inside member {reading.name} "
-                                 f"({exc}); the tar is truncated or corrupt - re-download or "
-                                 "re-copy it")
-            else:
-                off = getattr(tar, "offset", 0)
-                ended = isinstance(exc, EOFError) or "end of data" in str(exc) \
-                    or "truncated" in str(exc).lower()
-                broken = (f"{shard}#@{off}", "truncated" if ended else "read_error",
-                          f"{shard}: cannot read the tar past byte {off:,}"
-                          + (f" (after key {last_key})" if last_key else "")
-                          + f": {exc}; samples after it are missing - re-download or re-copy "
-                          "the shard")
-        if group is not None:
-            yield group.sample(shard, keys, index)
+        yield from _tar_samples(_TarScanner(opened, shard, size, max_header_bytes), keys,
+                                max_member_bytes)
+    finally:
+        os.close(opened)
+
+
+def _tar_samples(scan: _TarScanner, keys: Tuple[str, ...], cap: int) -> Iterator[Sample]:
+    shard = scan.shard
+    ids = UniqueIds(shard)
+    index = 0
+    group: Optional[_Group] = None
+    for m in scan:
+        if isinstance(m, _Member) and (m.type == tarfile.DIRTYPE or _META.search(m.name)):
+            continue
+        if isinstance(m, _Problem) and m.eof and group is not None and \
+                group.failure is not None and group.failure[0] == "truncated":
+            continue  # the member cut short already says so
+        key, ext = split_member(m.name) if isinstance(m, _Member) else ("", "")
+        if isinstance(m, _Member) and not key:
+            key = f"@{m.offset}"  # a member without a name
+        if group is not None and (isinstance(m, _Problem) or key != group.key
+                                  or ext in group.exts):
+            yield group.sample(shard, ids(group.key), keys, index)
             index += 1
-        if broken is None and not cut:
-            broken = _check_tar_end(f, shard, tar.offset, size, last_key)
-        if broken is not None:
-            yield _failed(shard, broken[0], broken[1], broken[2], index)
+            group = None
+        if isinstance(m, _Problem):
+            yield _failed(shard, ids(f"@{m.offset}"), m.status, m.message, index)
+            index += 1
+            continue
+        if group is None:
+            group = _Group(key, keys)
+        group.names.append(m.name)
+        group.exts.add(ext)
+        scan.last_key = key
+        if m.type not in _FILE_TYPES:
+            kind = _NODATA_KINDS.get(m.type, f"a member of tar type {m.type!r}")
+            target = f" to {safe_text(m.link)!r}" if m.link else ""
+            group.nodata.setdefault(ext, f"{safe_text(m.name)}: {kind}{target}")
+        elif group.failure is None and group.wants(ext):
+            _read_image(scan, group, m, ext, cap)
+    if group is not None:
+        yield group.sample(shard, ids(group.key), keys, index)
+    if ids.repeats:
+        log.warning("%s: %d samples repeat a key seen before in this shard; their rows are "
+                    "named <key>.dup2, .dup3... (docs/scale.md)", safe_text(shard), ids.repeats)
 
 
-def _check_tar_end(f, shard: str, offset: int, size: int,
-                   last_key: str) -> Optional[Tuple[str, str, str]]:
-    """tarfile stops silently at a bad header or at a missing end: check that two zero
-    blocks really follow the last member (what every tar writer puts there)."""
-    after = f" (after key {last_key})" if last_key else ""
-    try:
-        tail = os.pread(f.fileno(), 2 * _BLOCK, offset)
-    except OSError as exc:
-        return (f"{shard}#@{offset}", "read_error",
-                f"{shard}: cannot read byte {offset:,}{after}: {exc}")
-    if len(tail) < 2 * _BLOCK:
-        return (f"{shard}#@{offset}", "truncated",
-                f"{shard}: the shard ends at byte {size:,} without the end-of-archive "
-                f"marker{after}; it is truncated and samples after it are missing - "
-                "re-download or re-copy it")
-    if tail.count(0) != len(tail):
-        return (f"{shard}#@{offset}", "read_error",
-                f"{shard}: corrupt tar header at byte {offset:,}{after}; the rest of the shard "
-                f"({size - offset:,} bytes) cannot be read - re-download or re-copy it")
-    return None
+def _read_image(scan: _TarScanner, group: _Group, m: _Member, ext: str, cap: int) -> None:
+    """Read the image member ``m`` into ``group`` (or record why not): over ``cap`` it is
+    never read (``too_large``); cut short by the end of the file, ``truncated``."""
+    where = f"{scan.shard}#{group.key}"
+    if m.size > cap:
+        group.failure = ("too_large", f"{where}: member {safe_text(m.name)} is {m.size:,} bytes, "
+                                      f"over the {cap:,}-byte limit for one image")
+        return
+    data = _pread(scan.fd, m.size, m.data)
+    if len(data) != m.size:
+        group.failure = ("truncated",
+                         f"{where}: the shard ends inside member {safe_text(m.name)} "
+                         f"({len(data):,} of {m.size:,} bytes); the tar is truncated - "
+                         "re-download or re-copy it")
+        return
+    group.best = (group.rank[ext], data)
 
 
 # --------------------------------------------------------------------------- Parquet
 def _require_pyarrow():
     try:
         import pyarrow
+        import pyarrow.compute  # noqa: F401
         import pyarrow.parquet  # noqa: F401
     except ImportError as exc:
         from quasar.errors import MissingDependencyError
@@ -408,28 +700,17 @@ def _require_pyarrow():
     return pyarrow
 
 
-def _image_getter(pa, field, column: str, file: str):
-    """A function (arrow array) -> list of (bytes or None, path or None) for the column."""
+def _column_kind(pa, field, column: str, file: str) -> str:
+    """``binary`` / ``path`` / ``struct`` (Hugging Face Image: struct<bytes, path>) for the
+    image column's type; raises :class:`SourceError` for any other type."""
     t = field.type
     if pa.types.is_binary(t) or pa.types.is_large_binary(t) or \
             getattr(pa.types, "is_binary_view", lambda _t: False)(t):
-        return lambda arr: [(v, None) for v in arr.to_pylist()]
+        return "binary"
     if pa.types.is_string(t) or pa.types.is_large_string(t):
-        return lambda arr: [(None, v) for v in arr.to_pylist()]
+        return "path"
     if pa.types.is_struct(t) and any(t.field(i).name == "bytes" for i in range(t.num_fields)):
-        has_path = any(t.field(i).name == "path" for i in range(t.num_fields))
-
-        def get(arr):  # Hugging Face datasets' Image feature: struct<bytes, path>
-            out = []
-            for v in arr.to_pylist():
-                if v is None:
-                    out.append((None, None))
-                elif v.get("bytes") is not None:
-                    out.append((v["bytes"], None))
-                else:
-                    out.append((None, v.get("path") if has_path else None))
-            return out
-        return get
+        return "struct"
     raise SourceError(f"{file}: column {column!r} has type {t}; the image column must hold "
                       "encoded image bytes (binary), a struct with a 'bytes' field, or image "
                       "paths (string); choose it with --image-column")
@@ -455,7 +736,7 @@ def resolve_image_column(pa, schema, file: str, image_column: Optional[str],
     if id_column is not None and id_column not in names:
         raise SourceError(f"{file}: no column {id_column!r} (columns: {names}); choose the id "
                           "column with --id-column, or leave it out to use row numbers")
-    _image_getter(pa, schema.field(col), col, file)  # checks the type
+    _column_kind(pa, schema.field(col), col, file)  # checks the type
     return col
 
 
@@ -470,71 +751,314 @@ def check_parquet_columns(file: str, image_column: Optional[str], id_column: Opt
     resolve_image_column(pa, schema, file, image_column, id_column)
 
 
+# Parquet page headers are Thrift compact structs; reading the three sizes and the row count
+# of each page of the image column (a few bytes per page, never the page itself) is what
+# lets a decompression bomb be refused before pyarrow allocates its decompressed size.
+def _varint(buf: bytes, i: int) -> Tuple[int, int]:
+    out = shift = 0
+    while True:
+        b = buf[i]
+        i += 1
+        out |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return out, i
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def _thrift_skip(buf: bytes, i: int, t: int, in_list: bool = False) -> int:
+    if t in (1, 2):
+        return i + 1 if in_list else i
+    if t == 3:
+        return i + 1
+    if t in (4, 5, 6):
+        return _varint(buf, i)[1]
+    if t == 7:
+        return i + 8
+    if t == 8:
+        n, i = _varint(buf, i)
+        return i + n
+    if t in (9, 10):
+        h = buf[i]
+        n, et, i = h >> 4, h & 0x0F, i + 1
+        if n == 15:
+            n, i = _varint(buf, i)
+        for _ in range(n):
+            i = _thrift_skip(buf, i, et, True)
+        return i
+    if t == 11:
+        n, i = _varint(buf, i)
+        if n:
+            kv, i = buf[i], i + 1
+            for _ in range(n):
+                i = _thrift_skip(buf, _thrift_skip(buf, i, kv >> 4, True), kv & 0x0F, True)
+        return i
+    if t == 12:
+        return _thrift_struct(buf, i)[1]
+    raise ValueError(f"unknown thrift type {t}")
+
+
+def _thrift_struct(buf: bytes, i: int) -> Tuple[dict, int]:
+    """{field id: int or nested dict} of the integer and struct fields; the end offset."""
+    out: dict = {}
+    fid = 0
+    while True:
+        h = buf[i]
+        i += 1
+        if h == 0:
+            return out, i
+        delta, t = h >> 4, h & 0x0F
+        if delta:
+            fid += delta
+        else:
+            z, i = _varint(buf, i)
+            fid = (z >> 1) ^ -(z & 1)
+        if t in (5, 6):
+            z, i = _varint(buf, i)
+            out[fid] = (z >> 1) ^ -(z & 1)
+        elif t == 12:
+            out[fid], i = _thrift_struct(buf, i)
+        else:
+            i = _thrift_skip(buf, i, t)
+
+
+def _page_header(fd: int, offset: int) -> Tuple[dict, int]:
+    size = 256
+    while True:
+        buf = os.pread(fd, size, offset)
+        try:
+            return _thrift_struct(buf, 0)
+        except IndexError:
+            if len(buf) < size or size >= MAX_HEADER_BYTES:
+                raise ValueError(f"page header at byte {offset:,} cannot be read") from None
+            size *= 4
+
+
+def _pages(fd: int, chunk) -> Iterator[Tuple[int, int, Optional[int]]]:
+    """``(offset, uncompressed size, rows)`` of each page of a column chunk (rows None for a
+    dictionary page) - from the page headers alone."""
+    start = chunk.dictionary_page_offset if chunk.has_dictionary_page else chunk.data_page_offset
+    pos, end = start, start + chunk.total_compressed_size
+    while pos < end:
+        hdr, n = _page_header(fd, pos)
+        ptype, usize, csize = hdr.get(1), hdr.get(2, 0), hdr.get(3, 0)
+        if csize < 0 or usize < 0:
+            raise ValueError(f"negative page size at byte {pos:,}")
+        rows = None
+        if ptype == 0:
+            rows = hdr.get(5, {}).get(1)
+        elif ptype == 3:
+            rows = hdr.get(8, {}).get(3)
+        if ptype != 2:  # index pages are skipped
+            yield pos, usize, rows
+        pos += n + csize
+
+
+def _oversized_page(fd: int, chunk, limit: int) -> Optional[Tuple[int, int, int]]:
+    """``(first row, page offset, decompressed size)`` of the first page of the chunk that
+    decompresses to more than ``limit`` bytes (row 0 for a dictionary page), or None."""
+    row = 0
+    for pos, usize, rows in _pages(fd, chunk):
+        if usize > limit:
+            return (row if rows is not None else 0), pos, usize
+        row += rows or 0
+    return None
+
+
+def _open_parquet(pa, file: str):
+    """``(ParquetFile, fd)``, or a failed sample's ``(status, message)``. The file is checked
+    to be regular and opened once, without blocking (:func:`open_regular`); pyarrow reads it
+    through ``/proc/self/fd`` (the same open file) where there is one, and with a bounded
+    read buffer (``buffer_size``): never a whole column chunk in memory."""
+    opened = open_regular(file, "Parquet file")
+    if not isinstance(opened, int):
+        return opened
+    if os.fstat(opened).st_size == 0:
+        os.close(opened)
+        return "empty_file", f"{file}: the Parquet file is empty (0 bytes); re-download or re-copy it"
+    proc = f"/proc/self/fd/{opened}"
+    try:
+        pf = pa.parquet.ParquetFile(proc if os.path.exists(proc) else file,
+                                    buffer_size=_PARQUET_BUFFER, pre_buffer=False)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises ArrowInvalid etc. for garbage
+        os.close(opened)
+        msg = str(exc).replace(proc, file)
+        return "read_error", (f"{file}: not a readable Parquet file ({msg}); it is truncated "
+                              "or corrupt - re-download or re-copy it")
+    return pf, opened
+
+
 def iter_parquet_samples(file: str, image_column: Optional[str] = None,
-                         id_column: Optional[str] = None, batch_rows: int = 64) -> Iterator[Sample]:
+                         id_column: Optional[str] = None, batch_rows: int = 64,
+                         max_cell_bytes: int = MAX_MEMBER_BYTES) -> Iterator[Sample]:
     """Samples of a Parquet file, row by row, read in small record batches per row group.
 
-    The id is ``<file>#<id column value>`` (``<file>#<row number>`` without ``id_column``).
-    A file that cannot be opened is one failed sample ``<file>#@0``; a row group that cannot
-    be read is one failed sample ``<file>#@rowgroup<i>`` naming its rows. A wrong column name
-    raises :class:`SourceError` (a configuration error, not a bad sample).
+    The id is ``<file>#<id column value>`` (``<file>#<row number>`` without ``id_column``;
+    ``<file>#@row<N>`` for a null id; repeats get ``.dup2``... - :class:`UniqueIds`). Never
+    raises for a bad file: one that cannot be opened, or whose columns do not fit the
+    options (``source_error``), is one failed sample ``<file>#@0``; a row group that cannot be
+    read is one failed sample ``<file>#@rowgroup<i>`` naming its rows. Memory is bounded
+    per cell before anything is decompressed (:func:`_oversized_page`, then the length of
+    every cell is checked before it is copied).
     """
     pa = _require_pyarrow()
-    pq = pa.parquet
+    opened = _open_parquet(pa, file)
+    if not isinstance(opened[0], pa.parquet.ParquetFile):
+        yield _failed(file, f"{file}#@0", opened[0], opened[1], 0)
+        return
+    pf, fd = opened
     try:
-        pf = pq.ParquetFile(file)
-    except OSError as exc:
-        if isinstance(exc, FileNotFoundError) or not os.path.exists(file):
-            status, msg = _open_error(file, FileNotFoundError(str(exc)))
-        elif os.path.isfile(file) and os.path.getsize(file) == 0:
-            status, msg = "empty_file", f"{file}: the Parquet file is empty (0 bytes); re-download or re-copy it"
-        else:
-            status, msg = "read_error", (f"{file}: not a readable Parquet file ({exc}); it is "
-                                         "truncated or corrupt - re-download or re-copy it")
-        yield _failed(file, f"{file}#@0", status, msg, 0)
-        return
-    except Exception as exc:  # noqa: BLE001 - pyarrow raises ArrowInvalid etc. for garbage
-        yield _failed(file, f"{file}#@0", "read_error",
-                      f"{file}: not a readable Parquet file ({exc}); it is truncated or corrupt "
-                      "- re-download or re-copy it", 0)
-        return
-    schema = pf.schema_arrow
-    col = resolve_image_column(pa, schema, file, image_column, id_column)
-    get_images = _image_getter(pa, schema.field(col), col, file)
-    columns = [col] + ([id_column] if id_column and id_column != col else [])
-    base_dir = os.path.dirname(file)
-    row = 0
-    index = 0
-    for rg in range(pf.num_row_groups):
-        n_rg = pf.metadata.row_group(rg).num_rows
-        start = row
         try:
-            for batch in pf.iter_batches(batch_size=batch_rows, row_groups=[rg], columns=columns):
-                images = get_images(batch.column(col))
-                ids = batch.column(id_column).to_pylist() if id_column else [None] * len(images)
-                for (data, path), rid in zip(images, ids):
-                    sid = f"{file}#{rid if rid is not None else row}"
-                    if data is None and path is None:
-                        yield _failed(file, sid, "empty_file",
-                                      f"{sid}: no image in column {col!r} (null)", index)
-                    elif data is not None and len(data) == 0:
-                        yield _failed(file, sid, "empty_file",
-                                      f"{sid}: empty image bytes in column {col!r}", index)
-                    elif data is not None:
-                        yield Sample(id=sid, data=bytes(data), shard=file, index=index)
-                    else:
-                        p = path if os.path.isabs(path) or os.path.exists(path) else \
-                            os.path.join(base_dir, path)
-                        yield Sample(id=sid, path=p, shard=file, index=index)
-                    row += 1
-                    index += 1
-        except Exception as exc:  # noqa: BLE001 - a corrupt page/row group: name its rows
-            if isinstance(exc, SourceError):
-                raise
-            first = row
-            row = start + n_rg
-            yield _failed(file, f"{file}#@rowgroup{rg}", "read_error",
-                          f"{file}: row group {rg} (rows {first}..{row - 1}) cannot be read "
-                          f"({type(exc).__name__}: {exc}); the file is corrupt - re-download "
-                          "or re-copy it", index)
-            index += 1
+            schema = pf.schema_arrow
+            col = resolve_image_column(pa, schema, file, image_column, id_column)
+            kind = _column_kind(pa, schema.field(col), col, file)
+        except SourceError as exc:
+            yield _failed(file, f"{file}#@0", SourceError.status, str(exc), 0)
+            return
+        reader = _ParquetRows(pa, pf, fd, file, col, kind, id_column, batch_rows,
+                              max_cell_bytes)
+        yield from reader
+    finally:
+        pf.close()
+        os.close(fd)
+
+
+class _ParquetRows:
+    """The rows of one Parquet file as samples (see :func:`iter_parquet_samples`)."""
+
+    def __init__(self, pa, pf, fd: int, file: str, col: str, kind: str,
+                 id_column: Optional[str], batch_rows: int, cap: int):
+        self.pa, self.pf, self.fd, self.file = pa, pf, fd, file
+        self.col, self.kind, self.id_column, self.cap = col, kind, id_column, cap
+        self.batch_rows = batch_rows
+        self.columns = [col] + ([id_column] if id_column and id_column != col else [])
+        md = pf.metadata
+        leaf = f"{col}.bytes" if kind == "struct" else col
+        self.leaf = next((i for i in range(md.num_columns)
+                          if md.schema.column(i).path == leaf), None)
+        self.ids = UniqueIds(file)
+        self.base_dir = os.path.dirname(file)
+        self.index = 0
+        self.row = 0
+
+    def __iter__(self) -> Iterator[Sample]:
+        md = self.pf.metadata
+        for rg in range(self.pf.num_row_groups):
+            n_rg = md.row_group(rg).num_rows
+            start = self.row
+            try:
+                yield from self._row_group(rg, n_rg)
+            except Exception as exc:  # noqa: BLE001 - a corrupt page/row group: name its rows
+                first, self.row = self.row, start + n_rg
+                yield _failed(self.file, self.ids(f"@rowgroup{rg}"), "read_error",
+                              f"{self.file}: row group {rg} (rows {first}..{self.row - 1}) "
+                              f"cannot be read ({type(exc).__name__}: {exc}); the file is "
+                              "corrupt - re-download or re-copy it", self.index)
+                self.index += 1
+        if self.ids.repeats:
+            log.warning("%s: %d rows repeat an id seen before in this file; they are named "
+                        "<id>.dup2, .dup3... (docs/scale.md)", safe_text(self.file),
+                        self.ids.repeats)
+
+    def _row_group(self, rg: int, n_rg: int) -> Iterator[Sample]:
+        chunk = self.pf.metadata.row_group(rg).column(self.leaf) if self.leaf is not None else None
+        bad = _oversized_page(self.fd, chunk, self.cap) if chunk is not None else None
+        readable = n_rg if bad is None else bad[0]
+        avg = chunk.total_uncompressed_size // max(1, n_rg) if chunk is not None else 0
+        batch = max(1, min(self.batch_rows, _PARQUET_BATCH_BYTES // max(1, avg)))
+        end = self.row + readable
+        if readable:
+            for b in self.pf.iter_batches(batch_size=batch, row_groups=[rg],
+                                          columns=self.columns, use_threads=False):
+                yield from self._batch(b, end)
+                if self.row >= end:
+                    break
+        if bad is not None:
+            yield from self._refused(rg, n_rg - readable, bad)
+
+    def _batch(self, batch, end: int) -> Iterator[Sample]:
+        arr = batch.column(self.col)
+        ids = (batch.column(self.id_column).to_pylist() if self.id_column
+               else [None] * len(arr))
+        for cell, rid in zip(self._cells(arr), ids):
+            if self.row >= end:
+                return
+            yield self._sample(cell, rid)
+            self.row += 1
+            self.index += 1
+
+    def _cells(self, arr) -> Iterator[Tuple[Optional[bytes], Optional[str], int]]:
+        """``(bytes, path, over-cap length)`` per cell: a cell's length is checked from the
+        array's offsets before the cell is copied out of it."""
+        pc = self.pa.compute
+        if self.kind == "struct":
+            parts = dict(zip([f.name for f in arr.type], arr.flatten()))
+            data, paths = parts["bytes"], parts.get("path")
+        elif self.kind == "binary":
+            data, paths = arr, None
+        else:
+            data, paths = None, arr
+        sized = data if data is not None else paths
+        lengths = pc.binary_length(sized)
+        biggest = pc.max(lengths).as_py() or 0
+        big = biggest > self.cap
+        dl = data.to_pylist() if data is not None and not big else None
+        pl = paths.to_pylist() if paths is not None and not big else None
+        for i in range(len(arr)):
+            if big and (lengths[i].as_py() or 0) > self.cap:
+                yield None, None, lengths[i].as_py()
+                continue
+            d = dl[i] if dl is not None else (data[i].as_py() if data is not None else None)
+            p = pl[i] if pl is not None else (paths[i].as_py() if paths is not None else None)
+            yield (d, None if d is not None else p, 0)
+
+    def _sample(self, cell: Tuple[Optional[bytes], Optional[str], int], rid) -> Sample:
+        data, path, over = cell
+        file, col, index = self.file, self.col, self.index
+        sid = self.ids(str(self.row) if not self.id_column else
+                       f"@row{self.row}" if rid is None else str(rid))
+        if over:
+            return _failed(file, sid, "too_large",
+                           f"{sid}: the cell of column {col!r} is {over:,} bytes, over the "
+                           f"{self.cap:,}-byte limit for one image; not read", index)
+        if data is None and path is None:
+            return _failed(file, sid, "empty_file", f"{sid}: no image in column {col!r} (null)",
+                           index)
+        if data is not None:
+            if len(data) == 0:
+                return _failed(file, sid, "empty_file",
+                               f"{sid}: empty image bytes in column {col!r}", index)
+            return Sample(id=sid, data=data, shard=file, index=index)
+        if "\0" in path:
+            return _failed(file, sid, "not_found",
+                           f"{sid}: the path in column {col!r} contains a NUL byte, which no "
+                           "file name can hold; fix the path in the Parquet file", index)
+        # relative paths are relative to the Parquet file's folder, never the working dir
+        p = path if os.path.isabs(path) else os.path.join(self.base_dir, path)
+        return Sample(id=sid, path=p, shard=file, index=index)
+
+    def _refused(self, rg: int, n: int, bad: Tuple[int, int, int]) -> Iterator[Sample]:
+        """Rows from an oversized page to the end of its row group: never decompressed
+        (pyarrow reads the pages of a row group in order); named by their ids."""
+        first, pos, usize = bad
+        start = self.row
+        ids: Iterator = iter([None] * n)
+        if self.id_column:
+            got = []
+            for b in self.pf.iter_batches(batch_size=1024, row_groups=[rg],
+                                          columns=[self.id_column], use_threads=False):
+                got.extend(b.column(0).to_pylist())
+            ids = iter(got[first:first + n])
+        for rid in ids:
+            sid = self.ids(str(self.row) if not self.id_column else
+                           f"@row{self.row}" if rid is None else str(rid))
+            yield _failed(self.file, sid, "too_large",
+                          f"{sid}: not read - the page at byte {pos:,} of column "
+                          f"{self.col!r} (row group {rg}, from row {start}) decompresses to "
+                          f"{usize:,} bytes, over the {self.cap:,}-byte limit for one image; "
+                          "this row is in that page or after it in its row group (pages are "
+                          "read in order) - drop the oversized image or re-write the file "
+                          "with smaller pages and row groups", self.index)
+            self.row += 1
+            self.index += 1
