@@ -72,6 +72,11 @@ class BundleExistsError(BundleError, FileExistsError):
     """The output directory of an export already exists."""
 
 
+class RemoteBundleError(BundleError):
+    """A bundle URL (hf://, s3://, gs://, https://) that cannot be fetched, verified or
+    pushed: not found, no access, offline without a cached copy, a download cut short."""
+
+
 class DatasetError(QuasarError, ValueError):
     """A dataset file that is missing or malformed."""
 
