@@ -17,12 +17,14 @@ COMMANDS = {  # name -> module defining COMMAND, in the order `quasar --help` li
     "score": "quasar.commands.score",
     "models": "quasar.commands.models",
     "export": "quasar.commands.export",
+    "push": "quasar.commands.push",
     "anchors": "quasar.commands.anchors",
     "evaluate": "quasar.commands.evaluate",
     "reproduce": "quasar.commands.reproduce",
     "bench": "quasar.commands.bench",
     "report": "quasar.commands.report",
     "optimize": "quasar.commands.optimize",
+    "serve": "quasar.commands.serve",
 }
 
 

@@ -23,7 +23,7 @@ quiet_pip() {  # pip, showing its output only when it fails
 
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 quiet_pip "$VENV/bin/python" -m pip install "torch==2.14.1" "torchvision==0.29.1"
-quiet_pip "$VENV/bin/python" -m pip install -e ".[cpu,export,evaluate,report,test,optimize,openvino,ray]"
+quiet_pip "$VENV/bin/python" -m pip install -e ".[cpu,export,evaluate,report,test,optimize,openvino,ray,serve]"
 "$VENV/bin/python" -c "import quasar.runtime, quasar.export, onnxruntime, torch, open_clip, openvino, nncf, ray.data"
 
 # The everyday install: quasar[cpu] without torch (tests/runtime/test_lean_venv.py).
