@@ -24,7 +24,7 @@ import json
 import logging
 import os
 import re
-import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Union
@@ -32,11 +32,13 @@ from typing import Any, Dict, Iterator, List, Optional, Union
 import numpy as np
 
 from quasar.constants import ANCHORS_FILE, BUNDLE_JSON, SCHEMA_VERSION
-from quasar.errors import BundleError, BundleExistsError
+from quasar.errors import BundleError, BundleExistsError, OutputLockedError
 from quasar.models.preprocess import PreprocessCfg
 
 from .anchors import check_anchor_set, read_anchor_file, write_anchor_file
-from .atomic import atomic_dir, atomic_write_text, link_or_copy, replace_directory
+from .atomic import (atomic_dir, atomic_write_text, fsync_dir, link_or_copy, pid_alive,
+                     remove_path, replace_directory, temp_dir, temp_siblings)
+from .lock import bundle_lock
 from .manifest import BundleManifest
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,10 @@ MAX_MANIFEST_BYTES = 1 << 20  # bundle.json is a few KB; refuse anything absurd
 MAX_JSON_DEPTH = 32
 ANCHOR_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 REEXPORT = "re-export the bundle with `quasar export <model> --out <dir>`"
+#: temporaries of a bundle's writers (edit_bundle, replace_directory, quasar optimize); all
+#: made while the bundle's lock is held, so under the lock any of them is a killed writer's
+WRITER_TEMPS = ("edit", "old", "optimize")
+_ANNOUNCED: set = set()  # bundles whose random-weights banner this process has printed
 
 
 def sha256_file(path: PathLike, chunk: int = CHUNK) -> str:
@@ -104,6 +110,14 @@ class Bundle:
     @property
     def random_init(self) -> bool:
         return self.manifest.random_init
+
+    @property
+    def source(self) -> Optional[Dict[str, Any]]:
+        """Where a bundle fetched by URL came from: ``{"url", "revision" (the Hub commit, or
+        the sha256 of an object store's bundle.json), ...}``; None for a local bundle."""
+        from .remote import source_of
+
+        return source_of(self.path)
 
     @property
     def sha256(self) -> str:
@@ -247,28 +261,99 @@ def read_anchors(path: PathLike, manifest: BundleManifest):
     return {n: sets[n] for n in order}, {n: recipes.get(n, {}) for n in order}
 
 
-def load_bundle(path: PathLike, *, verify: bool = True) -> Bundle:
-    """Load and validate the bundle in ``path``.
+def _restorable(path: Path) -> List[Path]:
+    """The ``.old`` copies of a missing bundle left by a kill between the two renames of a
+    swap (:func:`quasar.bundle.atomic.replace_directory`), newest first."""
+    olds = [p for p, pid, _ in temp_siblings(path, ("old",)) if not pid_alive(pid)]
+    return sorted(olds, key=lambda p: p.lstat().st_ctime_ns, reverse=True)
 
-    ``verify=False`` skips the sha256 of every file (multi-GB encoders take seconds to hash);
-    structure, listing, anchors and their dims are always checked.
-    """
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise BundleError(f"{path}: no such bundle directory; {REEXPORT}, or pass the right "
-                          "--bundle DIR")
+
+def recover_bundle(path: PathLike) -> bool:
+    """Put back a bundle that an interrupted edit left only at ``.<name>.<pid>-<x>.old``
+    (the writer killed between renaming the bundle aside and renaming the new copy in).
+    Runs under the bundle's lock; True when ``path`` exists afterwards because of it."""
+    real = Path(os.path.realpath(Path(path).expanduser()))
+    if os.path.lexists(real) or not _restorable(real):
+        return False
+    for _ in range(20):  # another process may be restoring it right now
+        try:
+            with bundle_lock(real):
+                if os.path.lexists(real):
+                    return True
+                olds = _restorable(real)
+                if not olds:
+                    return False
+                os.rename(olds[0], real)
+                fsync_dir(real.parent)
+                log.warning("bundle %s was missing after an interrupted edit (killed between "
+                            "its two renames); restored it from %s, unchanged by that edit",
+                            real, olds[0].name)
+                return True
+        except OutputLockedError:
+            time.sleep(0.1)
+        except OSError as exc:
+            log.warning("cannot restore bundle %s from its interrupted edit: %s", real, exc)
+            return False
+    return os.path.lexists(real)
+
+
+def sweep_bundle(path: PathLike, *, locked: bool = False) -> int:
+    """Remove what killed writers of the bundle ``path`` left beside it (staged edits, old
+    copies, ``quasar optimize`` work folders of hundreds of MB): with ``locked`` (the caller
+    holds the bundle's lock) every such temporary; otherwise only those whose writer process
+    is gone, and only when the lock is free. Returns how many were removed."""
+    real = Path(os.path.realpath(Path(path).expanduser()))
+    temps = [(p, pid) for p, pid, _ in temp_siblings(real, WRITER_TEMPS)]
+    if not locked:
+        temps = [(p, pid) for p, pid in temps if not pid_alive(pid)]
+    if not temps or not os.path.isdir(real):
+        return 0
+    try:
+        with bundle_lock(real):
+            for p, _ in temps:
+                remove_path(p)
+    except (OutputLockedError, OSError):
+        return 0
+    log.info("removed %d temporary folders of interrupted edits beside %s", len(temps), real)
+    return len(temps)
+
+
+def _announce(bundle: Bundle) -> None:
+    """The random-weights banner, once per bundle content and process."""
+    if not bundle.random_init or bundle.sha256 in _ANNOUNCED:
+        return
+    _ANNOUNCED.add(bundle.sha256)
+    log.warning(
+        "!!! Bundle %s (%s) holds RANDOMLY INITIALISED weights: its scores and embeddings "
+        "carry NO quality meaning (use it for tests and speed measurements only) !!!",
+        bundle.path, bundle.model)
+
+
+def _load(path: Path, verify: bool) -> Bundle:
     if not path.is_dir():
         raise BundleError(f"{path}: a bundle is a directory (bundle.json, encoder.onnx, "
                           "anchors.safetensors), not a file; pass the directory")
     manifest = read_manifest(path)
     check_files(path, manifest, verify)
     anchors, recipes = read_anchors(path, manifest)
-    bundle = Bundle(path=path, manifest=manifest, anchors=anchors, recipes=recipes)
-    if manifest.random_init:
-        log.warning(
-            "!!! Bundle %s (%s) holds RANDOMLY INITIALISED weights: its scores and embeddings "
-            "carry NO quality meaning (use it for tests and speed measurements only) !!!",
-            path, manifest.model)
+    return Bundle(path=path, manifest=manifest, anchors=anchors, recipes=recipes)
+
+
+def load_bundle(path: PathLike, *, verify: bool = True) -> Bundle:
+    """Load and validate the bundle in ``path``.
+
+    ``verify=False`` skips the sha256 of every file (multi-GB encoders take seconds to hash);
+    structure, listing, anchors and their dims are always checked. A bundle that a killed
+    edit left only under its ``.old`` name is restored first (:func:`recover_bundle`), and
+    the temporaries of killed writers beside it are removed (:func:`sweep_bundle`).
+    """
+    path = Path(path).expanduser()
+    if not path.exists() and not recover_bundle(path):
+        raise BundleError(f"{path}: no such bundle directory; {REEXPORT}, or pass the right "
+                          "--bundle DIR")
+    bundle = _load(path, verify)
+    sweep_bundle(path)
+    _announce(bundle)
     return bundle
 
 
@@ -346,40 +431,53 @@ class BundleEditor:
 def edit_bundle(bundle_dir: PathLike) -> Iterator[BundleEditor]:
     """``with edit_bundle(b) as ed:`` change a bundle atomically.
 
-    The bundle is verified first (a tampered bundle is refused, not re-signed); its files
-    are hard-linked into a staged sibling copy (files you replace must be written anew in
+    The bundle's lock is held throughout (a second writer is refused at once, naming this
+    process), and what killed writers left beside the bundle is removed first. The bundle is
+    verified (a tampered bundle is refused, not re-signed); its files are hard-linked into a
+    staged sibling copy ``.<name>.<pid>-<x>.edit`` (files you replace must be written anew in
     ``ed.dir``, never modified in place); at the end checksums are recomputed, bundle.json
     is rewritten through the manifest type and the copy takes the bundle's place. On any
     error the bundle is unchanged.
     """
     bundle_dir = Path(bundle_dir).expanduser()
-    bundle = load_bundle(bundle_dir, verify=True)
-    target = bundle_dir.resolve()
-    stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".edit", dir=target.parent))
-    try:
-        os.chmod(stage, os.stat(target).st_mode & 0o7777)
-        for name in bundle.manifest.files:
-            dst = stage / name
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            link_or_copy(target / name, dst)
-        ed = BundleEditor(stage, bundle.manifest, bundle.anchors, bundle.recipes)
-        yield ed
-        ed._commit()
-        load_bundle(stage, verify=False)  # never swap in a bundle the runtime would refuse
-        replace_directory(stage, target)
-    except BaseException:
-        import shutil
-
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
+    with bundle_lock(bundle_dir):
+        bundle = load_bundle(bundle_dir, verify=True)
+        target = bundle_dir.resolve()
+        sweep_bundle(target, locked=True)
+        stage = temp_dir(target, "edit")
+        try:
+            os.chmod(stage, os.stat(target).st_mode & 0o7777)
+            for name in bundle.manifest.files:
+                dst = stage / name
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                link_or_copy(target / name, dst)
+            ed = BundleEditor(stage, bundle.manifest, bundle.anchors, bundle.recipes)
+            yield ed
+            ed._commit()
+            _load(stage, verify=False)  # never swap in a bundle the runtime would refuse
+            replace_directory(stage, target)
+        except BaseException:
+            remove_path(stage)
+            raise
 
 
 def add_anchor_set(bundle_dir: PathLike, name: str, anchors: np.ndarray,
-                   recipe: Dict[str, Any]) -> Path:
-    """Add (or replace) the anchor set ``name`` ([2, D]) in a bundle, atomically."""
+                   recipe: Dict[str, Any], *, overwrite: bool = False) -> Path:
+    """Add the anchor set ``name`` ([2, D]) to a bundle, atomically. An existing set of that
+    name is replaced only with ``overwrite`` (else :class:`BundleError`: the command's
+    ``--overwrite``); the check runs under the bundle's lock, with the edit."""
     with edit_bundle(bundle_dir) as ed:
+        check_anchor_name_free(bundle_dir, name, ed.anchors, overwrite)
         ed.set_anchor_set(name, anchors, recipe)
     return Path(bundle_dir)
+
+
+def check_anchor_name_free(bundle_dir: PathLike, name: str, existing, overwrite: bool) -> None:
+    """Refuse to replace the anchor set ``name`` of a bundle without ``overwrite`` (every
+    way of adding a set - prompt data, --good/--bad, --scores - behaves the same)."""
+    if name in existing and not overwrite:
+        raise BundleError(f"{bundle_dir}: the bundle already has an anchor set {name!r}; choose "
+                          "another --name, or pass --overwrite to replace it")
 
 
 def bundle_anchor_set(bundle_dir: PathLike, name: str):
@@ -393,5 +491,6 @@ def bundle_anchor_set(bundle_dir: PathLike, name: str):
 
 
 __all__ = ["Bundle", "BundleEditor", "add_anchor_set", "bundle_anchor_set", "check_anchor_set",
-           "check_files", "edit_bundle", "file_checksums", "finalise", "load_bundle",
-           "read_anchors", "read_manifest", "sha256_file", "write_bundle", "write_manifest"]
+           "check_anchor_name_free", "check_files", "edit_bundle", "file_checksums", "finalise",
+           "load_bundle", "read_anchors", "read_manifest", "recover_bundle", "sha256_file",
+           "sweep_bundle", "write_bundle", "write_manifest"]

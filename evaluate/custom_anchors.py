@@ -123,6 +123,23 @@ def resolve_paths(paths: Sequence[str], score_file: str, root=None) -> List[str]
     return out
 
 
+def shared_files(a: Sequence[str], b: Sequence[str]) -> List[Tuple[str, str]]:
+    """``(path in a, path in b)`` for every file that ``a`` and ``b`` both reach, whatever
+    the names: the same (device, inode) - a symlinked folder, a hard link, ``..`` - or the
+    same real path."""
+    def ident(p: str):
+        try:
+            st = os.stat(p)
+            return ("ino", st.st_dev, st.st_ino)
+        except OSError:
+            return ("path", os.path.realpath(p))
+
+    first = {}
+    for p in a:
+        first.setdefault(ident(p), p)
+    return [(first[ident(p)], p) for p in b if ident(p) in first]
+
+
 def list_sha256(labels: Sequence[str], paths: Sequence[str]) -> str:
     """sha256 of ``<label>\\t<path>\\n`` for every input, in input order."""
     h = hashlib.sha256()
@@ -373,10 +390,13 @@ def prepare_inputs(*, good: Optional[Spec] = None, bad: Optional[Spec] = None,
         raise DatasetError("custom anchors need --good and --bad (folders, @list.txt or files), "
                            "or --scores FILE with --split median|quantile")
     g, b = collect_images(good, "good"), collect_images(bad, "bad")
-    both = set(map(os.path.abspath, g)) & set(map(os.path.abspath, b))
+    both = shared_files(g, b)
     if both:
-        raise DatasetError(f"{len(both)} images are in both --good and --bad "
-                           f"(first: {sorted(both)[:3]}); each image goes on one side")
+        first = "; ".join(f"{x} = {y}" for x, y in both[:3])
+        raise DatasetError(f"{len(both)} images are in both --good and --bad, as the same file "
+                           f"reached by two names (a symlinked folder, a hard link or the same "
+                           f"path; first: {first}); each image goes on one side - check that "
+                           "--good and --bad are different folders")
     for side, lst in (("good", g), ("bad", b)):
         if len(lst) < MIN_PER_SIDE:
             raise DatasetError(f"--{side}: {len(lst)} image(s); need at least {MIN_PER_SIDE} on "
@@ -433,9 +453,9 @@ def make_custom_anchors(bundle, name: str, *, good: Optional[Spec] = None,
         from quasar.bundle.io import load_bundle
 
         existing = load_bundle(bundle, verify=True).anchor_names
-    if name in existing and not overwrite:
-        raise DatasetError(f"{bundle}: the bundle already has an anchor set {name!r}; choose "
-                           "another --name or pass --overwrite to replace it")
+    from quasar.bundle.io import check_anchor_name_free
+
+    check_anchor_name_free(bundle, name, existing, overwrite)  # before any image is embedded
     res = embed(paths)
     emb, errs = np.asarray(res.values), list(res.errors)
     failed = [i for i, e in enumerate(errs) if e is not None]
@@ -453,8 +473,19 @@ def make_custom_anchors(bundle, name: str, *, good: Optional[Spec] = None,
     if scorer is not None:
         full.update(model=scorer.manifest.model, resolution=scorer.resolution)
     out.recipe = full
-    m.add_anchor_set(Path(bundle), name, out.anchors, full)
+    _refuse_identical_sides(out.anchors)
+    m.add_anchor_set(Path(bundle), name, out.anchors, full, overwrite=overwrite)
     return out
+
+
+def _refuse_identical_sides(anchors: np.ndarray) -> None:
+    """Good and bad anchors that coincide make every score exactly 0.5: the two sides held
+    the same pictures (copies under other names). Refused rather than stored."""
+    a = np.asarray(anchors, dtype=np.float64)
+    if float(a[0] @ a[1]) > 1.0 - 1e-6:
+        raise DatasetError("the good and bad anchors are the same (cosine 1): --good and --bad "
+                           "hold the same pictures (copies under other names?), so every score "
+                           "would be exactly 0.5; give each side different images")
 
 
 def summary(name: str, bundle, res: CustomAnchors) -> str:

@@ -39,7 +39,7 @@ import numpy as np
 
 from quasar.errors import DatasetError, MissingDependencyError
 
-from .score_table import ScoreTable, read_score_table
+from .score_table import ScoreTable, read_score_table, run_identity_of
 
 log = logging.getLogger(__name__)
 
@@ -127,13 +127,20 @@ def svg_of(fig) -> str:
     return s[start:] if start >= 0 else s
 
 
-def _figure(w: float = 4.2, h: float = 2.7, left: float = 0.6):
+def _figure(w: float = 4.2, h: float = 2.7, left: float = 0.75):
+    """A figure with fixed margins wide enough for the tick labels (the last x label is
+    centred on the axis end, so the right margin holds half of one) and at most five x
+    ticks in a small font, so labels such as ``0.51575`` never overlap or leave the page."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(w, h), dpi=100)
-    fig.subplots_adjust(left=left / w, right=1 - 0.12 / w, bottom=0.5 / h, top=1 - 0.3 / h)
+    fig.subplots_adjust(left=left / w, right=1 - 0.35 / w, bottom=0.5 / h, top=1 - 0.3 / h)
     ax = fig.add_subplot(1, 1, 1)
     ax.grid(True, alpha=0.3)
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=4, min_n_ticks=2))
+    ax.yaxis.set_major_locator(MaxNLocator(nbins=5, min_n_ticks=2))
+    ax.tick_params(labelsize=8)
     return fig, ax
 
 
@@ -147,14 +154,37 @@ def _finite(x: np.ndarray) -> np.ndarray:
     return x[np.isfinite(x)]
 
 
+def _scale(*arrays: np.ndarray) -> float:
+    """A power of two that brings the largest |value| into [2, 4) (1.0 for ordinary scores):
+    sums, differences and interpolations of values near ±1.8e308 overflow otherwise."""
+    m = max((float(np.max(np.abs(a))) for a in arrays if a.size), default=0.0)
+    return float(2.0 ** (math.frexp(m)[1] - 2)) if m > 1e150 else 1.0  # 2**1024 overflows
+
+
+def _display_unit(*arrays: np.ndarray) -> Tuple[float, str]:
+    """(divisor, axis-label suffix) for plotting: values beyond ±1e150 are drawn in units of
+    a power of ten (matplotlib's transforms overflow on an axis 2e308 wide)."""
+    m = max((float(np.max(np.abs(_finite(a)), initial=0.0)) for a in arrays), default=0.0)
+    if m <= 1e150:
+        return 1.0, ""
+    e = int(math.floor(math.log10(m)))
+    return 10.0 ** e, f" (×1e{e})"
+
+
 def _bins(*arrays: np.ndarray, n: int = 40) -> np.ndarray:
+    """``n`` equal bins over the finite values (``lo·(1-t) + hi·t``: no ``hi - lo`` that
+    overflows for scores of ±1e308)."""
     v = np.concatenate([_finite(a) for a in arrays]) if arrays else np.zeros(0)
     if v.size == 0:
         return np.linspace(0, 1, n + 1)
     lo, hi = float(v.min()), float(v.max())
     if hi <= lo:
-        lo, hi = lo - 0.5, hi + 0.5
-    return np.linspace(lo, hi, n + 1)
+        pad = max(abs(lo) * 1e-6, 0.5) if abs(lo) < 1e300 else abs(lo) * 1e-3
+        lo, hi = lo - pad, hi + pad
+    t = np.linspace(0.0, 1.0, n + 1)
+    edges = lo * (1.0 - t) + hi * t
+    edges[0], edges[-1] = lo, hi
+    return np.maximum.accumulate(edges)
 
 
 # --------------------------------------------------------------------------- statistics
@@ -168,6 +198,12 @@ def bootstrap_mean_ci(x, *, n_boot: int = BOOTSTRAP, level: float = 0.95, seed: 
     b = None if y is None else _finite(y)
     if a.size == 0 or (b is not None and b.size == 0):
         return math.nan, math.nan, math.nan
+    k = _scale(a, *(() if b is None else (b,)))
+    if k != 1.0:  # extreme values: the same statistic on scaled data, scaled back
+        est, lo, hi = bootstrap_mean_ci(a / k, n_boot=n_boot, level=level, seed=seed,
+                                        y=None if b is None else b / k)
+        with np.errstate(over="ignore"):
+            return est * k, lo * k, hi * k
     rng = np.random.default_rng(seed)
     stats = np.empty(n_boot)
     chunk = max(1, (1 << 16) // max(a.size, 1 if b is None else b.size))
@@ -199,19 +235,24 @@ def spearman(a, b) -> float:
     constant). The report's only SciPy use would be this one number, and importing
     scipy.stats costs more than building the rest of a comparison."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if a.size < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+    if a.size < 2 or a.min() == a.max() or b.min() == b.max():  # (ptp overflows at 1e308)
         return math.nan
     return float(np.corrcoef(_ranks(a), _ranks(b))[0, 1])
 
 
 def describe(x: np.ndarray) -> Dict[str, float]:
+    """n, mean, std, min, quartiles, max of the finite values (exact for ±1e308 too)."""
     v = _finite(x)
     if v.size == 0:
         return {k: math.nan for k in ("n", "mean", "std", "min", "p25", "median", "p75", "max")} | {"n": 0}
-    q = np.quantile(v, [0.25, 0.5, 0.75])
-    return {"n": int(v.size), "mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1
-            else 0.0, "min": float(v.min()), "p25": float(q[0]), "median": float(q[1]),
-            "p75": float(q[2]), "max": float(v.max())}
+    k = _scale(v)
+    w = v / k
+    q = np.quantile(w, [0.25, 0.5, 0.75])
+    d = {"mean": float(w.mean()), "std": float(w.std(ddof=1)) if v.size > 1 else 0.0,
+         "min": float(w.min()), "p25": float(q[0]), "median": float(q[1]),
+         "p75": float(q[2]), "max": float(w.max())}
+    with np.errstate(over="ignore"):
+        return {"n": int(v.size), **{name: val * k for name, val in d.items()}}
 
 
 def paired(a: ScoreTable, b: ScoreTable, name_a: str, name_b: str, key: str = "path"
@@ -267,6 +308,50 @@ class _Input:
     label: str
     table: ScoreTable
     dir: Path
+    identity: Optional[dict] = None  # what `quasar score` recorded (bundle, random weights)
+
+
+def _nonfinite_rows(t: ScoreTable) -> np.ndarray:
+    """Rows with status ok but a non-finite score in any shown set."""
+    bad = np.zeros(len(t), dtype=bool)
+    for name in t.scores:
+        bad[t.nonfinite(name)] = True
+    return bad
+
+
+def _nonfinite_section(t: ScoreTable, name: str, max_rows: int) -> str:
+    """The rows (status ok) whose score is empty / NaN / ±inf: counted by kind and listed,
+    never dropped silently."""
+    idx = t.nonfinite(name)
+    if idx.size == 0:
+        return ""
+    v = t.scores[name][idx]
+    kinds = {"empty or NaN": int(np.isnan(v).sum()), "+inf": int((v == np.inf).sum()),
+             "-inf": int((v == -np.inf).sum())}
+    what = ", ".join(f"{k}: {n}" for k, n in kinds.items() if n)
+    rows = "".join(f'<tr><td class="err">{_e(t.paths[i])}</td><td>{_e(repr(float(x)))}</td></tr>'
+                   for i, x in zip(idx[:max_rows], v[:max_rows]))
+    more = (f'<p class="mut">… and {idx.size - max_rows} more</p>' if idx.size > max_rows
+            else "")
+    return (f'<p class="warn" data-nonfinite="{idx.size}">{idx.size} rows with status ok have '
+            f"no finite score in column <code>{_e(t.columns.get(name, name))}</code> ({what}): "
+            "they are left out of the statistics, plots and galleries.</p><details><summary>"
+            f'Rows without a finite score</summary><table class="nonfinite"><tr><th>path</th>'
+            f"<th>value</th></tr>{rows}</table>{more}</details>")
+
+
+def _random_weights_note(inputs: Sequence["_Input"]) -> str:
+    """A plain warning when a score file was made with a random-weights bundle (its run
+    identity says so): the scores then carry no meaning at all."""
+    rand = [i for i in inputs if (i.identity or {}).get("random_init")]
+    if not rand:
+        return ""
+    names = ", ".join(f"<b>{_e(i.label)}</b> ({_e((i.identity or {}).get('model', '?'))})"
+                      for i in rand)
+    return ('<p class="warn" id="random-weights">Random weights: ' + names + " scored with a "
+            "bundle of RANDOMLY INITIALISED weights (a test bundle). Its scores carry NO "
+            "quality meaning - the rankings, galleries and differences below are noise. "
+            "Score with a bundle of real weights.</p>")
 
 
 def _label_names(paths: Sequence[str], labels: Optional[Sequence[str]]) -> List[str]:
@@ -282,22 +367,32 @@ def _label_names(paths: Sequence[str], labels: Optional[Sequence[str]]) -> List[
 
 
 def _hist_svg(series: Sequence[Tuple[str, np.ndarray]], title: str, xlabel: str = "score",
-              density: bool = False) -> str:
+              share: bool = False) -> str:
+    """Histogram of each series (finite values) on common bins, its mean dashed. The y axis
+    counts images, or with ``share`` (overlaid files of different sizes) the percentage of
+    each file's images per bin - never a probability density, whose values (thousands for
+    scores spread over 1e-4) read like image counts."""
     fig, ax = _figure()
+    unit, suffix = _display_unit(*[s for _, s in series])
+    series = [(lab, _finite(s) / unit) for lab, s in series]
     bins = _bins(*[s for _, s in series])
     for i, (lab, s) in enumerate(series):
-        v = _finite(s)
+        v = s
         if v.size == 0:
             continue
-        counts, _ = np.histogram(v, bins=bins, density=density)
+        counts, _ = np.histogram(v, bins=bins)
+        heights = counts * (100.0 / v.size) if share else counts
         # one filled step patch per series (ax.hist draws one patch per bar: slow in SVG)
-        ax.stairs(counts, bins, fill=True, alpha=0.55 if len(series) > 1 else 0.85,
+        ax.stairs(heights, bins, fill=True, alpha=0.55 if len(series) > 1 else 0.85,
                   color=COLORS[i % len(COLORS)], label=f"{lab} (n={v.size})")
-        ax.axvline(v.mean(), color=COLORS[i % len(COLORS)], lw=1.2, ls="--")
+        ax.axvline(describe(v)["mean"], color=COLORS[i % len(COLORS)], lw=1.2, ls="--")
     ax.set_title(title, fontsize=10)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("density" if density else "images")
-    ax.locator_params(axis="x", nbins=6)
+    ax.set_xlabel(xlabel + suffix)
+    ax.set_ylabel("% of the file's images" if share else "images")
+    if not share:
+        from matplotlib.ticker import MaxNLocator
+
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=5, integer=True, min_n_ticks=2))
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     return svg_of(fig)
@@ -306,6 +401,10 @@ def _hist_svg(series: Sequence[Tuple[str, np.ndarray]], title: str, xlabel: str 
 def _scatter_svg(x: np.ndarray, y: np.ndarray, title: str, xlabel: str, ylabel: str,
                  diagonal: bool = False) -> str:
     fig, ax = _figure(3.5, 3.1, left=0.8)
+    ux, sx = _display_unit(*((x, y) if diagonal else (x,)))
+    uy, sy = (ux, sx) if diagonal else _display_unit(y)
+    x, y = np.asarray(x, np.float64) / ux, np.asarray(y, np.float64) / uy
+    xlabel, ylabel = xlabel + sx, ylabel + sy
     ax.scatter(x, y, s=6 if x.size > 2000 else 12, alpha=0.5 if x.size > 2000 else 0.8,
                color=COLORS[0], edgecolors="none", rasterized=x.size > 500)
     if diagonal and x.size:
@@ -362,10 +461,12 @@ def _file_section(k: int, inp: _Input, top: int, thumbs: Dict[Tuple[int, int], O
     t = inp.table
     parts = [f'<section id="file-{k}"><h2>{_e(inp.label)}</h2>'
              f'<p class="mut">{_e(t.source)}: {len(t)} rows, {int((~t.failed).sum())} ok, '
-             f"{int(t.failed.sum())} failed</p>"]
+             f"{int(t.failed.sum())} failed, {int(_nonfinite_rows(t).sum())} ok without a "
+             "finite score</p>"]
     for name, vals in t.scores.items():
         d = describe(vals)
         parts.append(f'<h3>anchor set <code>{_e(name)}</code></h3>')
+        parts.append(_nonfinite_section(t, name, max_failed))
         parts.append(_stats_table([(t.columns.get(name, name), d)]))
         parts.append('<div class="plots">' + _plot(_hist_svg(
             [(name, vals)], f"{inp.label}: {name} (n={d['n']}, mean {_f(d['mean'])})")) + "</div>")
@@ -442,7 +543,7 @@ def _comparison_section(inputs: Sequence[_Input], key: str, n_boot: int, seed: i
             plots = [_plot(_hist_svg([(base.label, base.table.scores[na]),
                                       (other.label, other.table.scores[nb])],
                                      f"{na if na == nb else nb + ' vs ' + na}: distributions",
-                                     density=True))]
+                                     share=True))]
             if "paired_diff" in c:
                 pe, pl, ph = c["paired_diff"]
                 up, down, same = c["paired_better"]
@@ -494,8 +595,10 @@ def build_report(score_files: Sequence, *, top: int = DEFAULT_TOP, columns=None,
                  path_column: Optional[str] = None, labels: Optional[Sequence[str]] = None,
                  key: str = "path", root=None, thumb_size: int = THUMB,
                  n_boot: int = BOOTSTRAP, seed: int = 0, max_failed: int = MAX_FAILED,
-                 title: Optional[str] = None, workers: int = 4) -> str:
-    """The report's HTML for ``score_files`` (see the module docstring)."""
+                 title: Optional[str] = None, workers: int = 4, guard=None) -> str:
+    """The report's HTML for ``score_files`` (see the module docstring). ``guard`` (an
+    :class:`~quasar.runtime.integrity.OutputGuard` of the report's output) refuses a gallery
+    image that is the output itself."""
     _require_matplotlib()
     if not score_files:
         raise DatasetError("quasar report: give one or more score files (CSV / JSONL / Parquet)")
@@ -505,7 +608,8 @@ def build_report(score_files: Sequence, *, top: int = DEFAULT_TOP, columns=None,
         raise ValueError(f"--top must be >= 0, got {top}")
     names = _label_names([str(p) for p in score_files], labels)
     inputs = [_Input(lab, read_score_table(p, path_column=path_column, score_columns=columns),
-                     Path(os.fspath(p)).resolve().parent) for lab, p in zip(names, score_files)]
+                     Path(os.fspath(p)).resolve().parent, run_identity_of(p))
+              for lab, p in zip(names, score_files)]
     root_p = Path(root) if root is not None else None
 
     # thumbnails of every gallery image, decoded in threads (Pillow releases the GIL)
@@ -515,6 +619,8 @@ def build_report(score_files: Sequence, *, top: int = DEFAULT_TOP, columns=None,
             order = _ranked(vals)
             for i in list(order[:top]) + list(order[::-1][:top]):
                 wanted[(k, int(i))] = _resolve_image(inp.table.paths[i], inp.dir, root_p)
+    if guard is not None:
+        guard.check_inputs([str(p) for p in wanted.values() if p is not None])
     with ThreadPoolExecutor(max(1, int(workers))) as ex:
         uris = list(ex.map(lambda p: thumbnail(p, thumb_size), wanted.values()))
     thumbs = dict(zip(wanted, uris))
@@ -527,10 +633,12 @@ def build_report(score_files: Sequence, *, top: int = DEFAULT_TOP, columns=None,
         f"<tr><td>{_e(i.label)}</td><td class=\"err\">{_e(i.table.source)}</td>"
         f"<td class=\"n\">{len(i.table)}</td><td class=\"n\">{int((~i.table.failed).sum())}</td>"
         f"<td class=\"n\">{int(i.table.failed.sum())}</td>"
+        f"<td class=\"n\">{int(_nonfinite_rows(i.table).sum())}</td>"
         f"<td>{_e(', '.join(i.table.columns.values()))}</td></tr>" for i in inputs)
-    body = [f"<nav>{nav}</nav>",
+    body = [f"<nav>{nav}</nav>", _random_weights_note(inputs),
             "<table class=\"files\"><tr><th>file</th><th>source</th><th>rows</th><th>ok</th>"
-            f"<th>failed</th><th>score columns</th></tr>{files}</table>"]
+            "<th>failed</th><th>ok, no finite score</th><th>score columns</th></tr>"
+            f"{files}</table>"]
     if n_missing:
         body.append(f'<p class="warn">{n_missing} gallery images could not be read from here '
                     "(moved, or paths relative to another folder: pass --root DIR); they show "
@@ -541,6 +649,12 @@ def build_report(score_files: Sequence, *, top: int = DEFAULT_TOP, columns=None,
         body.append(_file_section(k, inp, int(top), thumbs, int(max_failed)))
     return _page(title or "QUASAR report", "".join(body),
                  note="higher scores = better images")
+
+
+def _sidecar(score_file: str) -> str:
+    from quasar.runtime.writers import RUN_SUFFIX
+
+    return score_file + RUN_SUFFIX
 
 
 def write_html(path, text: str) -> Path:
@@ -584,12 +698,19 @@ def report(*scores, out: str = "report.html", top: int = DEFAULT_TOP, columns=No
     Raises DatasetError (a score file that cannot be read: names the file, row, column and
     the flag that fixes it) or ValueError (a bad option value); nothing is written then.
     """
+    from quasar.bundle.lock import OutputLock
+    from quasar.runtime.integrity import OutputGuard
+
     labs = [x.strip() for x in labels.split(",")] if isinstance(labels, str) else labels
-    text = build_report([os.fspath(s) for s in scores], top=int(top), columns=columns,
-                        path_column=path_column, labels=labs, key=str(key), root=root,
-                        thumb_size=int(thumb_size), n_boot=int(bootstrap), seed=int(seed),
-                        max_failed=int(max_failed), title=title)
-    p = write_html(out, text)
+    files = [os.fspath(s) for s in scores]
+    guard = OutputGuard([os.fspath(out)])
+    guard.check_inputs(files + [p for p in map(_sidecar, files) if os.path.exists(p)])
+    with OutputLock(os.fspath(out)):  # a second report to the same --out is refused at once
+        text = build_report(files, top=int(top), columns=columns, path_column=path_column,
+                            labels=labs, key=str(key), root=root, thumb_size=int(thumb_size),
+                            n_boot=int(bootstrap), seed=int(seed), max_failed=int(max_failed),
+                            title=title, guard=guard)
+        p = write_html(out, text)
     if not quiet:
         print(f"quasar report: wrote {p} ({p.stat().st_size / 1e6:.2f} MB)")
 

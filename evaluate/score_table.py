@@ -54,6 +54,35 @@ class ScoreTable:
         """Rows whose status is not ``ok``."""
         return np.array([s != STATUS_OK for s in self.status], dtype=bool)
 
+    def nonfinite(self, name: str) -> np.ndarray:
+        """Indices of the rows whose status is ``ok`` but whose score in set ``name`` is not
+        a finite number (empty, NaN, ±inf): they cannot be ranked or averaged, and are
+        reported as such instead of being dropped silently."""
+        return np.flatnonzero(~self.failed & ~np.isfinite(self.scores[name]))
+
+
+def run_identity_of(path) -> Optional[dict]:
+    """The run identity ``quasar score`` recorded with a score file (its ``.run.json``
+    sidecar, or a Parquet file's ``quasar.run`` metadata), None when there is none or it
+    cannot be read (a table from elsewhere)."""
+    path = os.fspath(path)
+    from quasar.runtime.writers import PARQUET_RUN_KEY, RUN_SUFFIX
+
+    try:
+        if os.path.isfile(path + RUN_SUFFIX):
+            with open(path + RUN_SUFFIX, encoding="utf-8") as f:
+                ident = json.load(f)
+        elif _format(path) == "parquet":
+            import pyarrow.parquet as pq
+
+            raw = (pq.read_schema(path).metadata or {}).get(PARQUET_RUN_KEY)
+            ident = json.loads(raw) if raw else None
+        else:
+            return None
+    except (OSError, ValueError, ImportError, DatasetError):
+        return None
+    return ident if isinstance(ident, dict) else None
+
 
 def _format(path: str) -> str:
     ext = os.path.splitext(str(path))[1].lower()
@@ -175,4 +204,4 @@ def read_score_table(path, *, path_column: Optional[str] = None,
                       columns={name_of[c]: c for c in chosen}, status=status, errors=errors)
 
 
-__all__ = ["ScoreTable", "read_score_table", "STATUS_OK"]
+__all__ = ["ScoreTable", "read_score_table", "run_identity_of", "STATUS_OK"]

@@ -36,7 +36,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
@@ -48,7 +47,8 @@ import numpy as np
 from quasar.errors import (GateRefusedError, ImageDecodeError,
                            MissingDependencyError, VariantError)
 from quasar.bundle import edit_bundle
-from quasar.bundle.atomic import atomic_write_text
+from quasar.bundle.atomic import atomic_write_text, cleanup_on_signals, remove_path, temp_dir
+from quasar.bundle.lock import bundle_lock
 from quasar.bundle.manifest import VariantInfo
 from quasar.runtime.agreement import (DEFAULT_MAX_P99_DSCORE, DEFAULT_MIN_SRCC, Gate,
                                       agreement_report, format_report)
@@ -230,8 +230,10 @@ def _save_ir(ov, model, work: Path) -> Dict[str, Path]:
     return {"encoder.xml": xml, "encoder.bin": work / "encoder.bin"}
 
 
-def build_int8_openvino(bundle, cal: Sequence[np.ndarray], work: Path) -> Tuple[Dict[str, Path], str, str]:
-    """NNCF post-training quantisation of the OpenVINO model; transformer mode for ViTs."""
+def build_int8_openvino(bundle, cal: Sequence[np.ndarray], work: Path,
+                        ignored=None) -> Tuple[Dict[str, Path], str, str]:
+    """NNCF post-training quantisation of the OpenVINO model; transformer mode for ViTs.
+    ``ignored``: an ``nncf.IgnoredScope`` kept in fp32 (export/accuracy_control.py)."""
     hint = BUILDERS_HINT[("int8", "openvino")]
     ov = _require("openvino", hint)
     nncf = _require("nncf", hint)
@@ -248,6 +250,8 @@ def build_int8_openvino(bundle, cal: Sequence[np.ndarray], work: Path) -> Tuple[
         kw["advanced_parameters"] = AdvancedQuantizationParameters(
             smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1))
         mode = "transformer, no SmoothQuant"
+    if ignored is not None:
+        kw["ignored_scope"] = ignored
     q = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(cal), **kw)
     return _save_ir(ov, q, work), f"nncf PTQ ({mode}) + openvino {_version('openvino')}", \
         _version("nncf")
@@ -310,7 +314,26 @@ def build_and_measure(bundle_dir: PathLike, *, precision: str = "int8",
     """Build a variant, measure it against fp32 on held-out images, gate it, and write it
     into the bundle when it passes. ``transform(embeddings) -> embeddings`` (tests only)
     perturbs the variant's held-out embeddings before the report, to exercise the gate.
-    Returns an :class:`OptimizeResult`; never raises on a refusal (see :func:`optimize`)."""
+    Returns an :class:`OptimizeResult`; never raises on a refusal (see :func:`optimize`).
+
+    The bundle's lock is held for the whole run (one writer of a bundle at a time: a second
+    ``quasar optimize`` / ``quasar anchors`` is refused at once, naming this process); the
+    work folder is ``.<bundle>.<pid>-<x>.optimize`` beside the bundle, removed at the end,
+    on Ctrl-C / SIGTERM / SIGHUP, and - after a SIGKILL - by the next command that opens the
+    bundle."""
+    with bundle_lock(bundle_dir), cleanup_on_signals():
+        return _build_and_measure(
+            bundle_dir, precision=precision, calibration=calibration, holdout=holdout,
+            backend=backend, resolution=resolution, holdout_fraction=holdout_fraction,
+            gate=gate, fast_decode=fast_decode, batch_size=batch_size, threads=threads,
+            seed=seed, max_calibration=max_calibration, write=write, transform=transform)
+
+
+def _build_and_measure(bundle_dir: PathLike, *, precision: str, calibration, holdout,
+                       backend: Optional[str], resolution: Optional[str],
+                       holdout_fraction: float, gate: Gate, fast_decode: bool,
+                       batch_size: int, threads: Optional[int], seed: int,
+                       max_calibration: int, write: bool, transform) -> OptimizeResult:
     from quasar.runtime.backends import Choice, OpenArgs, open_encoder
     from quasar.bundle import load_bundle
     from quasar.runtime.images import ImageLoader
@@ -380,8 +403,7 @@ def build_and_measure(bundle_dir: PathLike, *, precision: str = "int8",
                         "this machine's onnxruntime has no CUDA provider (ONNX Runtime's CPU "
                         'provider cannot run fp16 graphs). Run quasar optimize with "quasar[gpu]" '
                         "on the GPU machine")
-            work = Path(tempfile.mkdtemp(prefix=f".{bundle_dir.name}.{name}-",
-                                         dir=str(bundle_dir.resolve().parent)))
+            work = temp_dir(bundle_dir.resolve(), "optimize")
             t0 = time.perf_counter()
             files, tool, tool_version = BUILDERS[(precision, backend)](bundle, cal_x, work)
             build_s = time.perf_counter() - t0
@@ -395,6 +417,12 @@ def build_and_measure(bundle_dir: PathLike, *, precision: str = "int8",
         if transform is not None:
             var = np.asarray(transform(var), dtype=np.float32)
         report = agreement_report(ref, var, bundle.anchors, gate)
+        if not report["passed"] and transform is None and (precision, backend) == ("int8",
+                                                                                  "openvino"):
+            from quasar.export.accuracy_control import SearchContext, apply_search
+            files, tool, var_speed, report = apply_search(SearchContext(
+                bundle, cal_x, hold_x, ref, gate, work, batch_size, threads), report, files,
+                tool, var_speed)  # the fastest int8 that passes, layers kept in fp32
         report["speed"] = {"fp32_img_s": round(fp32_speed, 2),
                            "variant_img_s": round(var_speed, 2), "batch_size": int(batch_size)}
         if not fast_decode:
@@ -418,18 +446,18 @@ def build_and_measure(bundle_dir: PathLike, *, precision: str = "int8",
                 path = path.with_name(f"{bundle_dir.name}.{name}.report.json")
             atomic_write_text(path, json.dumps(report, indent=2) + "\n")
             return OptimizeResult(name, record.passed, report, path, record)
-        report_file = (work or Path(tempfile.mkdtemp(prefix=".quasar-report-"))) / "agreement.json"
+        if work is None:
+            work = temp_dir(bundle_dir.resolve(), "optimize")
+        report_file = work / "agreement.json"
         report_file.write_text(json.dumps(report, indent=2) + "\n")
         write_variant(bundle_dir, name, {**{k: Path(v) for k, v in files.items()},
                                          "agreement.json": report_file}, record)
-        if work is None:
-            shutil.rmtree(report_file.parent, ignore_errors=True)
         # files: model files first, then the report
         return OptimizeResult(name, True, report,
                               bundle_dir / VARIANTS_DIR / name / "agreement.json", record)
     finally:
         if work is not None:
-            shutil.rmtree(work, ignore_errors=True)
+            remove_path(work)
 
 
 def optimize(bundle: str, precision: str = "int8", calibration: Optional[str] = None,

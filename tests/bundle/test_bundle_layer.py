@@ -108,7 +108,7 @@ def test_add_anchor_set_writes_through_the_manifest(bundle, tmp_path):
     assert m["files"]["anchors.safetensors"] == _sha(bundle / "anchors.safetensors")
     assert m["model"] == "tiny.test" and "preprocess" in m  # the whole manifest kept
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # no staged copy left
-    add_anchor_set(bundle, "mine", -new, {"seed": 4})  # replace
+    add_anchor_set(bundle, "mine", -new, {"seed": 4}, overwrite=True)  # replace
     b = load_bundle(bundle)
     assert b.anchor_names == ["text", "kadis", "mine"]
     np.testing.assert_allclose(b.anchors["mine"], _unit(-new), atol=1e-6)
