@@ -11,9 +11,13 @@ The key is the bundle's encoder checksum (``bundle.json`` ``files``), so re-expo
 different weights never share a cache. ``index.json`` is compared with the current list of
 paths: a different list (other subset, new files) discards the cache. Each chunk is written
 to a temp file and renamed, so an interrupted run leaves only whole chunks, which the next
-run reuses. Each chunk records a digest of its relative paths *and* the (size, mtime_ns) of
-each file: an image replaced under the same name makes its chunk stale, and it is embedded
-again.
+run reuses. Each chunk records a digest of its relative paths *and* the stat fingerprint
+of each file - (device, inode, size, mtime_ns, ctime_ns): an image replaced under the same
+name, or rewritten in place with the same size and its mtime set back (``os.utime``), makes
+its chunk stale, and it is embedded again. ``ctime`` is the kernel's: no user call can set it
+back, and any write, rename or ``utime`` moves it. (Hashing every image's bytes would cost a
+full read of the dataset on every cache hit; the fingerprint costs one ``stat``.) A copied or
+moved dataset is therefore embedded again.
 """
 from __future__ import annotations
 
@@ -38,7 +42,7 @@ from .datasets.base import DatasetSamples
 log = logging.getLogger(__name__)
 
 INDEX = "index.json"
-CACHE_VERSION = 2  # 2: chunks keyed by (size, mtime_ns) of their files too
+CACHE_VERSION = 3  # 2: chunks keyed by (size, mtime_ns); 3: + device, inode, ctime_ns
 DEFAULT_CHUNK = 512
 
 
@@ -84,14 +88,15 @@ def _chunk_name(i: int) -> str:
 
 
 def _paths_digest(paths: Sequence[str], files: Optional[Sequence[Path]] = None) -> str:
-    """Key of a chunk: its relative paths and, for each file, (size, mtime_ns), so that an
-    image replaced under the same name is embedded again."""
+    """Key of a chunk: its relative paths and, for each file, (device, inode, size,
+    mtime_ns, ctime_ns), so that an image replaced or rewritten is embedded again."""
     parts = list(paths)
     if files is not None:
         for i, f in enumerate(files):
             try:
                 st = os.stat(f)
-                parts[i] += f"\0{st.st_size}\0{st.st_mtime_ns}"
+                parts[i] += (f"\0{st.st_dev}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}"
+                             f"\0{st.st_ctime_ns}")
             except OSError:
                 parts[i] += "\0missing"
     return hashlib.sha256("\n".join(parts).encode("utf-8", "surrogateescape")).hexdigest()

@@ -166,3 +166,48 @@ def test_align_by_trailing_components(tmp_path):
     np.testing.assert_array_equal(align(r, ours), [1, 3, 0])
     with pytest.raises(DatasetError, match="no unique match"):
         align(r, ["/data/z/2.jpg"])
+
+
+class ContentScorer(FakeScorer):
+    """Embeds a file as a deterministic function of its *bytes* (what a real encoder sees)."""
+
+    @staticmethod
+    def vec(p):
+        import hashlib
+
+        seed = int.from_bytes(hashlib.sha256(Path(p).read_bytes()).digest()[:4], "little")
+        return np.random.RandomState(seed).randn(D).astype(np.float32)
+
+    def embed(self, images, errors="raise"):
+        self.calls.append(list(images))
+        return SimpleNamespace(values=np.stack([self.vec(p) for p in images]),
+                               errors=[None] * len(images))
+
+
+def test_same_size_rewrite_with_mtime_restored_is_embedded_again(tmp_path, monkeypatch):
+    """Issue 17 #22: an image rewritten in place, same size, its mtime put back with
+    os.utime, must not be served from the cache (the old key was (size, mtime_ns))."""
+    import os
+    import time
+
+    monkeypatch.setenv("QUASAR_HOME", str(tmp_path / "home"))
+    s = _samples(tmp_path / "ds", 6)
+    for i, p in enumerate(s.paths):
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(bytes([i]) * 64)
+    first = E.dataset_embeddings(ContentScorer(), s, chunk_size=3, progress=False)
+    target = s.paths[4]
+    st = os.stat(target)
+    time.sleep(0.05)  # past the kernel's coarse clock tick, as any real rewrite later would be
+    with open(target, "r+b") as f:  # in place: same inode, same size, other bytes
+        f.write(b"\xff" * 64)
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    after = os.stat(target)
+    assert (after.st_size, after.st_mtime_ns, after.st_ino) == (st.st_size, st.st_mtime_ns,
+                                                                 st.st_ino)
+    sc = ContentScorer()
+    got = E.dataset_embeddings(sc, s, chunk_size=3, progress=False)
+    expected = np.stack([ContentScorer.vec(p) for p in s.paths])  # from the bytes on disk now
+    np.testing.assert_array_equal(got, expected)
+    assert not np.array_equal(got[4], first[4])
+    assert sc.calls == [[str(p) for p in s.paths[3:6]]]  # only the stale chunk, the other reused
