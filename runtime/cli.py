@@ -189,13 +189,16 @@ def _score(inputs, **kw) -> int:
 def _output_files(table, emb_writer) -> list:
     """Every file this run may write (checked against its inputs before anything is)."""
     from .integrity import LOCK_SUFFIX, run_sidecar
+    from .writers import staged_name
 
     files = []
     if table.path is not None:
-        files += [table.path, table.journal, table.path + LOCK_SUFFIX, run_sidecar(table.path)]
+        files += [table.path, table.journal, table.path + LOCK_SUFFIX, run_sidecar(table.path),
+                  staged_name(table.path), staged_name(table.path) + ".partial.jsonl"]
     if emb_writer is not None:
         files += [emb_writer.path, emb_writer.raw, emb_writer.paths_file,
-                  emb_writer.path + LOCK_SUFFIX, run_sidecar(emb_writer.path)]
+                  emb_writer.path + LOCK_SUFFIX, run_sidecar(emb_writer.path),
+                  staged_name(emb_writer.path) + ".partial", staged_name(emb_writer.paths_file)]
     return list(dict.fromkeys(files))
 
 
@@ -208,6 +211,16 @@ def _stored_identity(table):
             and not os.path.exists(table.journal):
         ident = table.parquet_identity()
     return ident
+
+
+def _drop_staged(writers) -> None:
+    """After a staged (--overwrite) run that did not complete: its files go, the existing
+    outputs stay as they were."""
+    for w in writers:
+        try:
+            w.drop_stage()
+        except OSError as exc:
+            log.debug("removing the staged files of %s: %s", w.path, exc)
 
 
 def _close_quietly(*writers) -> None:
@@ -294,7 +307,10 @@ def _run(inputs, *, bundle, model, anchors, resolution, device, batch_size, work
     # outputs that are (or would overwrite) an input: refused before anything is touched
     pre_table = ScoreTable(out, [])
     pre_emb = EmbeddingsWriter(save_embeddings, 1) if save_embeddings is not None else None
-    guard = OutputGuard(_output_files(pre_table, pre_emb))
+    files = _output_files(pre_table, pre_emb)
+    # --overwrite replaces the outputs that exist only at the end: one met as an input before
+    # then stops the run (OutputGuard.met), while it is still intact
+    guard = OutputGuard(files, [f for f in files if os.path.lexists(f)] if overwrite else ())
     guard.check_inputs(specs)
 
     scorer = load_scorer(bundle=None if bundle is None else str(bundle), model=model, device=device,
@@ -360,11 +376,9 @@ def _run_locked(specs, scorer, identity, table, emb_writer, guard, resume, overw
         for w in existing:
             old = _stored_identity(w) if w is table else read_run_sidecar(w.path)
             check_resume_identity(w.path, old, identity, force_resume)
-    if overwrite:
-        for w in existing:
-            w.discard()
-            if os.path.exists(run_sidecar(w.path)):
-                os.remove(run_sidecar(w.path))
+    staged = [w for w in existing if overwrite]
+    for w in staged:  # replaced when the run completes, not now (OutputGuard)
+        w.stage()
     if resume:
         ok, _ = table.scan_ok()
         keep = ok
@@ -375,7 +389,7 @@ def _run_locked(specs, scorer, identity, table, emb_writer, guard, resume, overw
         table.compact(keep)
         done = keep
     for w in (table, emb_writer):  # the identity is on disk before the first row
-        if w is not None and w.path is not None:
+        if w is not None and w.path is not None and w not in staged:
             write_run_sidecar(w.path, identity)
 
     fixed = True
@@ -389,18 +403,22 @@ def _run_locked(specs, scorer, identity, table, emb_writer, guard, resume, overw
     counts = {"seen": 0, "skipped": 0}
     failures_shown = [0]
 
+    def guarded(paths):
+        """Every input file met (before a shard is opened) against the outputs."""
+        for p in paths:
+            own = guard.met(p) if isinstance(p, str) else None
+            if own is not None:
+                p = FailedInput(p, InputIsOutputError(
+                    f"{safe_text(p)}: this is an output of this run ({safe_text(own)}); "
+                    "not read - write the outputs outside the folders you score"))
+            yield p
+
     def source():
-        for p in iter_items(iter_inputs(specs), sources):
+        for p in iter_items(guarded(iter_inputs(specs)), sources):
             counts["seen"] += 1
             if item_id(p) in done:
                 counts["skipped"] += 1
                 continue
-            if isinstance(p, str):
-                own = guard.is_output(p)
-                if own is not None:
-                    p = FailedInput(p, InputIsOutputError(
-                        f"{safe_text(p)}: this is an output of this run ({safe_text(own)}); "
-                        "not read - write the outputs outside the folders you score"))
             yield p
 
     bar = _make_bar(not quiet and sys.stderr.isatty())
@@ -418,8 +436,13 @@ def _run_locked(specs, scorer, identity, table, emb_writer, guard, resume, overw
                 (bar.write(msg, file=sys.stderr) if bar is not None else print(msg, file=sys.stderr))
 
     src = source()
-    first = next(src, None)
+    try:
+        first = next(src, None)
+    except BaseException:
+        _drop_staged(staged)
+        raise
     if first is None and counts["seen"] == 0:
+        _drop_staged(staged)
         if bar is not None:
             bar.close()
         raise UsageError("no images found in " + " ".join(safe_text(s) for s in specs)
@@ -433,6 +456,11 @@ def _run_locked(specs, scorer, identity, table, emb_writer, guard, resume, overw
         if bar is not None:
             bar.close()
         _close_quietly(table, emb_writer)
+        if staged:
+            _drop_staged(staged)
+            _err(f"interrupted: nothing replaced (--overwrite replaces {safe_text(out)} only "
+                 "when the run completes); run the same command again")
+            return EXIT_INTERRUPTED
         where = table.journal or "stdout"
         _err(f"interrupted: {table.rows_written} rows written to {where}; run the same command "
              "with --resume to continue")
@@ -441,12 +469,16 @@ def _run_locked(specs, scorer, identity, table, emb_writer, guard, resume, overw
         if bar is not None:
             bar.close()
         _close_quietly(table, emb_writer)
+        _drop_staged(staged)
         raise
     if bar is not None:
         bar.close()
     table.close(complete=True)
     if emb_writer is not None:
         emb_writer.close(complete=True)
+    for w in staged:  # replaced now: the identity of the new rows
+        if w is emb_writer or w.format != "parquet":
+            write_run_sidecar(w.path, identity)
     if table.format == "parquet" and table.path is not None:
         try:  # the identity is in the Parquet file's metadata now
             os.remove(run_sidecar(table.path))

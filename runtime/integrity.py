@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from quasar.bundle.atomic import atomic_write_text
 from quasar.bundle.lock import LOCK_SUFFIX, OutputLock  # noqa: F401 - the lock of every writer
-from quasar.errors import OutputError, RunIdentityError, UsageError
+from quasar.errors import OutputError, OutputIsInputError, RunIdentityError, UsageError
 from quasar.text import safe_text
 
 from .writers import RUN_SUFFIX
@@ -48,6 +49,7 @@ def run_identity(scorer: Any, precision: str = "fp32") -> Dict[str, Any]:
         "backend": str(info.get("backend") or "onnxruntime"),
         "variant": info.get("variant") or None,
         "fast_decode": bool(info.get("fast_decode", False)),
+        "random_init": bool(getattr(bundle, "random_init", False)),  # quasar report warns
         "quasar_version": quasar_version(),
     }
 
@@ -119,22 +121,52 @@ def _key(path: str) -> Tuple[str, Optional[Tuple[int, int]]]:
         return real, None
 
 
+def stdin_file() -> Optional[Tuple[int, int]]:
+    """(device, inode) of standard input when it is a regular file (``- < list.txt``), else
+    None (a pipe or a terminal cannot be an output of the run)."""
+    import stat
+
+    try:
+        st = os.fstat(sys.stdin.fileno())
+    except (AttributeError, OSError, ValueError):  # no real stdin (tests, daemons)
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISREG(st.st_mode) else None
+
+
+def _refuse(out: str, kind: str, spec: str) -> UsageError:
+    return OutputIsInputError(
+        f"{safe_text(out)} (an output of this run) is {kind} {safe_text(spec)}: writing it "
+        "would destroy or grow the input while it is read; choose another output name")
+
+
 class OutputGuard:
-    """The files a run writes, checked against its inputs.
+    """The files a run writes, checked against its inputs - **the one rule**: no output may
+    be an input, however the input is reached (named, glob, folder, stdin, ``@list``, brace
+    pattern, symbolic or hard link).
 
-    :meth:`check_inputs` refuses (UsageError, before anything is written or deleted) an
-    output that is, or would write over, an input file or ``@list`` file named on the
-    command line; :meth:`is_output` tells the input stream that a file found in a folder,
-    on stdin or by a glob is one of this run's outputs (it then gets an error row instead of
-    being read)."""
+    Inputs are enumerated lazily (ten million files are never listed up front), so the rule
+    is enforced in two places:
 
-    def __init__(self, outputs: Iterable[str]) -> None:
+    * :meth:`check_inputs`, before anything is written or deleted: the inputs and ``@list``
+      files named on the command line, and standard input when it is a regular file
+      (``- < e.paths.txt``), compared by real path and device + inode;
+    * :meth:`met`, for every input the stream reaches (folder, glob, brace pattern, list and
+      stdin entries): a file that is one of this run's outputs gets an ``output_file`` row
+      instead of being read - and when it is an output that existed before the run and that
+      ``--overwrite`` is to replace (``replaced``), the run is refused
+      (:class:`~quasar.errors.OutputIsInputError`). That is safe because ``--overwrite``
+      replaces an existing output only when the run ends (the new rows go to a staged file
+      meanwhile): an input met late is still intact when it is met.
+    """
+
+    def __init__(self, outputs: Iterable[str], replaced: Iterable[str] = ()) -> None:
         self.outputs = [str(p) for p in outputs]
         keys = [_key(p) for p in self.outputs]
         self._real: Dict[str, str] = {r: p for (r, _), p in zip(keys, self.outputs)}
         self._ids: Dict[Tuple[int, int], str] = {i: p for (_, i), p in zip(keys, self.outputs)
                                                  if i is not None}
         self._names: Set[str] = {os.path.basename(p) for p in self.outputs}
+        self.replaced: Set[str] = {str(p) for p in replaced}
 
     def which(self, path: str) -> Optional[str]:
         real, ident = _key(path)
@@ -147,6 +179,9 @@ class OutputGuard:
     def check_inputs(self, specs: Sequence[str]) -> None:
         for spec in specs:
             if spec == "-":
+                ident = stdin_file()
+                if ident is not None and ident in self._ids:
+                    raise _refuse(self._ids[ident], "read as the list of inputs on stdin", "-")
                 continue
             if spec.startswith("@") and len(spec) > 1 and not os.path.exists(spec):
                 name, kind = spec[1:], "the list of inputs"
@@ -156,10 +191,7 @@ class OutputGuard:
                 name, kind = spec, "the input"
             out = self.which(name)
             if out is not None:
-                raise UsageError(
-                    f"{safe_text(out)} (an output of this run) is {kind} {safe_text(spec)}: "
-                    "writing it would destroy or grow the input while it is read; choose "
-                    "another output name")
+                raise _refuse(out, kind, spec)
 
     def is_output(self, path: str) -> Optional[str]:
         """The output that ``path`` is, or None. Cheap: a name equal to an output's name is
@@ -175,3 +207,63 @@ class OutputGuard:
         except OSError:
             return None  # the engine reports why it cannot be read
         return self._ids.get((st.st_dev, st.st_ino))
+
+    def met(self, path: str) -> Optional[str]:
+        """:meth:`is_output` for an input the stream reached; raises
+        :class:`~quasar.errors.OutputIsInputError` when it is an existing output that this
+        run is to replace (nothing has been replaced yet: the run stops, the file stays)."""
+        own = self.is_output(path)
+        if own is not None and own in self.replaced:
+            alias = "" if os.path.abspath(own) == os.path.abspath(path) else \
+                f" (the same file as {safe_text(own)})"
+            raise OutputIsInputError(
+                f"{safe_text(path)}{alias} is an existing output that --overwrite would replace, "
+                "and an input of this run (reached through a folder, a glob, a list or stdin): "
+                "nothing was replaced; write the outputs outside the inputs, or leave that "
+                "file out of them")
+        return own
+
+
+def check_output_dir(d: str, flag: str, specs: Sequence[str], inputs: Iterable[str]) -> None:
+    """The rule for an output *directory* (``--engine ray``'s parts and embeddings): it may
+    not be, contain or lie inside an input, nor hold a file that is an input under another
+    name (a hard link). ``inputs`` are every input file of the run (the Ray driver plans all
+    parts before anything is written, so the whole list is known here)."""
+    real = os.path.realpath(d).rstrip(os.sep) + os.sep
+    for s in specs:
+        if s != "-" and not s.startswith("@") and os.path.isdir(s):
+            top = os.path.realpath(s).rstrip(os.sep) + os.sep
+            if real.startswith(top) or top.startswith(real):
+                raise OutputIsInputError(
+                    f"{flag} {safe_text(d)} is inside the input folder {safe_text(s)} (or holds "
+                    "it): a rerun would read this run's files as inputs and --overwrite would "
+                    "delete inputs; choose a directory outside the inputs")
+    ids: Dict[Tuple[int, int], str] = {}
+    if os.path.isdir(d):
+        for n in os.listdir(d):
+            try:
+                st = os.stat(os.path.join(d, n))
+                ids[(st.st_dev, st.st_ino)] = os.path.join(d, n)
+            except OSError:
+                pass
+    std = stdin_file() if "-" in specs else None
+    if std is not None and std in ids:
+        raise _dir_refusal(flag, d, "-", ids[std])
+    for p in inputs:
+        r = os.path.realpath(p)
+        if (r + os.sep).startswith(real):
+            raise _dir_refusal(flag, d, p, r)
+        if ids:
+            try:
+                st = os.stat(p)
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) in ids:
+                raise _dir_refusal(flag, d, p, ids[(st.st_dev, st.st_ino)])
+
+
+def _dir_refusal(flag: str, d: str, spec: str, where: str) -> UsageError:
+    return OutputIsInputError(
+        f"{flag} {safe_text(d)} holds the input {safe_text(spec)} ({safe_text(where)}): the "
+        "run writes and replaces files there, which would destroy or mix in its inputs; "
+        "choose an output directory that holds no input")

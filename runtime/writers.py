@@ -48,6 +48,20 @@ class Row:
     error: str = ""
 
 
+def staged_name(path: str) -> str:
+    """``dir/scores.csv`` -> ``dir/.scores.csv.overwrite``: where an ``--overwrite`` run
+    writes until it completes (hidden: folder walks and globs skip it). The existing output
+    is replaced only then, so that an input the lazy input stream reaches late is intact
+    when it is met (quasar.runtime.integrity.OutputGuard)."""
+    d, b = os.path.split(str(path))
+    return os.path.join(d, f".{b}.overwrite")
+
+
+def _remove(path: Optional[str]) -> None:
+    if path and os.path.lexists(path):
+        os.remove(path)
+
+
 def score_column(anchor_name: str) -> str:
     return f"score_{anchor_name}"
 
@@ -216,13 +230,28 @@ class ScoreTable:
         self.rows_written = 0
         #: run identity written into a Parquet file's metadata (key ``quasar.run``)
         self.metadata: Optional[Dict[str, object]] = None
+        #: --overwrite: rows go to a staged journal; the output is replaced at close
+        self.staged = False
 
     # the file rows are appended to: the output itself, or the Parquet journal
     @property
     def journal(self) -> Optional[str]:
         if self.path is None:
             return None
-        return self.path + ".partial.jsonl" if self.format == "parquet" else self.path
+        base = staged_name(self.path) if self.staged else self.path
+        return base + ".partial.jsonl" if self.format == "parquet" else base
+
+    def stage(self) -> None:
+        """``--overwrite``: write this run's rows to a staged journal (a stale one of a killed
+        run is removed); :meth:`close` replaces the existing output only when the run
+        completes. Call after :meth:`exists` (which looks at the existing output)."""
+        self.staged = True
+        _remove(self.journal)
+
+    def drop_stage(self) -> None:
+        """A staged run that did not complete: its rows go, the existing output stays."""
+        if self.staged:
+            _remove(self.journal)
 
     @property
     def _line_format(self) -> str:
@@ -387,6 +416,10 @@ class ScoreTable:
             self._f = None
         if complete and self.format == "parquet":
             self._write_parquet()
+            if self.staged:  # the existing output's own journal (a killed run's) is replaced
+                _remove(self.path + ".partial.jsonl")
+        elif complete and self.staged and self.path is not None:
+            os.replace(self.journal, self.path)
 
     def _write_parquet(self) -> None:
         pa = require_pyarrow()
@@ -453,7 +486,8 @@ class EmbeddingsWriter:
         self.dim = int(dim)
         self.metadata = dict(metadata or {})
         self.raw = self.path + ".partial"
-        self.paths_file = paths_sidecar(self.path)
+        self.paths_file = self.final_paths = paths_sidecar(self.path)
+        self.staged = False
         if os.path.abspath(self.paths_file) == os.path.abspath(self.path):
             raise OutputError(f"--save-embeddings {path}: choose a name not ending in .paths.txt")
         self._raw_f = None
@@ -467,6 +501,20 @@ class EmbeddingsWriter:
         for p in (self.path, self.raw, self.paths_file):
             if os.path.exists(p):
                 os.remove(p)
+
+    def stage(self) -> None:
+        """``--overwrite``: rows go to staged files (:func:`staged_name`); the existing
+        embeddings and paths file are replaced only when the run completes."""
+        self.staged = True
+        self.raw = staged_name(self.path) + ".partial"
+        self.paths_file = staged_name(self.final_paths)
+        for p in (self.raw, self.paths_file):
+            _remove(p)
+
+    def drop_stage(self) -> None:
+        if self.staged:
+            for p in (self.raw, self.paths_file):
+                _remove(p)
 
     def _row_bytes(self) -> int:
         return 4 * self.dim
@@ -564,7 +612,7 @@ class EmbeddingsWriter:
                     fout, {"descr": "<f4", "fortran_order": False, "shape": (n, self.dim)})
             else:
                 meta = {k: str(v) for k, v in self.metadata.items()}
-                meta["paths_file"] = os.path.basename(self.paths_file)
+                meta["paths_file"] = os.path.basename(self.final_paths)
                 meta["rows"] = str(n)
                 header = {"__metadata__": meta,
                           "embeddings": {"dtype": "F32", "shape": [n, self.dim],
@@ -579,6 +627,9 @@ class EmbeddingsWriter:
                         break
                     fout.write(chunk)
         os.remove(self.raw)
+        if self.staged:  # the paths of the new rows replace the old ones (right after them)
+            os.replace(self.paths_file, self.final_paths)
+            _remove(self.path + ".partial")
 
 
 def read_table(path: str) -> List[dict]:

@@ -407,6 +407,134 @@ def test_outputs_never_overwrite_inputs(bundle, tmp_path, capsys):
     assert st == {"a.png": "ok", "b.png": "ok", "copy.png": "output_file"}
 
 
+# ------------------------------------------------------------ issue 17 items 1, 7: one rule
+def _victim(tmp_path: Path, fmt: str) -> Path:
+    """An existing file at the --out path that is also data: a Parquet file with an image
+    column (an input by its name), or a text file for CSV / JSONL (reachable as an input
+    only through a list, stdin or an image-named link)."""
+    if fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        v = tmp_path / "in" / "v.parquet"
+        buf = [noise_png(tmp_path / f"p{i}.png", seed=20 + i).read_bytes() for i in range(2)]
+        pq.write_table(pa.table({"image": buf}), v)
+        return v
+    v = tmp_path / f"v.{fmt}"
+    v.write_text(f"precious data of {fmt}\n")
+    return v
+
+
+REACH = ["glob", "folder", "stdin", "list", "symlink", "hardlink"]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+@pytest.mark.parametrize("way", REACH)
+def test_overwrite_never_replaces_an_input_however_reached(bundle, tmp_path, capsys,
+                                                           monkeypatch, fmt, way):
+    """`--overwrite` of an output that the lazy input stream reaches (glob, folder, stdin,
+    @list, a symbolic or hard link under an image name) is refused, and the file is left as
+    it was: the old code deleted it at the start and replaced it with scores."""
+    import io
+
+    (tmp_path / "in").mkdir()
+    noise_png(tmp_path / "in" / "a.png", seed=1)
+    victim = _victim(tmp_path, fmt)
+    before = victim.read_bytes()
+    alias = "v.parquet" if fmt == "parquet" else "v.png"    # a name folders / globs pick
+    if way in ("glob", "folder") and fmt != "parquet":
+        os.link(victim, tmp_path / "in" / alias)
+    if way == "symlink":
+        (tmp_path / "ln").mkdir()
+        os.symlink(victim, tmp_path / "ln" / alias)
+    if way == "hardlink":
+        (tmp_path / "hl").mkdir()
+        os.link(victim, tmp_path / "hl" / ("h" + alias))
+    listed = f"{tmp_path / 'in' / 'a.png'}\n{victim}\n"
+    spec = {"glob": str(tmp_path / "in" / "*"), "folder": str(tmp_path / "in"), "stdin": "-",
+            "list": f"@{tmp_path / 'list.txt'}", "symlink": str(tmp_path / "ln"),
+            "hardlink": str(tmp_path / "hl" / "*")}[way]
+    (tmp_path / "list.txt").write_text(listed)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(listed))
+    capsys.readouterr()
+    code = main([str(tmp_path / "in" / "a.png"), spec, "--bundle", str(bundle), "--out",
+                 str(victim), "--overwrite", "-q"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "--overwrite would replace" in err and "nothing was replaced" in err
+    assert victim.read_bytes() == before
+    leftovers = [n for n in os.listdir(victim.parent) if n.startswith(".")]
+    assert leftovers == [] and not Path(str(victim) + ".run.json").exists()
+
+
+def test_overwrite_embeddings_reached_by_a_hard_link_is_refused(bundle, tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    noise_png(d / "a.png", seed=1)
+    emb = tmp_path / "e.npy"
+    assert main([str(d), "--bundle", str(bundle), "--save-embeddings", str(emb), "-q"]) == 0
+    files = {n: (tmp_path / n).read_bytes() for n in ("e.npy", "e.paths.txt")}
+    os.link(tmp_path / "e.paths.txt", d / "e.png")            # an image name, the list's inode
+    assert main([str(d), "--bundle", str(bundle), "--save-embeddings", str(emb), "-q",
+                 "--overwrite"]) == 2
+    assert {n: (tmp_path / n).read_bytes() for n in files} == files
+
+
+def test_overwrite_result_equals_a_fresh_run(bundle, tmp_path):
+    """Replace-at-the-end gives the very files a fresh run writes (table, embeddings, paths,
+    identity), and leaves no staged file behind."""
+    d = tmp_path / "in"
+    d.mkdir()
+    for i in range(3):
+        noise_png(d / f"{i}.png", seed=40 + i)
+    (d / "bad.png").write_bytes(b"not a png")
+    for ext in ("csv", "jsonl", "parquet"):
+        fresh, again = tmp_path / f"fresh.{ext}", tmp_path / "re" / f"again.{ext}"
+        again.parent.mkdir(exist_ok=True)
+        again.write_text("old rows\n")
+        Path(str(again) + ".run.json").write_text("{}")
+        for out in (fresh, again):
+            emb = out.with_name(out.stem + ext + ".npy")
+            args = [str(d), "--bundle", str(bundle), "--out", str(out), "-q",
+                    "--save-embeddings", str(emb)]
+            if out is again:
+                np.save(emb, np.zeros((5, 3), np.float32))
+                emb.with_suffix(".paths.txt").write_text("x\ny\n")
+            assert main(args + (["--overwrite"] if out is again else [])) == 3
+        assert read_table(str(fresh)) == read_table(str(again))
+        if ext != "parquet":
+            assert fresh.read_bytes() == again.read_bytes()
+            assert json.loads(Path(str(again) + ".run.json").read_text())["model"] == "tiny.test"
+        fe, ae = (o.with_name(o.stem + ext + ".npy") for o in (fresh, again))
+        np.testing.assert_array_equal(np.load(fe), np.load(ae))
+        assert len(np.load(ae)) == 3
+        assert fe.with_suffix(".paths.txt").read_bytes() == ae.with_suffix(".paths.txt").read_bytes()
+        assert not [n for n in os.listdir(again.parent) if n.startswith(".")]
+        for n in os.listdir(again.parent):
+            os.remove(again.parent / n)
+
+
+def test_stdin_from_the_runs_own_paths_list_is_refused(bundle, tmp_path):
+    """Item 7: `quasar score - < e.paths.txt --save-embeddings e.npy --resume` read the list
+    while the resume compacted and appended to that very file."""
+    d = tmp_path / "in"
+    d.mkdir()
+    for i in range(3):
+        noise_png(d / f"{i}.png", seed=50 + i)
+    (d / "bad.png").write_bytes(b"not a png")
+    emb, out = tmp_path / "e.npy", tmp_path / "s.csv"
+    assert main([str(d), "--bundle", str(bundle), "--out", str(out), "--save-embeddings",
+                 str(emb), "-q"]) == 3
+    lst = tmp_path / "e.paths.txt"
+    before = lst.read_bytes()
+    with open(lst, "rb") as f:
+        r = cli_proc(["-", "--bundle", str(bundle), "--out", str(out), "--save-embeddings",
+                      str(emb), "--resume", "-q"], stdin=f)
+    assert r.returncode == 2, r.stderr
+    assert b"stdin" in r.stderr and b"e.paths.txt" in r.stderr
+    assert lst.read_bytes() == before
+
+
 # ============================================================ 9. bundle.json robustness
 def _bundle_case(bundle, tmp_path, case):
     b = tmp_path / case
