@@ -10,9 +10,9 @@ import logging
 from pathlib import Path
 from typing import List, Optional
 
+from quasar.constants import BUNDLE_JSON, DEFAULT_MODEL
 from quasar.home import bundle_cache_dir
 from quasar.models.catalog import CATALOG, list_models
-from quasar.constants import BUNDLE_JSON
 
 log = logging.getLogger("quasar.export")
 
@@ -26,16 +26,18 @@ def _table(rows: List[List[str]], header: List[str]) -> str:
 
 
 def models(heavy: bool = True) -> str:
-    """List the model catalogue: id, embedding dim, resolutions, heavy, local bundle."""
+    """List the model catalogue: id, embedding dim, resolutions, heavy, local bundle; the
+    default model (used without --bundle / --model) is marked with ``*``."""
     rows = []
     for mid in list_models(include_heavy=heavy):
         spec = CATALOG[mid]
         cached = (bundle_cache_dir(mid) / BUNDLE_JSON).is_file()
-        rows.append([mid, spec.family, spec.embed_dim, ",".join(spec.resolutions),
+        rows.append([mid + (" *" if mid == DEFAULT_MODEL else ""), spec.family, spec.embed_dim, ",".join(spec.resolutions),
                      spec.default_resolution, "yes" if spec.heavy else "",
                      "yes" if cached else ""])
     table = _table(rows, ["model", "family", "dim", "resolutions", "default", "heavy", "bundle"])
     print(table)
+    print("\n* the default model: used when no --bundle / --model is given")
     notes = [f"{mid}: {CATALOG[mid].resolution_note}." for mid in list_models(include_heavy=heavy)
              if CATALOG[mid].resolution_note]
     if notes:
@@ -48,16 +50,7 @@ def export(model: str, out: Optional[str] = None, checkpoint: Optional[str] = No
            exporter: str = "auto", quiet: bool = False) -> None:
     """Export MODEL to a verified ONNX bundle (default: the QUASAR bundle cache); prints
     its path. Raises QuasarError subclasses (unknown model, bad checkpoint, failed parity).
-
-    Args:
-        model: catalogue id, e.g. clip-rn50-nopos.openai (see `quasar models`).
-        out: output directory; default $QUASAR_HOME/bundles/<model>.
-        checkpoint: local weights file (open_clip state dict / DINOv2 hub .pth).
-        random_init: random weights (tests only: scores carry no meaning).
-        seed: seed of the random weights.
-        overwrite: replace an existing bundle at OUT.
-        exporter: auto | torchscript | dynamo.
-        quiet: only print the bundle path.
+    Options: quasar/commands/export.py (values arrive parsed and checked).
     """
     from quasar.models.catalog import get_model_spec
 
@@ -69,7 +62,6 @@ def export(model: str, out: Optional[str] = None, checkpoint: Optional[str] = No
     log.info("exporting %s -> %s", spec.id, target)
     from .bundle import export_bundle
 
-    path = export_bundle(spec.id, target, checkpoint=checkpoint,
-                         random_init=bool(random_init), seed=int(seed),
-                         overwrite=bool(overwrite), exporter=exporter)
+    path = export_bundle(spec.id, target, checkpoint=checkpoint, random_init=random_init,
+                         seed=seed, overwrite=overwrite, exporter=exporter)
     print(path)

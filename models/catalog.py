@@ -10,6 +10,8 @@ import difflib
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
+from quasar.constants import DEFAULT_MODEL  # noqa: F401 (re-exported: models.DEFAULT_MODEL)
+
 from .preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PreprocessCfg, resolution_cfg
 
 FAMILIES = ("open_clip", "dinov2")
@@ -139,7 +141,7 @@ _SPECS: List[ModelSpec] = [
 ]
 
 CATALOG: Dict[str, ModelSpec] = {s.id: s for s in _SPECS}
-DEFAULT_MODEL = "clip-rn50-nopos.openai"
+assert DEFAULT_MODEL in CATALOG, DEFAULT_MODEL
 
 
 def list_models(include_heavy: bool = True) -> List[str]:

@@ -9,6 +9,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, Optional, Tuple
 
+from quasar.constants import RESOLUTIONS  # noqa: F401 (one definition; re-exported)
+
 OPENAI_CLIP_MEAN: Tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD: Tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN: Tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -16,7 +18,6 @@ IMAGENET_STD: Tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 RESIZE_MODES = ("shortest", "none")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
-RESOLUTIONS = ("224", "512", "native")
 MAX_SIZE = 4096  # resize / crop edge limit: a bundle asking for more is refused
 
 

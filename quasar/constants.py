@@ -30,6 +30,9 @@ IMAGE_EXTENSIONS = frozenset({
     ".heic", ".heif",
 })
 
+#: The model used when no --bundle / --model is given (``quasar models`` marks it).
+DEFAULT_MODEL = "clip-rn50-nopos.openai"
+
 #: Row status of a successfully scored input.
 STATUS_OK = "ok"
 

@@ -214,11 +214,19 @@ def number(text: str) -> float:
 
 def _checked(convert: Callable[[str], Any], option: Option) -> Callable[[str], Any]:
     """``convert`` followed by the option's range check (argparse reports either error)."""
-    if (option.minimum, option.maximum, option.above, option.below) == (None,) * 4:
+    if (option.minimum, option.maximum, option.above, option.below) == (None,) * 4 and (
+            convert is not names):
         return convert
 
     def typed(text: str):
-        return option.check_range(convert(text))
+        value = convert(text)
+        if isinstance(value, list):
+            bad = [v for v in value if option.choices and v not in option.choices]
+            if bad:
+                raise argparse.ArgumentTypeError(f"unknown {', '.join(map(repr, bad))}; choose "
+                                                 f"from {', '.join(option.choices)}")
+            return value
+        return option.check_range(value)
 
     typed.__name__ = getattr(convert, "__name__", "value")  # argparse names it in errors
     return typed
@@ -226,6 +234,12 @@ def _checked(convert: Callable[[str], Any], option: Option) -> Callable[[str], A
 
 def lower(text: str) -> str:
     return text.lower()
+
+
+def names(text: str) -> List[str]:
+    """A comma-separated list (``a, b,`` -> ``["a", "b"]``); with ``choices``, each item
+    must be one of them."""
+    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 # --------------------------------------------------------------------------- commands
@@ -324,18 +338,19 @@ class Command:
             if p.kind == "varargs":
                 parser.add_argument(p.name, nargs="*", default=[], metavar=p.metavar)
                 continue
-            names = [p.flag, *o.aliases] + ([o.short] if o.short else [])
+            flags = [p.flag, *o.aliases] + ([o.short] if o.short else [])
             if p.kind == "positional":  # MODEL or --model MODEL
                 parser.add_argument("_pos_" + p.name, nargs="?", default=None,
                                     metavar=p.metavar)
             if p.kind == "switch":
-                parser.add_argument(*names, dest=p.name, action="store_true", default=False)
+                parser.add_argument(*flags, dest=p.name, action="store_true", default=False)
             elif p.kind == "negswitch":
-                parser.add_argument(*names, dest=p.name, action="store_false", default=True)
+                parser.add_argument(*flags, dest=p.name, action="store_false", default=True)
             else:
-                parser.add_argument(*names, dest=p.name, metavar=p.metavar,
-                                    default=p.default, choices=o.choices,
-                                    type=_checked(o.type or _infer_type(p.default), o))
+                convert = o.type or _infer_type(p.default)
+                parser.add_argument(*flags, dest=p.name, metavar=p.metavar,
+                                    default=p.default, type=_checked(convert, o),
+                                    choices=None if convert is names else o.choices)
         return parser
 
     def _normalise(self, argv: Sequence[str]) -> List[str]:

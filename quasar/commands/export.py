@@ -19,7 +19,7 @@ COMMAND = Command(
         O.SEED.but(help="seed of the random weights (--random-init)"),
         O.OVERWRITE.but(help="replace an existing bundle at --out"),
         opt("exporter", "ONNX exporter", metavar="NAME",
-            choices=("auto", "torchscript", "dynamo")),
+            choices=O.EXPORTERS),
         O.QUIET.but(help="only print the bundle path"),
     ],
     examples=["quasar export clip-rn50-nopos.openai --checkpoint RN50.pt",

@@ -15,17 +15,17 @@ typed, checked values (they do not check again).
 """
 from __future__ import annotations
 
-from quasar.constants import (AGGREGATIONS, BACKENDS, DEVICES, ENGINES,  # noqa: F401
-                              EXPORTERS, INPUT_TYPES, RESOLUTIONS, RUNTIME_PRECISIONS,
+from quasar.constants import (AGGREGATIONS, BACKENDS, DEFAULT_MODEL, DEVICES,  # noqa: F401
+                              ENGINES, EXPORTERS, INPUT_TYPES, RESOLUTIONS, RUNTIME_PRECISIONS,
                               VARIANT_PRECISIONS)
 
-from .base import Option, integer, lower, number  # noqa: F401 - re-exported for commands
+from .base import Option, integer, lower, names, number  # noqa: F401 - re-exported
 
 # --- what to run on
 BUNDLE = Option("bundle", "bundle directory (from quasar export)", short="-b", metavar="DIR",
                 default_text="the cached bundle of --model")
 MODEL = Option("model", "model id whose bundle is in the cache ($QUASAR_HOME/bundles)",
-               short="-m", metavar="ID", default_text="clip-rn50-nopos.openai")
+               short="-m", metavar="ID", default_text=DEFAULT_MODEL)
 ANCHORS = Option("anchors", 'anchor set(s), comma-separated, or "all"', short="-a",
                  metavar="NAMES")
 RESOLUTION = Option("resolution", "input resolution", short="-r", metavar="RES",

@@ -12,15 +12,15 @@ COMMAND = Command(
     options=[
         E.BUNDLE, O.DATA_ROOT.but(help=O.DATA_ROOT.help + " (required)"),
         O.OUT.but(help="output folder", metavar="DIR"),
-        opt("prompts", "comma-separated prompt data", metavar="NAMES",
+        opt("prompts", "comma-separated prompt data", metavar="NAMES", type=O.names,
             default_text="text,KADIS700k,PIPAL,AVA"),
-        opt("targets", "comma-separated target datasets", metavar="NAMES",
+        opt("targets", "comma-separated target datasets", metavar="NAMES", type=O.names,
             default_text="all eight: " + E.TARGETS.replace(" | ", ",")),
         O.TARGET_CV_FOLDS,
         *E.RECIPE[:4], O.RESOLUTION, E.RECIPE[4],
         opt("resolutions", "per-dataset resolutions: 'paper' (the paper's runs, "
             "docs/evaluate.md 3a) and/or NAME=RES pairs, comma-separated, e.g. paper,SPAQ=512",
-            metavar="TABLE", default_text="--resolution for every dataset"),
+            metavar="TABLE", type=O.names, default_text="--resolution for every dataset"),
         O.MODEL,
         *E.ENGINE,
         O.QUIET.but(help="no progress bar, no table on stdout"),

@@ -217,7 +217,18 @@ def test_errors(capsys, home, data_root, rn50_nopos_bundle):
         (["--target-data", "SPAQ"], "SPAQ"),
         (["--target-data", "KonIQ10k", "--target-cv-folds", "x"], "--target-cv-folds"),
         (["--target-data", "KonIQ10k", "--prompt-data", "LIVE"], "prompt_data"),
-        (["--target-data", "KonIQ10k", "--prompt-ratio", 2], "prompt_ratio"),
+        # ranges are declared with the options and refused while the command line is parsed
+        (["--target-data", "KonIQ10k", "--prompt-ratio", 2],
+         "--prompt-ratio: must be at most 1, got 2"),
+        (["--target-data", "KonIQ10k", "--prompt-ratio", 0],
+         "--prompt-ratio: must be greater than 0, got 0"),
+        (["--target-data", "KonIQ10k", "--seed", -1], "--seed: must be at least 0, got -1"),
+        (["--target-data", "KonIQ10k", "--batch-size", 0],
+         "--batch-size: must be at least 1, got 0"),
+        (["--target-data", "KonIQ10k", "--median-offset-ratio", 1],
+         "--median-offset-ratio: must be less than 1, got 1"),
+        (["--target-data", "KonIQ10k", "--device", "tpu"], "--device"),
+        (["--target-data", "KonIQ10k", "--resolution", "300"], "--resolution"),
         (["--prompt-data", "text"], "--target-data"),
     ]:
         with pytest.raises(SystemExit) as e:
