@@ -162,7 +162,17 @@ def resolve_bundle(spec: str, *, offline: Optional[bool] = None) -> Path:
     if offline_mode(offline):
         return _cached_offline(u, entry)
     transport = _transport(u)
-    rev = transport.revision()
+    try:
+        rev = transport.revision()
+    except RemoteBundleError as exc:
+        if not getattr(exc, "network", False):
+            raise
+        try:
+            cached = _cached_offline(u, entry)
+        except RemoteBundleError:
+            raise exc from None
+        log.warning("%s; using the copy cached earlier (%s)", exc, cached)
+        return cached
     target = entry / rev
     if not (target / "bundle" / BUNDLE_JSON).is_file():
         _fetch_locked(u, transport, target)
@@ -314,9 +324,11 @@ def _network_error(u: BundleURL, what: str, exc: BaseException) -> RemoteBundleE
                                                         "check the URL's access rights")
         return RemoteBundleError(f"{safe_text(u.url)}: {what}: access denied or no credentials "
                                  f"({name}: {text}); {hint}")
-    return RemoteBundleError(
+    err = RemoteBundleError(
         f"{safe_text(u.url)}: {what} failed ({name}: {text}); nothing was cached - check the "
         "network (proxies: HTTPS_PROXY) and the URL, then run again")
+    err.network = True  # a cached copy may stand in (resolve_bundle)
+    return err
 
 
 class _HubTransport(_Transport):

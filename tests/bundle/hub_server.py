@@ -100,6 +100,8 @@ def _handler(hub: HubServer):
             self.send_header("Content-Length", str(len(body)))
             for k, v in (headers or {}).items():
                 self.send_header(k, v)
+            self.send_header("Connection", "close")  # stop() really ends every connection
+            self.close_connection = True
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(body)
