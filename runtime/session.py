@@ -14,7 +14,16 @@ that with graph optimisation off, and ONNX Runtime memory-maps the weights. The 
 (device, inode, size, mtime, ctime); on every load the graph is re-hashed and the weights
 are re-hashed whenever their fingerprint changed (any write or replacement changes ctime).
 An entry that does not match (edited, replaced, truncated) is removed and rebuilt from the
-bundle with a warning, so the cache can never change a score. The key also holds
+bundle with a warning, so the cache can never change a score.
+
+``key.json`` is data beside the cache, so it is not trusted by itself: it is *sealed*, an
+HMAC-SHA256 keyed by a per-user secret (``$QUASAR_HOME/ort-cache.key``, 32 random bytes,
+mode 0600, outside the cache folder) and by the sha256 of the bundle's encoder that the
+bundle's checksum verification vouched for. An entry whose weights were changed and whose
+hashes and stats in ``key.json`` were rewritten to match fails the seal and is rebuilt from
+the bundle; an entry is only ever valid for the encoder whose verified sha256 built it. (Who
+can read that secret can also rewrite your bundles and their checksums: the cache adds no
+weaker link.) The key also holds
 the onnxruntime version, the optimisation level, the providers and the CPU identity (the
 ``ORT_ENABLE_ALL`` layout transforms are hardware-specific). The cache never makes scoring fail:
 any problem with it falls back to the normal path. ``QUASAR_ORT_CACHE=0`` or
@@ -115,7 +124,8 @@ def _new_session(ort: Any, model: str, so: Any, providers: List[Any]) -> Any:
 # ---------------------------------------------------------------- optimised-graph cache
 ORT_CACHE_ENV = "QUASAR_ORT_CACHE"
 ORT_CACHE_DIR = "ort-cache"
-CACHE_FORMAT = 1
+ORT_CACHE_SECRET = "ort-cache.key"  # beside the cache folder, not in it
+CACHE_FORMAT = 2  # 2: key.json sealed (HMAC with the per-user secret and the encoder's sha256)
 _CACHED_MODEL = "model.onnx"
 _CACHED_DATA = "model.onnx.data"  # weights: memory-mapped by ONNX Runtime when loaded
 _STALE_TMP_S = 3600.0
@@ -168,6 +178,50 @@ def _cache_entry(ort: Any, model: str, model_sha256: str,
     return ort_cache_root() / f"{key['model_sha256'][:16]}-{digest}", key
 
 
+def _secret() -> bytes:
+    """The per-user secret that seals cache entries (created once, 0600, outside the cache
+    folder). OSError when it can neither be read nor created: the cache is then not used."""
+    from quasar.home import quasar_home
+
+    path = quasar_home() / ORT_CACHE_SECRET
+    for _ in range(3):
+        try:
+            with open(path, "rb") as f:
+                data = f.read(64)
+            if len(data) == 32:
+                return data
+            raise OSError(f"{path}: not a quasar cache secret ({len(data)} bytes)")
+        except FileNotFoundError:
+            pass
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process made it: read that one
+            time.sleep(0.05)
+            continue
+        with os.fdopen(fd, "wb") as f:
+            f.write(os.urandom(32))
+            f.flush()
+            os.fsync(f.fileno())
+    raise OSError(f"{path}: cannot read the cache secret")
+
+
+def _seal(record: dict) -> str:
+    """HMAC-SHA256 of a key.json record (without its seal), keyed by the per-user secret and
+    the encoder's verified sha256 the record is for."""
+    import hmac
+
+    body = {k: v for k, v in record.items() if k != "seal"}
+    key = _secret() + str(body.get("model_sha256", "")).encode()
+    return hmac.new(key, json.dumps(body, sort_keys=True).encode(), hashlib.sha256).hexdigest()
+
+
+def _write_key(entry: Path, record: dict) -> None:
+    record = {k: v for k, v in record.items() if k != "seal"}
+    atomic_write_text(entry / "key.json", json.dumps(dict(record, seal=_seal(record)),
+                                                     indent=1, sort_keys=True) + "\n")
+
+
 def _rmtree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
@@ -214,11 +268,20 @@ def _verify_cached(entry: Path, key: dict) -> Optional[str]:
         return f"no readable key.json ({exc})"
     if not isinstance(stored, dict):
         return "key.json is not an object"
+    import hmac
+
+    try:
+        sealed = hmac.compare_digest(str(stored.get("seal", "")), _seal(stored))
+    except OSError as exc:
+        return f"cannot check its seal ({exc})"
+    if not sealed:
+        return ("key.json is not sealed for this encoder by this user's quasar (edited, "
+                "forged, or written for another bundle)")
     expected = stored.get("files")
     prints = stored.get("fingerprints") or {}
     if not isinstance(expected, dict) or _CACHED_MODEL not in expected:
         return "key.json records no file checksums (written by an older quasar)"
-    if {k: v for k, v in stored.items() if k not in ("files", "fingerprints")} != key:
+    if {k: v for k, v in stored.items() if k not in ("files", "fingerprints", "seal")} != key:
         return "key.json describes another encoder or machine"
     present = {n for n in (_CACHED_MODEL, _CACHED_DATA) if (entry / n).is_file()}
     if present != set(expected):
@@ -231,9 +294,7 @@ def _verify_cached(entry: Path, key: dict) -> Optional[str]:
             rehashed = rehashed or name != _CACHED_MODEL
     if rehashed:  # same content, new inode / times (a copied cache): remember the new stat
         try:
-            atomic_write_text(entry / "key.json", json.dumps(
-                dict(stored, fingerprints=_cached_fingerprints(entry)), indent=1,
-                sort_keys=True) + "\n")
+            _write_key(entry, dict(stored, fingerprints=_cached_fingerprints(entry)))
         except OSError:
             pass
     return None
@@ -304,10 +365,10 @@ def _store_cached(ort: Any, model: str, entry: Path, key: dict, cfg: SessionConf
     try:
         if not (tmp / _CACHED_MODEL).is_file():
             raise OSError("ONNX Runtime wrote no optimised model")
-        # bind the cached files to the bundle: their sha256, checked on every load
-        atomic_write_text(tmp / "key.json", json.dumps(
-            dict(key, files=_cached_files(tmp), fingerprints=_cached_fingerprints(tmp)),
-            indent=1, sort_keys=True) + "\n")
+        # bind the cached files to the bundle: their sha256, checked on every load, sealed
+        # with the per-user secret and the encoder's verified sha256
+        _write_key(tmp, dict(key, files=_cached_files(tmp),
+                             fingerprints=_cached_fingerprints(tmp)))
         # atomic; fails when another process stored it first. A rename keeps the files'
         # inodes and times, so the fingerprints stay valid.
         os.rename(tmp, entry)

@@ -247,3 +247,55 @@ def test_cached_rn50_nopos_matches_uncached(rn50_nopos_bundle, home):
     scale = float(np.abs(plain).max())
     for s in (stored, hit):
         np.testing.assert_allclose(_run(s, x), plain, rtol=0, atol=1e-6 * scale)
+
+
+def test_forged_key_json_is_refused(cache_onnx, home, caplog):
+    """Issue 17 #21: the cached weights replaced (NaN) and key.json's sha256 and stat
+    fingerprints rewritten to match - as a forger would - must not be served: the entry is
+    rebuilt from the bundle's encoder and the outputs are the encoder's."""
+    import hashlib
+    import os
+
+    sha = rt_helpers.sha256(cache_onnx)
+    x = np.random.default_rng(4).standard_normal((2, 3, 7, 5)).astype(np.float32)
+    create_session(cache_onnx, _cpu(), model_sha256=sha)
+    [entry] = _entries(home)
+    data = entry / "model.onnx.data"
+    n = data.stat().st_size
+    data.write_bytes(np.full(n // 4, np.nan, dtype=np.float32).tobytes() + b"\0" * (n % 4))
+    key = json.loads((entry / "key.json").read_text())
+    for name in key["files"]:  # a consistent forgery: hashes and stats of the new files
+        f = entry / name
+        key["files"][name] = hashlib.sha256(f.read_bytes()).hexdigest()
+        st = os.stat(f)
+        key["fingerprints"][name] = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+                                     st.st_ctime_ns]
+    (entry / "key.json").write_text(json.dumps(key, indent=1, sort_keys=True) + "\n")
+    with caplog.at_level(logging.WARNING, logger=sess_mod.__name__):
+        s = create_session(cache_onnx, _cpu(), model_sha256=sha)
+    assert s.quasar_ort_cache == "stored" and "rebuilding it" in caplog.text
+    out = _run(s, x)
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out, rt_helpers.tiny_reference_embedding(x, CACHE_DIM),
+                               rtol=1e-5, atol=1e-5)
+    assert create_session(cache_onnx, _cpu(), model_sha256=sha).quasar_ort_cache == "hit"
+    secret = home / sess_mod.ORT_CACHE_SECRET
+    assert secret.stat().st_mode & 0o777 == 0o600 and secret.parent != entry.parent
+
+
+def test_entry_is_valid_only_for_the_encoder_that_built_it(cache_onnx, home):
+    """An entry copied under the name of another encoder's entry (its key.json edited to
+    that encoder's sha256) is refused: the seal is keyed by the verified encoder sha256."""
+    import shutil
+
+    sha = rt_helpers.sha256(cache_onnx)
+    create_session(cache_onnx, _cpu(), model_sha256=sha)
+    [entry] = _entries(home)
+    other = "ab" * 32
+    ort_mod = sess_mod.import_onnxruntime()
+    target, key = sess_mod._cache_entry(ort_mod, str(cache_onnx), other, ["CPUExecutionProvider"])
+    shutil.copytree(entry, target)
+    stored = json.loads((target / "key.json").read_text())
+    stored["model_sha256"] = other
+    (target / "key.json").write_text(json.dumps(stored))
+    assert sess_mod._verify_cached(target, key) is not None
