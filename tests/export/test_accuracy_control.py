@@ -1,0 +1,193 @@
+"""Accuracy-controlled int8 (export/accuracy_control.py): when plain int8 fails the gate,
+``quasar optimize`` keeps the most sensitive layers in fp32 until the gate passes, records
+them, and still refuses (exit 4, bundle bytes unchanged) when nothing faster than fp32
+passes. Real NNCF / OpenVINO builds on a small convolutional encoder (the tiny bundle's
+interface, a ResNet-like stem): its last convolution has an outlier channel (bias 300,
+weight 0 in the projection - the kind of activation outlier real CNNs and ViTs have), so a
+per-tensor int8 quantiser after it wipes out the signal, while the convolutions quantise
+harmlessly. Expectations come from the graph we build here, the IR NNCF writes, and scipy
+on the two Scorers' scores - never from the search's own output alone."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "runtime"))
+import rt_helpers  # noqa: E402
+
+pytest.importorskip("onnx")
+pytest.importorskip("openvino")
+pytest.importorskip("nncf")
+scipy_stats = pytest.importorskip("scipy.stats")
+
+from quasar.bundle import load_bundle  # noqa: E402
+from quasar.export.accuracy_control import sensitive_groups  # noqa: E402
+from quasar.export.precision import Gate, build_and_measure, split_images  # noqa: E402
+
+CONVS = ("/visual/conv1/Conv", "/visual/conv2/Conv", "/visual/conv3/Conv")
+HEAD = ("/visual/pool/GlobalAveragePool", "/visual/proj/MatMul")
+
+
+def write_conv_onnx(path: Path, dim: int = rt_helpers.TINY_DIM, outlier: float = 300.0):
+    """conv 4x4/4 -> relu -> conv 3x3 -> relu -> conv 3x3/2 (+ outlier channel 0) -> relu ->
+    global average pool -> projection (channel 0 weighted 0): fp32 ignores the outlier."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+
+    def he(o, i, k):
+        return (rng.standard_normal((o, i, k, k)) * np.sqrt(2.0 / (i * k * k))).astype(np.float32)
+
+    w1, w2, w3 = he(32, 3, 4), he(64, 32, 3), he(64, 64, 3)
+    w3[0] = 0
+    b3 = np.zeros(64, np.float32)
+    b3[0] = outlier
+    wp = (rng.standard_normal((64, dim)) / 8).astype(np.float32)
+    wp[0] = 0
+    inits = [numpy_helper.from_array(a, n) for a, n in
+             [(w1, "w1"), (w2, "w2"), (w3, "w3"), (b3, "b3"), (wp, "wp"),
+              (np.full(dim, 0.01, np.float32), "bp")]]
+    node = helper.make_node
+    nodes = [node("Conv", ["pixels", "w1"], ["c1"], name=CONVS[0], strides=[4, 4]),
+             node("Relu", ["c1"], ["r1"], name="/visual/relu1/Relu"),
+             node("Conv", ["r1", "w2"], ["c2"], name=CONVS[1], pads=[1, 1, 1, 1]),
+             node("Relu", ["c2"], ["r2"], name="/visual/relu2/Relu"),
+             node("Conv", ["r2", "w3", "b3"], ["c3"], name=CONVS[2], pads=[1, 1, 1, 1],
+                  strides=[2, 2]),
+             node("Relu", ["c3"], ["r3"], name="/visual/relu3/Relu"),
+             node("GlobalAveragePool", ["r3"], ["g"], name=HEAD[0]),
+             node("Flatten", ["g"], ["f"], name="/visual/Flatten", axis=1),
+             node("MatMul", ["f", "wp"], ["m"], name=HEAD[1]),
+             node("Add", ["m", "bp"], ["embedding"], name="/visual/proj/Add")]
+    graph = helper.make_graph(
+        nodes, "convnet",
+        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["N", 3, 224, 224])],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", dim])],
+        initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    pytest.importorskip("skimage")
+    from quasar.bench.speed import make_images
+
+    root = tmp_path_factory.mktemp("ac_photos")
+    make_images(root, 40, size=(320, 240), varied=True)
+    return root
+
+
+@pytest.fixture(scope="module")
+def conv_master(tmp_path_factory):
+    out = rt_helpers.write_tiny_bundle(tmp_path_factory.mktemp("conv") / "master", fixed=224)
+    write_conv_onnx(out / "encoder.onnx")
+    d = json.loads((out / "bundle.json").read_text())
+    d["files"]["encoder.onnx"] = rt_helpers.sha256(out / "encoder.onnx")
+    (out / "bundle.json").write_text(json.dumps(d))
+    return out
+
+
+@pytest.fixture
+def conv(conv_master, tmp_path):
+    out = tmp_path / "bundle"
+    shutil.copytree(conv_master, out)
+    return out
+
+
+def snapshot(root: Path) -> dict:
+    files = {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+             for p in sorted(root.rglob("*")) if p.is_file()}
+    return {"files": files, "siblings": sorted(p.name for p in root.parent.iterdir())}
+
+
+def fq_consumers(xml: Path) -> set:
+    """Friendly names of the ops a FakeQuantize feeds (through weight Converts / Reshapes)."""
+    import openvino as ov
+
+    out = set()
+    for op in ov.Core().read_model(str(xml)).get_ordered_ops():
+        if op.get_type_name() != "FakeQuantize":
+            continue
+        todo = [t.get_node() for o in op.outputs() for t in o.get_target_inputs()]
+        while todo:
+            n = todo.pop()
+            if n.get_type_name() in ("Convert", "Reshape", "Flatten", "Multiply", "Subtract"):
+                todo += [t.get_node() for o in n.outputs() for t in o.get_target_inputs()]
+            else:
+                out.add(n.get_friendly_name())
+    return out
+
+
+def test_ladder_of_the_conv_encoder(conv_master):
+    import openvino as ov
+
+    model = ov.Core().read_model(str(conv_master / "encoder.onnx"))
+    groups = sensitive_groups(model, transformer=False)
+    assert groups[0].names == [CONVS[0]]
+    head = set(groups[1].names)
+    convs = {op.get_friendly_name() for op in model.get_ordered_ops()
+             if op.get_type_name() == "Convolution"}
+    assert len(convs) == 3 and set(HEAD) <= head and not head & convs
+    assert CONVS[2] not in head  # conv3's bias Add belongs to conv3, not to the head
+    assert len(groups) == 2  # two convolutions left: no quarter groups
+
+
+def test_search_keeps_the_head_in_fp32_and_passes(conv, photos):
+    from quasar.runtime.scorer import Scorer
+
+    gate = Gate(0.98, 0.05)
+    res = build_and_measure(conv, precision="int8", backend="openvino",
+                            calibration=str(photos), gate=gate)
+    assert res.passed, res.report["failures"]
+    ac = res.report["accuracy_control"]
+    assert ac["steps"][0]["action"] == "plain int8" and not ac["steps"][0]["passed"]
+    kept = set(ac["kept_higher_precision"])
+    assert set(HEAD) <= kept and not kept & set(CONVS)  # the first conv went back to int8
+    rec = load_bundle(conv).manifest.variants["int8-openvino"]
+    assert rec.passed and rec.report["accuracy_control"]["kept_higher_precision"] == \
+        ac["kept_higher_precision"] and "accuracy control" in rec.tool
+    # the IR: every convolution reads int8, neither pool nor projection does
+    consumers = fq_consumers(conv / rec.files[0])
+    assert not consumers & set(HEAD)
+    assert {c for c in consumers if c.startswith("/visual/conv")} >= \
+        {CONVS[0], CONVS[1]}
+    assert ac["variant_img_s"] > ac["fp32_img_s"]
+    # the agreement, recomputed with scipy on the two Scorers' scores of the held-out half
+    hold = split_images(sorted(str(p) for p in photos.iterdir()), 0.5, 0)[1]
+    s32 = Scorer.from_bundle(conv, device="cpu").score_all(hold)
+    s8 = Scorer.from_bundle(conv, device="cpu", precision="int8").score_all(hold)
+    for name, r in res.report["anchor_sets"].items():
+        a, b = np.asarray(s32[name]), np.asarray(s8[name])
+        srcc = scipy_stats.spearmanr(a, b)[0]
+        assert r["srcc"] == pytest.approx(srcc, abs=1e-6) and srcc >= gate.min_srcc
+        assert np.percentile(np.abs(a - b), 99) <= gate.max_p99_dscore
+
+
+def test_nothing_passes_refused_bundle_unchanged(conv, photos, capsys):
+    from quasar.cli import run
+
+    before = snapshot(conv)
+    code = run(["optimize", str(conv), "--precision", "int8", "--calibration", str(photos),
+                "--min-srcc", "1", "--max-p99-dscore", "0"])
+    assert code == 4
+    out = capsys.readouterr()
+    assert "REFUSED" in out.out and "unchanged" in out.err
+    report_path = conv.parent / "bundle.int8-openvino.refused.json"
+    rep = json.loads(report_path.read_text())
+    ac = rep["accuracy_control"]
+    assert [s["passed"] for s in ac["steps"]] == [False] * len(ac["steps"])
+    assert len(ac["steps"]) == 3  # plain, + first conv, + head
+    assert "accuracy control" in rep["failures"][-1]
+    report_path.unlink()
+    assert snapshot(conv) == before
