@@ -221,3 +221,49 @@ def test_full_reference_groups_agree_with_stem_rule_and_handle_underscores():
     c = A.build_anchor_set(e2, p2, prompt_data="KADIS700k", is_reference=[1, 1, 0, 0],
                            groups=["old_town", "plant", "old_town", "plant"])
     np.testing.assert_allclose(c.anchors, _unit([e2[:2].mean(0), e2[2:].mean(0)]), atol=1e-6)
+
+
+# ---- `quasar anchors --prompt-data` against an existing set (issue 17 #20) -------------
+
+def test_prompt_data_anchors_never_replace_a_set_without_overwrite(tmp_path):
+    """`--prompt-data AVA --name text` used to replace the bundle's text anchors silently
+    (and ignore --overwrite) while --good/--bad refused: both refuse now, before any image
+    is embedded, and --overwrite replaces. Real `quasar anchors` processes, tiny bundle."""
+    import json
+    import subprocess
+    import sys
+
+    pytest.importorskip("onnx")
+    import fixtures as F
+    import rt_helpers
+
+    bundle = rt_helpers.write_tiny_bundle(tmp_path / "bundles" / "b")
+    data = tmp_path / "data"
+    F.WRITERS["AVA"](data / "AVA", n=10, rng=1)
+
+    def anchors(*extra):
+        return subprocess.run([sys.executable, "-m", "quasar", "anchors", str(bundle),
+                               "--prompt-data", "AVA", "--data-root", str(data), "--quiet",
+                               *extra], capture_output=True, text=True, timeout=300)
+
+    def files():
+        return {p.name: p.read_bytes() for p in bundle.iterdir()}
+
+    before = files()
+    r = anchors("--name", "text")
+    assert r.returncode == 2, r.stderr
+    assert "already has an anchor set 'text'" in r.stderr and "--overwrite" in r.stderr
+    assert files() == before
+    assert anchors().returncode == 0  # default name: "ava"
+    with_ava = files()
+    r = anchors()
+    assert r.returncode == 2 and "already has an anchor set 'ava'" in r.stderr
+    assert files() == with_ava
+    r = anchors("--name", "text", "--overwrite", "--prompt-ratio", "0.5")
+    assert r.returncode == 0, r.stderr
+    from safetensors import safe_open
+
+    with safe_open(str(bundle / "anchors.safetensors"), framework="numpy") as f:
+        assert json.loads(f.metadata()["text"])["prompt_data"] == "AVA"
+        assert json.loads(f.metadata()["text"])["prompt_ratio"] == 0.5
+    assert sorted(p.name for p in bundle.parent.iterdir()) == ["b"]
