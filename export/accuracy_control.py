@@ -288,3 +288,55 @@ def apply_search(ctx: SearchContext, plain: Dict[str, Any], files: Dict[str, Pat
     tool = (f"nncf PTQ + accuracy control (kept fp32: {', '.join(record['kept_groups'])}) "
             f"+ openvino {_version('openvino')}")
     return found.files, tool, found.img_s, report
+
+
+def auto_precisions(flags: Sequence[str], cuda: bool,
+                    backend: Optional[str] = None) -> List[str]:
+    """The precisions ``quasar optimize --precision auto`` builds: those this machine runs
+    faster than fp32 (int8: VNNI, bf16: AVX512_BF16 / AMX, fp16: CUDA - the rule
+    ``quasar score --precision auto`` applies), on ``backend`` when one is given."""
+    from quasar.export.precision import BUILDERS, DEFAULT_BACKENDS
+    from quasar.runtime.backends import runs_fast
+
+    return [p for p in ("int8", "bf16", "fp16") if runs_fast(p, flags, cuda)
+            and (p, backend or DEFAULT_BACKENDS[p]) in BUILDERS]
+
+
+def optimize_auto(optimize_one: Callable[..., None], *, backend: Optional[str] = None,
+                  fast_decode: bool = False, bundle: str = "", **kw: Any) -> None:
+    """``quasar optimize --precision auto``: build and gate every precision this machine
+    runs fast (int8 with the accuracy-controlled search), each through ``optimize_one``
+    (:func:`quasar.export.precision.optimize`), writing each one that passes; ``quasar score
+    --precision auto`` then picks among them by measured speed. Refused (exit 4, bundle
+    unchanged) when none passes."""
+    from quasar.errors import GateRefusedError, MissingDependencyError, VariantError
+    from quasar.runtime.backends import cpu_flag_list, cuda_usable
+
+    if fast_decode:
+        raise VariantError("--fast-decode is gated on its own: run `quasar optimize BUNDLE "
+                           "--fast-decode ...` and `--precision auto` separately")
+    todo = auto_precisions(cpu_flag_list(), cuda_usable(), backend)
+    if not todo:
+        raise VariantError(
+            "--precision auto: this machine runs no reduced precision faster than fp32 (int8 "
+            "needs VNNI, bf16 AVX512_BF16 or AMX, fp16 a CUDA device)"
+            + (f" on backend {backend}" if backend else "") + "; the fp32 encoder is the "
+            "fastest here")
+    passed, refused = [], []
+    for p in todo:
+        print(f"quasar optimize --precision auto: building {p}")
+        try:
+            optimize_one(bundle=bundle, precision=p, backend=backend, fast_decode=False, **kw)
+            passed.append(p)
+        except GateRefusedError as exc:
+            refused.append(f"{p}: {exc}")
+        except MissingDependencyError as exc:
+            refused.append(f"{p}: skipped ({exc})")
+    if not passed and all(r.endswith(")") and ": skipped (" in r for r in refused):
+        raise MissingDependencyError("--precision auto: " + "; ".join(refused))
+    if not passed:
+        raise GateRefusedError(f"--precision auto: no variant passed the gate; bundle {bundle} "
+                               "unchanged (" + "; ".join(refused) + ")")
+    print(f"--precision auto: written {', '.join(passed)}"
+          + (f"; refused {'; '.join(refused)}" if refused else "")
+          + ". `quasar score --precision auto` picks the fastest on the machine it runs on")

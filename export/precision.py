@@ -478,7 +478,7 @@ def optimize(bundle: str, precision: str = "int8", calibration: Optional[str] = 
 
     Args:
         bundle: bundle directory (from quasar export).
-        precision: int8 | bf16 | fp16.
+        precision: int8 | bf16 | fp16 | auto (each one this machine runs fast).
         calibration: folder, glob or @list.txt of your own images.
         holdout: separate held-out images (default: split --calibration).
         backend: openvino (int8 via NNCF, bf16) | onnxruntime (int8 QDQ, fp16 on CUDA);
@@ -494,6 +494,10 @@ def optimize(bundle: str, precision: str = "int8", calibration: Optional[str] = 
         seed: seed of the calibration / held-out split.
         max_calibration: at most this many calibration images are used.
     """
+    if precision == "auto":  # every precision this machine runs fast, each through here
+        kw = {k: v for k, v in locals().items() if k != "precision"}
+        from quasar.export.accuracy_control import optimize_auto
+        return optimize_auto(optimize, **kw)
     res = build_and_measure(bundle, precision=str(precision), calibration=calibration,
                                 holdout=holdout, backend=backend, resolution=resolution,
                                 holdout_fraction=holdout_fraction,

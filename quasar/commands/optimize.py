@@ -18,8 +18,8 @@ COMMAND = Command(
     options=[
         O.BUNDLE.but(help="bundle directory (from quasar export); changed in place, atomically",
                      default_text=None),
-        opt("precision", "precision of the variant", metavar="P",
-            choices=O.VARIANT_PRECISIONS),
+        opt("precision", "precision of the variant (auto: each one this machine runs fast)",
+            metavar="P", choices=O.VARIANT_PRECISIONS + ("auto",)),
         opt("calibration", "your own images (required): a folder, a glob or @list.txt",
             metavar="INPUT", default_text="none"),
         opt("holdout", "separate held-out images for the agreement report", metavar="INPUT",

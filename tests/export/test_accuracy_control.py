@@ -191,3 +191,25 @@ def test_nothing_passes_refused_bundle_unchanged(conv, photos, capsys):
     assert "accuracy control" in rep["failures"][-1]
     report_path.unlink()
     assert snapshot(conv) == before
+
+
+def test_optimize_auto_builds_what_this_cpu_runs_fast(conv, photos, capsys):
+    from quasar.cli import run
+
+    with open("/proc/cpuinfo") as f:
+        flags = set(next((ln.split(":", 1)[1].split() for ln in f
+                          if ln.startswith("flags")), []))
+    expect = {p for p, need in (("int8", {"avx512_vnni", "avx_vnni", "amx_int8"}),
+                                ("bf16", {"avx512_bf16", "amx_bf16"})) if flags & need}
+    if not expect:
+        pytest.skip("this CPU runs no reduced precision fast (no VNNI, no bf16)")
+    before = snapshot(conv)
+    args = ["optimize", str(conv), "--precision", "auto", "--calibration", str(photos)]
+    assert run(args + ["--min-srcc", "1", "--max-p99-dscore", "0"]) == 4
+    assert "no variant passed" in capsys.readouterr().err
+    for p in expect:
+        (conv.parent / f"bundle.{p}-openvino.refused.json").unlink()
+    assert snapshot(conv) == before
+    assert run(args + ["--min-srcc", "0.98", "--max-p99-dscore", "0.05"]) == 0
+    got = load_bundle(conv).manifest.variants
+    assert {v.precision for v in got.values()} == expect and all(v.passed for v in got.values())
