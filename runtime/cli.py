@@ -97,7 +97,7 @@ def score(*inputs, bundle: Optional[str] = None, model: Optional[str] = None,
           image_column: Optional[str] = None, id_column: Optional[str] = None,
           engine: str = "local", address: Optional[str] = None, gpus_per_worker: float = 0.0,
           decode_cpus: float = 1.0, files_per_part: int = 1000,
-          force_resume: bool = False) -> int:
+          force_resume: bool = False, offline: bool = False) -> int:
     """Score images: files, directories (recursive), globs, @list.txt or - (paths on stdin).
 
     Writes one row per input (path, score_<anchor set>..., status, error) to --out
@@ -139,7 +139,10 @@ def score(*inputs, bundle: Optional[str] = None, model: Optional[str] = None,
         gpus_per_worker: GPUs per Ray scoring actor (> 0: CUDA); --workers = actors.
         decode_cpus: CPUs reserved per Ray actor for decoding threads.
         files_per_part: loose files per output part (--engine ray).
+        offline: a --bundle URL uses its cached copy, no network call (QUASAR_OFFLINE=1).
     """
+    if offline:  # read by quasar.bundle.remote wherever the bundle is resolved
+        os.environ["QUASAR_OFFLINE"] = "1"
     return _score([os.fspath(v) if isinstance(v, os.PathLike) else str(v) for v in inputs],
                   bundle=bundle, model=model, anchors=anchors, resolution=resolution,
                   device=device, batch_size=batch_size, workers=workers, out=out,

@@ -22,8 +22,9 @@ from quasar.constants import (AGGREGATIONS, BACKENDS, DEFAULT_MODEL, DEVICES,  #
 from .base import Option, integer, lower, names, number  # noqa: F401 - re-exported
 
 # --- what to run on
-BUNDLE = Option("bundle", "bundle directory (from quasar export)", short="-b", metavar="DIR",
-                default_text="the cached bundle of --model")
+BUNDLE = Option("bundle", "bundle directory (from quasar export), or URL: hf://ORG/REPO[@REV], "
+                "s3://, gs://, https:// (docs/remote.md)", short="-b", metavar="DIR",
+                default_text="$QUASAR_DEFAULT_BUNDLE, else the cached bundle of --model")
 MODEL = Option("model", "model id whose bundle is in the cache ($QUASAR_HOME/bundles)",
                short="-m", metavar="ID", default_text=DEFAULT_MODEL)
 ANCHORS = Option("anchors", 'anchor set(s), comma-separated, or "all"', short="-a",

@@ -17,6 +17,7 @@ COMMAND = Command(
             metavar="INPUT"),
         O.BUNDLE,
         O.MODEL,
+        opt("offline", "no network: a --bundle URL uses its cached copy (QUASAR_OFFLINE=1)"),
         O.ANCHORS,
         O.RESOLUTION,
         O.DEVICE,

@@ -238,11 +238,19 @@ def test_default_bundle_env_and_cli(home, bundle, hub, tmp_path, monkeypatch):
 
     Image.fromarray(np.full((40, 50, 3), 120, np.uint8)).save(tmp_path / "a.png")
     out = tmp_path / "s.csv"
+    n = len(hub.requests)
+    hub.stop()
     r = subprocess.run([sys.executable, "-m", "quasar", "score", str(tmp_path / "a.png"),
-                        "--bundle", "hf://org/tiny", "-o", str(out)], capture_output=True,
-                       text=True, timeout=120, env=dict(os.environ, QUASAR_OFFLINE="1"))
+                        "--bundle", "hf://org/tiny", "--offline", "-o", str(out)],
+                       capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert out.read_text().count("\n") >= 2
+    assert out.read_text().count("\n") >= 2 and len(hub.requests) == n
+    ident = json.loads(Path(f"{out}.run.json").read_text())  # the run identity records it
+    assert ident["bundle_url"] == "hf://org/tiny" and ident["bundle_revision"] == sha
+    r = subprocess.run([sys.executable, "-m", "quasar", "score", str(tmp_path / "a.png"),
+                        "--bundle", "hf://org/unknown", "--offline"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2 and "not in the bundle cache" in r.stderr
 
 
 # ------------------------------------------------------------------------------ s3://
