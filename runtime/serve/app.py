@@ -213,6 +213,7 @@ def create_app(service: ScoringService, identity: Dict[str, Any]) -> Any:
     app = FastAPI(title="QUASAR", lifespan=lifespan, version=identity.get("quasar_version"),
                   description="No-reference image quality and aesthetics scores "
                   "(arXiv:2403.06866). docs/serve.md.")
+    app.state.service = service
     app.add_middleware(_Observe, metrics=metrics)
     page, csp = page_and_csp()
 
