@@ -72,6 +72,9 @@ def check_path(path: Union[str, os.PathLike]) -> os.stat_result:
     socket or device - never opened, so a FIFO cannot hang the run), ``permission_denied``.
     """
     name = str(path)
+    if "\0" in name:  # os.stat would raise "ValueError: embedded null byte"
+        raise ImageNotFoundError(f"{name!r}: the path contains a NUL byte, which no file name "
+                                 "can hold; fix the path in the list or table it came from")
     try:
         st = os.stat(path)
     except FileNotFoundError:

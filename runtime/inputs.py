@@ -16,7 +16,7 @@ An input spec is one of:
 * ``-``: paths on standard input, one per line, taken literally;
 * a brace pattern (WebDataset style): ``shards/shard-{00000..00099}.tar``, ``{a,b}.parquet``
   (expanded lazily, in order; each result is then treated as above; a pattern naming more
-  than ``MAX_BRACE_NAMES`` (10 million) files is refused by :func:`check_specs`).
+  than ``MAX_BRACE_NAMES`` (a billion) files is refused by :func:`check_specs`).
 
 Dataset files - WebDataset ``.tar`` shards and ``.parquet`` files - are picked up by folders
 and globs too; :func:`quasar.runtime.sources.iter_items` expands them into their samples.

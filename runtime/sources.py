@@ -68,7 +68,7 @@ MAX_MEMBER_BYTES = 256 << 20
 #: a GNU long-name / PAX extended header larger than this is refused (a row) and skipped
 MAX_HEADER_BYTES = 1 << 20
 #: brace patterns expanding to more names than this are refused (a typo like {0..99999999})
-MAX_BRACE_NAMES = 10_000_000
+MAX_BRACE_NAMES = 1_000_000_000
 _PARQUET_BUFFER = 4 << 20        # pyarrow's read buffer: never a whole column chunk at once
 _PARQUET_BATCH_BYTES = 64 << 20  # rows per record batch: about this many image bytes
 TAR_EXTENSIONS = (".tar",)
@@ -695,7 +695,7 @@ def _require_pyarrow():
         from quasar.errors import MissingDependencyError
 
         raise MissingDependencyError(
-            'Parquet inputs need pyarrow: pip install "quasar[parquet]" (or pip install pyarrow)'
+            'Parquet inputs need pyarrow: pip install "quasar-iqa[parquet]" (or pip install pyarrow)'
         ) from exc
     return pyarrow
 
@@ -850,7 +850,7 @@ def _pages(fd: int, chunk) -> Iterator[Tuple[int, int, Optional[int]]]:
             rows = hdr.get(5, {}).get(1)
         elif ptype == 3:
             rows = hdr.get(8, {}).get(3)
-        if ptype != 2:  # index pages are skipped
+        if ptype != 1:  # 0 data, 2 dictionary, 3 data v2; 1 (index pages) is skipped
             yield pos, usize, rows
         pos += n + csize
 

@@ -65,3 +65,33 @@ def write_parquet(path: Path, columns: Dict[str, list], row_group_size: int = 3)
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.table(columns), path, row_group_size=row_group_size)
     return path
+
+
+BLOCK = 512
+
+
+def header(name: str, size: int = 0, type: bytes = tarfile.REGTYPE, linkname: str = "") -> bytes:
+    """One 512-byte ustar header (any type, any declared size: for hostile tars)."""
+    info = tarfile.TarInfo(name)
+    info.size, info.type, info.linkname, info.mtime = size, type, linkname, 0
+    return info.tobuf(tarfile.USTAR_FORMAT)
+
+
+def write_raw_tar(path: Path, parts: Sequence[Tuple[bytes, object]], end: bool = True) -> Path:
+    """A tar from (header, data) parts; data is bytes, or an int: a hole of that many bytes
+    (a sparse file: gigabytes declared, nothing on disk). Ends with the two zero blocks."""
+    with open(path, "wb") as f:
+        for hdr, data in parts:
+            f.write(hdr)
+            if isinstance(data, int):
+                f.seek(-(-data // BLOCK) * BLOCK, 1)
+            else:
+                f.write(data + b"\0" * (-len(data) % BLOCK))
+        if end:
+            f.write(b"\0" * 2 * BLOCK)
+        f.truncate()
+    return path
+
+
+def member(name: str, data: bytes) -> Tuple[bytes, bytes]:
+    return header(name, len(data)), data
