@@ -18,7 +18,10 @@ float32 ``[N, 3, H, W]`` to float32 ``[N, D]``. Backends are registered by name
 :func:`choose_variant`, a pure function of the bundle's variants, the CPU flags and whether
 CUDA is usable: ``auto`` takes the fastest variant that passed its gate *and* that this
 hardware runs fast (int8 needs VNNI, bf16 needs AVX512_BF16 or AMX, fp16 needs CUDA), else
-fp32. A variant whose gate failed is never used.
+fp32. A variant whose gate failed is never used. When several variants qualify,
+:func:`choose_by_speed` times each once on this machine (a few batches), caches the figures in
+``$QUASAR_HOME/speed`` keyed by the bundle's sha256, the variant, the input shape and the CPU
+flags (never inside the bundle: its checksums do not change), and takes the fastest.
 """
 from __future__ import annotations
 
@@ -26,7 +29,8 @@ import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Tuple, Union
+from typing import (Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence,
+                    Tuple, Union)
 
 import numpy as np
 
@@ -364,3 +368,155 @@ def variant_path(bundle_path: Union[str, Path], variant: Any) -> Path:
     if not files:
         raise VariantError(f"{bundle_path}: variant has no model file; re-run quasar optimize")
     return Path(bundle_path) / files[0]
+
+
+# --------------------------------------------------------------------------- measured auto
+
+SPEED_BATCH = 8
+SPEED_ROUNDS = 3
+
+
+def auto_candidates(variants: Mapping[str, Any], *, flags: Iterable[str] = (),
+                    cuda: bool = False, backend: Optional[str] = None,
+                    installed: Iterable[str] = ("onnxruntime",)) -> List[str]:
+    """Every variant ``auto`` may run (passed its gate, backend installed and allowed, the
+    hardware runs its precision fast), in :data:`AUTO_ORDER`. Pure, like
+    :func:`choose_variant` (whose first pick is the first of these)."""
+    out: List[str] = []
+    rest = dict(variants)
+    while True:
+        c = choose_variant(rest, "auto", flags=flags, cuda=cuda, backend=backend,
+                           installed=installed)
+        if c.variant is None:
+            return out
+        out.append(c.variant)
+        del rest[c.variant]
+
+
+def speed_cache_path(bundle_sha256: str, flags: Iterable[str]) -> Path:
+    """``$QUASAR_HOME/speed/<key>.json``: one file per bundle content and CPU (its flags),
+    outside the bundle, whose checksums must not change."""
+    import hashlib
+
+    from quasar.home import quasar_home
+
+    key = hashlib.sha256(f"{bundle_sha256}\n{' '.join(flags)}".encode()).hexdigest()[:32]
+    return quasar_home() / "speed" / f"{key}.json"
+
+
+def read_speed_cache(path: Path) -> Dict[str, Any]:
+    """The cached measurements ({entry key: {"img_s": ...}}); {} when absent or unreadable
+    (a damaged cache is measured again, never trusted)."""
+    import json
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        entries = data.get("entries", {}) if isinstance(data, dict) else {}
+        return {k: v for k, v in entries.items() if isinstance(v, dict) and
+                isinstance(v.get("img_s"), (int, float)) and np.isfinite(v["img_s"])
+                and v["img_s"] > 0}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def time_session(session: EncoderSession, shape: Tuple[int, ...],
+                 rounds: int = SPEED_ROUNDS) -> float:
+    """Images/s of ``session`` on a fixed batch of ``shape``: one warm-up run, then the
+    fastest of ``rounds`` runs (the minimum is the least disturbed by other processes)."""
+    import time
+
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    session.run(x)
+    best = float("inf")
+    for _ in range(max(1, int(rounds))):
+        t0 = time.perf_counter()
+        session.run(x)
+        best = min(best, time.perf_counter() - t0)
+    return shape[0] / best
+
+
+def fastest_measured(candidates: Sequence[str], entry_key: Callable[[str], str],
+                     measure: Callable[[str], float], cache_path: Path,
+                     meta: Mapping[str, Any]) -> Tuple[str, Dict[str, float], bool]:
+    """The candidate with the highest images/s: cached measurements first (``entry_key``),
+    the others measured with ``measure`` and added to the cache (written atomically; a cache
+    that cannot be written only costs a new measurement next time). Returns (name,
+    {name: img/s}, whether every figure came from the cache)."""
+    import json
+    import time
+
+    from quasar.bundle.atomic import atomic_write_text
+
+    cached = read_speed_cache(cache_path)
+    speeds: Dict[str, float] = {}
+    fresh: Dict[str, Any] = {}
+    for name in candidates:
+        hit = cached.get(entry_key(name))
+        if hit is not None:
+            speeds[name] = float(hit["img_s"])
+            continue
+        speeds[name] = float(measure(name))
+        fresh[entry_key(name)] = {"img_s": round(speeds[name], 3),
+                                  "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                               time.gmtime())}
+    if fresh:
+        try:
+            Path(cache_path).parent.mkdir(parents=True, exist_ok=True)
+            body = {**dict(meta), "entries": {**read_speed_cache(cache_path), **fresh}}
+            atomic_write_text(cache_path, json.dumps(body, indent=1, sort_keys=True) + "\n")
+        except OSError as exc:
+            log.warning("could not write the speed cache %s (%s); auto will measure again "
+                        "next time", cache_path, exc)
+    best = max(candidates, key=lambda n: speeds[n])
+    return best, speeds, not fresh
+
+
+def choose_by_speed(bundle: Any, variants: Mapping[str, Any], choice: Choice, *,
+                    flags: Sequence[str], cuda: bool, backend: Optional[str],
+                    installed: Iterable[str], resolution: Optional[str],
+                    open_session: Callable[[Choice], EncoderSession]) -> Choice:
+    """``auto`` by measured speed on this machine: among the variants ``auto`` may run
+    (:func:`auto_candidates`), the one with the most images/s on a batch of
+    :data:`SPEED_BATCH` at the scoring resolution, measured once per bundle content, variant,
+    input shape and CPU (flags), cached in ``$QUASAR_HOME/speed`` and reused after. One
+    candidate: no measurement."""
+    names = auto_candidates(variants, flags=flags, cuda=cuda, backend=backend,
+                            installed=installed)
+    if len(names) < 2:
+        return choice
+    shape = speed_shape(bundle, resolution)
+    flags = list(flags)
+
+    def key(name: str) -> str:
+        return f"{name}|{'x'.join(map(str, shape))}"
+
+    def measure(name: str) -> float:
+        v = variants[name]
+        c = Choice(name, _get(v, "precision"), _get(v, "backend"), "measuring")
+        sess = open_session(c)
+        try:
+            return time_session(sess, shape)
+        finally:
+            del sess
+
+    path = speed_cache_path(bundle.sha256, flags)
+    best, speeds, cached = fastest_measured(
+        names, key, measure, path, {"bundle": str(bundle.path), "bundle_sha256": bundle.sha256,
+                                    "cpu_flags": " ".join(flags)})
+    v = variants[best]
+    figures = ", ".join(f"{n} {speeds[n]:.1f} img/s" for n in names)
+    return Choice(best, _get(v, "precision"), _get(v, "backend"),
+                  f"auto: the fastest gated variant measured on this machine ({figures}"
+                  f"{'; cached' if cached else ''})")
+
+
+def speed_shape(bundle: Any, resolution: Optional[str]) -> Tuple[int, int, int, int]:
+    """The batch the candidates are timed on: :data:`SPEED_BATCH` images at the encoder's
+    fixed size, else the resolution's crop / resize size (224 for native resolution)."""
+    enc = bundle.manifest.encoder
+    if not enc.dynamic_hw and enc.input_size:
+        side = int(enc.input_size)
+    else:
+        cfg = bundle.preprocess(resolution or bundle.manifest.default_resolution)
+        side = int(cfg.crop or (cfg.size if cfg.resize_mode == "shortest" else 0) or 224)
+    return (SPEED_BATCH, 3, side, side)

@@ -85,6 +85,13 @@ def resolve_precision(bundle: Bundle, precision: str = "fp32", backend: Optional
     choice = choose_variant(variants, precision, flags=cpu_flags(),
                             cuda=device != "cpu" and cuda_usable(), backend=backend,
                             installed=installed_backends())
+    if precision == "auto" and choice.variant is not None:  # by measured speed, cached
+        from .backends import choose_by_speed, cpu_flag_list
+        choice = choose_by_speed(
+            bundle, variants, choice, flags=cpu_flag_list(), resolution=resolution,
+            cuda=device != "cpu" and cuda_usable(), backend=backend,
+            installed=installed_backends(), open_session=lambda c: open_bundle_encoder(
+                bundle, c, device=device))
     if choice.variant is not None and resolution is not None:
         measured = variants[choice.variant].resolution
         if measured not in (None, str(resolution)):

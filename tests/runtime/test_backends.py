@@ -222,3 +222,99 @@ def test_default_path_imports_no_optional_backend(tiny_bundle, tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+# ------------------------------------------------------------------ auto by measured speed
+
+def test_auto_candidates_are_every_usable_fast_variant():
+    from quasar.runtime.backends import auto_candidates
+
+    assert auto_candidates(ALL, flags=ZEN5, installed=BOTH) == \
+        ["int8-openvino", "int8-onnxruntime", "bf16-openvino"]
+    assert auto_candidates(ALL, flags=ZEN5, cuda=True, installed=("onnxruntime",)) == \
+        ["fp16-onnxruntime", "int8-onnxruntime"]
+    assert auto_candidates(ALL, flags=AVX2, installed=BOTH) == []
+    failed = {**ALL, "int8-openvino": _v("int8", "openvino", passed=False)}
+    assert "int8-openvino" not in auto_candidates(failed, flags=ZEN5, installed=BOTH)
+
+
+def test_fastest_measured_caches_per_cpu_and_rereads(tmp_path, monkeypatch):
+    import json
+
+    from quasar.runtime.backends import fastest_measured, speed_cache_path
+
+    monkeypatch.setenv("QUASAR_HOME", str(tmp_path / "home"))
+    calls = []
+    truth = {"a": 10.0, "b": 30.0, "c": 20.0}
+
+    def measure(name):
+        calls.append(name)
+        return truth[name]
+
+    path = speed_cache_path("f" * 64, ["avx2", "fma"])
+    assert path.parent == tmp_path / "home" / "speed"
+    best, speeds, cached = fastest_measured(list(truth), str, measure, path, {"m": 1})
+    assert (best, speeds, cached, sorted(calls)) == ("b", truth, False, ["a", "b", "c"])
+    on_disk = json.loads(path.read_text())
+    assert {k: v["img_s"] for k, v in on_disk["entries"].items()} == truth
+    calls.clear()
+    assert fastest_measured(list(truth), str, measure, path, {})[::2] == ("b", True)
+    assert calls == []  # reused, not measured
+    # another CPU (flags) or another bundle content: another file, measured again
+    assert speed_cache_path("f" * 64, ["avx2"]) != path
+    assert speed_cache_path("e" * 64, ["avx2", "fma"]) != path
+    # a damaged cache is measured again, never trusted
+    for bad in ("{not json", json.dumps({"entries": {"a": {"img_s": "fast"},
+                                                     "b": {"img_s": float("nan")}}})):
+        path.write_text(bad)
+        calls.clear()
+        assert fastest_measured(list(truth), str, measure, path, {})[0] == "b"
+        assert set(calls) >= {"a", "b"}
+
+
+def test_score_auto_picks_the_measured_fastest_and_reuses_it(tmp_path, monkeypatch):
+    """Two passing variants in a real bundle (the fp32 graph under each backend, labelled
+    int8): auto measures both once, caches outside the bundle (checksums unchanged), and a
+    second Scorer reads the cache - proven by editing the cached figures."""
+    import json
+    import shutil
+
+    pytest.importorskip("openvino")
+    from quasar.bundle import edit_bundle, load_bundle
+    from quasar.runtime.backends import cpu_flag_list
+    from quasar.runtime.scorer import Scorer
+
+    if not runs_fast("int8", cpu_flag_list(), False):
+        pytest.skip("no VNNI: auto runs no int8 variant here")
+    monkeypatch.setenv("QUASAR_HOME", str(tmp_path / "home"))
+    b = rt_helpers.write_tiny_bundle(tmp_path / "b")
+    with edit_bundle(b) as ed:
+        recs = {}
+        for be in ("onnxruntime", "openvino"):
+            rel = f"variants/int8-{be}/encoder.onnx"
+            (ed.dir / rel).parent.mkdir(parents=True)
+            shutil.copy(b / "encoder.onnx", ed.dir / rel)
+            recs[f"int8-{be}"] = VariantInfo(precision="int8", backend=be, files=[rel],
+                                             resolution="224", passed=True)
+        ed.manifest = ed.manifest.__class__(**{**ed.manifest.__dict__, "variants": recs})
+    before = {p.name: p.read_bytes() for p in b.rglob("*") if p.is_file()}
+    s = Scorer.from_bundle(b, device="cpu", precision="auto")
+    cache = list((tmp_path / "home" / "speed").glob("*.json"))
+    assert len(cache) == 1
+    data = json.loads(cache[0].read_text())
+    assert data["bundle_sha256"] == load_bundle(b).sha256
+    with open("/proc/cpuinfo") as f:
+        flags = next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), [])
+    assert data["cpu_flags"] == " ".join(flags)
+    speeds = {k.split("|")[0]: v["img_s"] for k, v in data["entries"].items()}
+    assert set(speeds) == set(recs) and all(k.endswith("|8x3x224x224") for k in data["entries"])
+    assert s.run_info["variant"] == max(speeds, key=speeds.get)
+    assert "measured" in s.run_info["precision_reason"]
+    assert {p.name: p.read_bytes() for p in b.rglob("*") if p.is_file()} == before
+    # reuse: swap the cached figures; the next Scorer follows the cache, not a new timing
+    slow = s.run_info["variant"]
+    for k, v in data["entries"].items():
+        v["img_s"] = 1.0 if k.startswith(slow) else 1000.0
+    cache[0].write_text(json.dumps(data))
+    s2 = Scorer.from_bundle(b, device="cpu", precision="auto")
+    assert s2.run_info["variant"] != slow and "cached" in s2.run_info["precision_reason"]
