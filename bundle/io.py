@@ -196,7 +196,7 @@ def read_manifest(path: PathLike) -> BundleManifest:
     if version > SCHEMA_VERSION:
         raise BundleError(
             f"{mpath}: bundle schema version {version} is newer than this quasar supports "
-            f"({SCHEMA_VERSION}); upgrade quasar: pip install -U quasar")
+            f"({SCHEMA_VERSION}); upgrade quasar: pip install -U quasar-iqa")
     if version < 1:
         raise BundleError(f"{mpath}: invalid schema_version {version}; {REEXPORT}")
     try:
@@ -300,10 +300,13 @@ def recover_bundle(path: PathLike) -> bool:
 def sweep_bundle(path: PathLike, *, locked: bool = False) -> int:
     """Remove what killed writers of the bundle ``path`` left beside it (staged edits, old
     copies, ``quasar optimize`` work folders of hundreds of MB): with ``locked`` (the caller
-    holds the bundle's lock) every such temporary; otherwise only those whose writer process
-    is gone, and only when the lock is free. Returns how many were removed."""
+    holds the bundle's lock) every such temporary of another process (whatever its pid says:
+    every writer holds the lock for its whole run, so a process that made one is gone, or is
+    not that writer); otherwise only those whose writer process is gone, and only when the
+    lock is free. Never this process's own. Returns how many were removed."""
     real = Path(os.path.realpath(Path(path).expanduser()))
-    temps = [(p, pid) for p, pid, _ in temp_siblings(real, WRITER_TEMPS)]
+    temps = [(p, pid) for p, pid, _ in temp_siblings(real, WRITER_TEMPS)
+             if pid != os.getpid()]  # this process's own are in use (an optimize work folder)
     if not locked:
         temps = [(p, pid) for p, pid in temps if not pid_alive(pid)]
     if not temps or not os.path.isdir(real):

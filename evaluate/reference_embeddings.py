@@ -51,7 +51,7 @@ def load_reference_embeddings(path) -> ReferenceEmbeddings:
         import torch
     except ImportError:
         raise ImportError(f"reading {pt} needs torch (the authors saved it with torch.save); "
-                          "install the export extra: pip install 'quasar[export]'") from None
+                          "install the export extra: pip install 'quasar-iqa[export]'") from None
     try:
         t = torch.load(str(pt), map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types (UnpicklingError, RuntimeError, ...)

@@ -18,7 +18,7 @@ script, and a Content-Security-Policy forbids every network load - the file open
 offline, mailed, or years later. Size stays small because only gallery images get
 thumbnails (10,000 rows: see docs/report.md for the measured time and size).
 
-Needs matplotlib (``pip install "quasar[report]"``), imported only when a report is built.
+Needs matplotlib (``pip install "quasar-iqa[report]"``), imported only when a report is built.
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from quasar.errors import DatasetError, MissingDependencyError
+from quasar.errors import DatasetError, optional_import
 
 from .score_table import ScoreTable, read_score_table, run_identity_of
 
@@ -83,13 +83,8 @@ details{margin:6px 0}summary{cursor:pointer;font-weight:600}
 # --------------------------------------------------------------------------- small helpers
 
 def _require_matplotlib():
-    try:
-        import matplotlib  # noqa: F401
-        from matplotlib.figure import Figure  # noqa: F401
-    except ImportError as exc:
-        raise MissingDependencyError(
-            'quasar report needs matplotlib: pip install "quasar[report]" (or pip install '
-            "matplotlib)") from exc
+    optional_import("matplotlib.figure", "report", "quasar report",
+                    also="(or pip install matplotlib)")
 
 
 def _e(x) -> str:
@@ -575,7 +570,7 @@ def _page(title: str, body: str, note: str = "") -> str:
     try:
         from importlib.metadata import version
 
-        ver = version("quasar")
+        ver = version("quasar-iqa")  # the distribution (import name: quasar)
     except Exception:
         ver = "?"
     csp = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; font-src data:; "

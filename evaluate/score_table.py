@@ -103,7 +103,7 @@ def _read_rows(path: str) -> List[dict]:
                 import pyarrow.parquet as pq
             except ImportError as exc:
                 raise DatasetError(f"{path}: reading Parquet needs pyarrow: pip install "
-                                   '"quasar[parquet]", or convert the file to CSV') from exc
+                                   '"quasar-iqa[parquet]", or convert the file to CSV') from exc
             return pq.read_table(path).to_pylist()
         with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
             if fmt in ("csv", "tsv"):

@@ -14,7 +14,7 @@ Variants (``variants/<name>/`` in the bundle, recorded in ``bundle.json`` ``vari
 =============  =========================================================================
 int8 openvino  NNCF post-training quantisation of the OpenVINO model (``ModelType.TRANSFORMER``
                for ViTs: attention, LayerNorm and GELU stay in higher precision); the
-               fastest path on a VNNI CPU. Needs ``quasar[openvino]`` (+ nncf to build).
+               fastest path on a VNNI CPU. Needs ``quasar-iqa[openvino]`` (+ nncf to build).
 int8 onnxruntime  ONNX Runtime static QDQ: U8 activations / S8 per-channel weights (S8
                activations gave no speed-up), only Conv / MatMul / Gemm with a weight
                quantised; activation x activation MatMuls (attention) stay fp32.
@@ -30,12 +30,14 @@ The variant is written through :func:`write_variant`, the one place that edits a
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata as md
 import json
 import logging
 import os
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
@@ -44,8 +46,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from quasar.errors import (GateRefusedError, ImageDecodeError,
-                           MissingDependencyError, VariantError)
+from quasar.errors import GateRefusedError, ImageDecodeError, VariantError, optional_import
 from quasar.bundle import edit_bundle
 from quasar.bundle.atomic import atomic_write_text, cleanup_on_signals, remove_path, temp_dir
 from quasar.bundle.lock import bundle_lock
@@ -60,11 +61,11 @@ MIN_HOLDOUT = 8
 VARIANTS_DIR = "variants"
 # precision -> default backend (the faster one on the build machine, see docs/precision.md)
 DEFAULT_BACKENDS = {"int8": "openvino", "bf16": "openvino", "fp16": "onnxruntime"}
-BUILDERS_HINT = {
-    ("int8", "openvino"): 'pip install "quasar[optimize,openvino]" (nncf, openvino)',
-    ("bf16", "openvino"): 'pip install "quasar[openvino]"',
-    ("int8", "onnxruntime"): 'pip install "quasar[optimize]" (onnx)',
-    ("fp16", "onnxruntime"): 'pip install "quasar[optimize]" (onnx) and onnxruntime-gpu',
+BUILDERS_HINT = {  # (precision, backend) -> (the extras that build it, what they bring)
+    ("int8", "openvino"): ("optimize,openvino", "(nncf, openvino)"),
+    ("bf16", "openvino"): ("openvino", ""),
+    ("int8", "onnxruntime"): ("optimize", "(onnx)"),
+    ("fp16", "onnxruntime"): ("optimize", "(onnx) and onnxruntime-gpu"),
 }
 
 
@@ -174,13 +175,10 @@ def _is_transformer(bundle) -> bool:
     return "vit" in bundle.model.lower() or "dinov2" in fam or "vit" in fam
 
 
-def _require(module: str, hint: str):
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise MissingDependencyError(f"{module} is needed to build this variant: {hint}") from exc
+def _require(module: str, variant: Tuple[str, str]):
+    extra, also = BUILDERS_HINT[variant]
+    return optional_import(module, extra, f"building the {variant[0]} {variant[1]} variant",
+                           also=also)
 
 
 def _activation_matmuls(model) -> List[str]:
@@ -194,7 +192,7 @@ def _activation_matmuls(model) -> List[str]:
 def build_int8_onnxruntime(bundle, cal: Sequence[np.ndarray], work: Path) -> Tuple[Dict[str, Path], str, str]:
     """ONNX Runtime static QDQ: U8 activations, S8 per-channel symmetric weights; Conv,
     MatMul, Gemm with weights only; MinMax calibration."""
-    onnx = _require("onnx", BUILDERS_HINT[("int8", "onnxruntime")])
+    onnx = _require("onnx", ("int8", "onnxruntime"))
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -234,9 +232,8 @@ def build_int8_openvino(bundle, cal: Sequence[np.ndarray], work: Path,
                         ignored=None) -> Tuple[Dict[str, Path], str, str]:
     """NNCF post-training quantisation of the OpenVINO model; transformer mode for ViTs.
     ``ignored``: an ``nncf.IgnoredScope`` kept in fp32 (export/accuracy_control.py)."""
-    hint = BUILDERS_HINT[("int8", "openvino")]
-    ov = _require("openvino", hint)
-    nncf = _require("nncf", hint)
+    ov = _require("openvino", ("int8", "openvino"))
+    nncf = _require("nncf", ("int8", "openvino"))
     model = ov.Core().read_model(str(bundle.encoder_path))
     batches = _batches(cal, 1 if bundle.manifest.encoder.dynamic_hw else 8)
     kw: Dict[str, Any] = {}
@@ -259,7 +256,7 @@ def build_int8_openvino(bundle, cal: Sequence[np.ndarray], work: Path,
 
 def build_bf16_openvino(bundle, cal: Sequence[np.ndarray], work: Path) -> Tuple[Dict[str, Path], str, str]:
     """The fp32 graph as OpenVINO IR; bf16 comes from INFERENCE_PRECISION_HINT at run time."""
-    ov = _require("openvino", BUILDERS_HINT[("bf16", "openvino")])
+    ov = _require("openvino", ("bf16", "openvino"))
     model = ov.Core().read_model(str(bundle.encoder_path))
     return _save_ir(ov, model, work), "openvino (INFERENCE_PRECISION_HINT=bf16)", \
         _version("openvino")
@@ -267,7 +264,7 @@ def build_bf16_openvino(bundle, cal: Sequence[np.ndarray], work: Path) -> Tuple[
 
 def build_fp16_onnxruntime(bundle, cal: Sequence[np.ndarray], work: Path) -> Tuple[Dict[str, Path], str, str]:
     """fp16 weights and activations, float32 graph inputs / outputs kept."""
-    onnx = _require("onnx", BUILDERS_HINT[("fp16", "onnxruntime")])
+    onnx = _require("onnx", ("fp16", "onnxruntime"))
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = onnx.load(str(bundle.encoder_path))
@@ -297,6 +294,45 @@ class OptimizeResult:
     record: Optional[VariantInfo]
 
 
+@contextlib.contextmanager
+def library_noise(verbose: bool):
+    """Without ``verbose``, the quantisation libraries' own output is held back: NNCF's
+    progress bars and log lines, torch's "No CUDA runtime is found" (logged when NNCF
+    imports torch's C++ extension module), Python warnings from their internals. What they
+    printed is shown if the build fails. QUASAR's own messages are not affected (its log
+    handlers hold the real stderr)."""
+    if verbose:
+        yield
+        return
+    import io
+    import warnings
+
+    quiet = {name: logging.getLogger(name) for name in ("torch.utils.cpp_extension", "nncf")}
+    levels = {name: lg.level for name, lg in quiet.items()}
+    for lg in quiet.values():
+        lg.setLevel(logging.ERROR)
+    ours, own = logging.getLogger("quasar"), None
+    if not logging.getLogger().handlers and not ours.handlers:  # else: logging.lastResort,
+        own = logging.StreamHandler(sys.stderr)  # which writes to the redirected stderr
+        own.setLevel(logging.WARNING)
+        ours.addHandler(own)
+    buf = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(buf), \
+                contextlib.redirect_stderr(buf):
+            warnings.simplefilter("ignore")
+            yield
+    except BaseException:
+        if buf.getvalue().strip():
+            print(buf.getvalue().rstrip(), file=sys.stderr)
+        raise
+    finally:
+        for name, lg in quiet.items():
+            lg.setLevel(levels[name])
+        if own is not None:
+            ours.removeHandler(own)
+
+
 def variant_name(precision: str, backend: str, fast_decode: bool = False,
                  resolution: Optional[str] = None) -> str:
     return f"fast-decode-{resolution}" if fast_decode else f"{precision}-{backend}"
@@ -310,7 +346,7 @@ def build_and_measure(bundle_dir: PathLike, *, precision: str = "int8",
                       fast_decode: bool = False, batch_size: int = 16,
                       threads: Optional[int] = None, seed: int = 0,
                       max_calibration: int = 300, write: bool = True,
-                      transform=None) -> OptimizeResult:
+                      transform=None, verbose: bool = False) -> OptimizeResult:
     """Build a variant, measure it against fp32 on held-out images, gate it, and write it
     into the bundle when it passes. ``transform(embeddings) -> embeddings`` (tests only)
     perturbs the variant's held-out embeddings before the report, to exercise the gate.
@@ -321,7 +357,7 @@ def build_and_measure(bundle_dir: PathLike, *, precision: str = "int8",
     work folder is ``.<bundle>.<pid>-<x>.optimize`` beside the bundle, removed at the end,
     on Ctrl-C / SIGTERM / SIGHUP, and - after a SIGKILL - by the next command that opens the
     bundle."""
-    with bundle_lock(bundle_dir), cleanup_on_signals():
+    with bundle_lock(bundle_dir), cleanup_on_signals(), library_noise(verbose):
         return _build_and_measure(
             bundle_dir, precision=precision, calibration=calibration, holdout=holdout,
             backend=backend, resolution=resolution, holdout_fraction=holdout_fraction,
@@ -401,7 +437,7 @@ def _build_and_measure(bundle_dir: PathLike, *, precision: str, calibration, hol
                     raise VariantError(
                         "fp16 variants run on CUDA and their agreement is measured there; "
                         "this machine's onnxruntime has no CUDA provider (ONNX Runtime's CPU "
-                        'provider cannot run fp16 graphs). Run quasar optimize with "quasar[gpu]" '
+                        'provider cannot run fp16 graphs). Run quasar optimize with "quasar-iqa[gpu]" '
                         "on the GPU machine")
             work = temp_dir(bundle_dir.resolve(), "optimize")
             t0 = time.perf_counter()
@@ -465,7 +501,7 @@ def optimize(bundle: str, precision: str = "int8", calibration: Optional[str] = 
              resolution: Optional[str] = None, holdout_fraction: float = 0.5,
              min_srcc: float = DEFAULT_MIN_SRCC, max_p99_dscore: float = DEFAULT_MAX_P99_DSCORE,
              fast_decode: bool = False, batch_size: int = 16, threads: Optional[int] = None,
-             seed: int = 0, max_calibration: int = 300) -> None:
+             seed: int = 0, max_calibration: int = 300, verbose: bool = False) -> None:
     """Write a reduced-precision variant into BUNDLE, gated on agreement with fp32.
 
     The variant is built from calibration images of your own data and measured on held-out
@@ -504,7 +540,8 @@ def optimize(bundle: str, precision: str = "int8", calibration: Optional[str] = 
                                 gate=Gate(float(min_srcc), float(max_p99_dscore)),
                                 fast_decode=bool(fast_decode), batch_size=int(batch_size),
                                 threads=threads, seed=int(seed),
-                                max_calibration=int(max_calibration))
+                                max_calibration=int(max_calibration),
+                                verbose=bool(verbose))
     print(format_report(res.name, res.report))
     if res.report.get("random_init_weights"):
         print("note: random-init weights - the agreement says nothing about real weights")

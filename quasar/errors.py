@@ -6,18 +6,17 @@ Every message names the file or input, the problem and the fix. Each class carri
   ``errors="collect"``), e.g. ``not_found``, ``decode_error``, ``inference_error``;
 * ``exit_code``: what a command exits with when the error ends it.
 
-Exit codes, the same for every command (documented in docs/cli.md):
+Exit codes, the same for every command: :data:`EXIT_CODES` below is the one table; the
+command help (``quasar --help``, ``quasar CMD --help``) prints it, the README and the docs
+point here.
 
-====  =============================================================================
-0     success: everything done (every input scored)
-1     unexpected error (a bug, a full disk, ...): the message says what happened
-2     usage error: bad flag or value, missing/invalid bundle, model, dataset or output
-3     finished, but some inputs failed (each has a row with its status and reason)
-4     ``quasar optimize``: the variant was refused by its agreement gate (bundle unchanged)
-130   interrupted (Ctrl-C / SIGTERM): what was written so far is kept (``--resume``)
-====  =============================================================================
+A missing optional dependency: :func:`optional_import` (every layer may use it), whose hint
+names the distribution on PyPI, :data:`DISTRIBUTION` (the import name stays ``quasar``).
 """
 from __future__ import annotations
+
+import importlib
+from typing import Any, Dict
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -25,6 +24,34 @@ EXIT_USAGE = 2
 EXIT_SOME_FAILED = 3
 EXIT_GATE_REFUSED = 4
 EXIT_INTERRUPTED = 130
+
+#: Every exit code and what it means (the only table; help and docs derive from it).
+EXIT_CODES: Dict[int, str] = {
+    EXIT_OK: "ok: everything done (every input scored)",
+    EXIT_ERROR: "unexpected error (a bug, a full disk...): the message says what happened",
+    EXIT_USAGE: "usage error (bad option or value, missing extra, unknown model, bad bundle, "
+                "dataset or output, output exists without --resume/--overwrite): nothing done",
+    EXIT_SOME_FAILED: "some inputs failed (each has a row with its status and reason)",
+    EXIT_GATE_REFUSED: "optimize: the variant was refused by its agreement gate (bundle "
+                       "unchanged)",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C / SIGTERM): finished work is kept (--resume, the "
+                      "embeddings cache)",
+}
+
+
+def exit_codes_help() -> str:
+    """The exit codes in one paragraph, for command help."""
+    return "Exit codes: " + "; ".join(f"{c} {m}" for c, m in EXIT_CODES.items()) + "."
+
+
+#: The distribution name on PyPI (pyproject.toml ``[project] name``; a test checks that every
+#: ``pip install`` line of the repository names it). PyPI's ``quasar`` is another project.
+DISTRIBUTION = "quasar-iqa"
+
+
+def install_hint(extra: str) -> str:
+    """``pip install "quasar-iqa[EXTRA]"``: the line that installs an extra."""
+    return f'pip install "{DISTRIBUTION}[{extra}]"'
 
 
 class QuasarError(Exception):
@@ -277,3 +304,23 @@ def exit_code_of(exc: BaseException) -> int:
     if isinstance(exc, QuasarError):
         return int(exc.exit_code)
     return EXIT_ERROR
+
+
+def optional_import(module: str, extra: str, needed_by: str, *, also: str = "",
+                    error: type = None) -> Any:
+    """``import module``, or an error that says who needs it and the pip line installing it.
+
+    The one guard for optional dependencies (onnxruntime, scipy, pyarrow, matplotlib,
+    openvino, ray...): ``optional_import("scipy.stats", "optimize", "quasar optimize")``
+    raises ``MissingDependencyError("quasar optimize needs scipy: pip install
+    "quasar-iqa[optimize]"")`` when SciPy is absent. ``also`` is appended (another way out,
+    e.g. "or write .csv"); ``error`` is the class raised (default MissingDependencyError,
+    exit 2), for callers whose failure means something else (a bad output, a dataset).
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        top = module.split(".")[0]
+        cls = MissingDependencyError if error is None else error
+        raise cls(f"{needed_by} needs {top}: {install_hint(extra)}"
+                  + (f" {also}" if also else "")) from exc

@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
 
-from quasar.errors import MissingDependencyError
+from quasar.errors import optional_import
 
 DEFAULT_MIN_SRCC = 0.999
 DEFAULT_MAX_P99_DSCORE = 0.01
@@ -48,11 +48,8 @@ def agreement_report(ref: np.ndarray, var: np.ndarray, anchors: Mapping[str, np.
     """Agreement of variant embeddings ``var`` with fp32 embeddings ``ref`` (same images,
     [N, D]): cosine per image, and per anchor set the |Δscore| and the rank correlations of
     the two score vectors. ``passed``: every set meets ``gate``."""
-    try:
-        from scipy.stats import kendalltau, spearmanr
-    except ImportError as exc:
-        raise MissingDependencyError('quasar optimize needs scipy: pip install '
-                                     '"quasar[optimize]"') from exc
+    stats = optional_import("scipy.stats", "optimize", "quasar optimize")
+    kendalltau, spearmanr = stats.kendalltau, stats.spearmanr
     ref = np.asarray(ref, dtype=np.float64)
     var = np.asarray(var, dtype=np.float64)
     if ref.shape != var.shape or ref.ndim != 2:

@@ -6,7 +6,7 @@ float32 ``[N, 3, H, W]`` to float32 ``[N, D]``. Backends are registered by name
 
 * ``onnxruntime`` (default): CPU or CUDA; the CPU path keeps the optimised-graph cache of
   :mod:`quasar.runtime.session`; on CUDA the inputs and outputs go through IO binding.
-* ``openvino`` (optional, ``pip install "quasar[openvino]"``): CPU. OpenVINO resolves its
+* ``openvino`` (optional, ``pip install "quasar-iqa[openvino]"``): CPU. OpenVINO resolves its
   default inference precision to bf16 on CPUs with AVX512_BF16 / AMX, which would silently
   change the scores, so fp32 and int8 sessions pin ``INFERENCE_PRECISION_HINT`` to f32 and
   only a bf16 variant asks for bf16.
@@ -34,7 +34,7 @@ from typing import (Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Opt
 
 import numpy as np
 
-from quasar.errors import BundleError, MissingDependencyError, VariantError
+from quasar.errors import BundleError, VariantError, optional_import
 
 log = logging.getLogger(__name__)
 
@@ -156,13 +156,8 @@ def _open_ort(a: OpenArgs) -> EncoderSession:
 
 
 def import_openvino() -> Any:
-    try:
-        import openvino
-    except ImportError as exc:
-        raise MissingDependencyError(
-            'the openvino backend needs OpenVINO: pip install "quasar[openvino]"; or use '
-            "--backend onnxruntime") from exc
-    return openvino
+    return optional_import("openvino", "openvino", "the openvino backend",
+                           also="; or use --backend onnxruntime")
 
 
 def openvino_config(precision: str, threads: Optional[int]) -> Dict[str, Any]:

@@ -28,7 +28,7 @@ def quasar_version() -> str:
     try:
         from importlib.metadata import version
 
-        return version("quasar")
+        return version("quasar-iqa")  # the distribution (import name: quasar)
     except Exception:  # noqa: BLE001 - not installed (a source tree)
         return "unknown"
 
@@ -51,6 +51,10 @@ def run_identity(scorer: Any, precision: str = "fp32") -> Dict[str, Any]:
         "fast_decode": bool(info.get("fast_decode", False)),
         "random_init": bool(getattr(bundle, "random_init", False)),  # quasar report warns
         "quasar_version": quasar_version(),
+        # a bundle fetched by URL: where from and which revision (the Hub commit); recorded,
+        # not compared on --resume (bundle_sha256 already pins the content)
+        **{f"bundle_{k}": (getattr(bundle, "source", None) or {}).get(k)
+           for k in ("url", "revision")},
     }
 
 

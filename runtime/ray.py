@@ -51,7 +51,7 @@ from .sources import STATUS_OK, Sample, SourceOptions, check_parquet_columns
 
 log = logging.getLogger(__name__)
 
-RAY_HINT = 'the Ray engine needs Ray Data: pip install "quasar[ray]" (or pip install "ray[data]")'
+RAY_HINT = 'the Ray engine needs Ray Data: pip install "quasar-iqa[ray]" (or pip install "ray[data]")'
 RUN_META_KEY = b"quasar.run"
 PART_SUFFIX = ".parquet"
 TMP_SUFFIX = ".tmp"  # quasar.bundle.atomic temp files: .<name>.<pid>-<random>.tmp
@@ -238,6 +238,65 @@ def plan_parts(specs: Sequence[str], sources: SourceOptions, files_per_part: int
         p.name = stem
         taken.add(stem)
     return parts
+
+
+def rows_digest(rows: Iterable[dict], anchors: Sequence[str]) -> str:
+    """sha256 of a part's cells (path, scores, status, error; one JSON line per row), kept
+    in its metadata: a ``--resume`` recomputes it, so an edited or cut part is redone."""
+    h = hashlib.sha256()
+    for r in rows:
+        cells = [r["path"]] + [r[f"score_{a}"] for a in anchors] + [r["status"], r["error"] or ""]
+        h.update(json.dumps(cells).encode("ascii") + b"\n")
+    return h.hexdigest()
+
+
+def part_problem(path: str, meta: Dict[str, Any], anchors: Sequence[str]) -> Optional[str]:
+    """Why a finished part cannot be trusted, or None: its rows against the count and the
+    checksum in its metadata, ids unique, ok rows with finite scores in [0, 1]."""
+    import pyarrow.parquet as pq
+
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except Exception as exc:  # noqa: BLE001 - any pyarrow failure means "unreadable"
+        return f"unreadable ({exc})"
+    cols = ["path"] + [f"score_{a}" for a in anchors] + ["status", "error"]
+    if rows and list(rows[0]) != cols:
+        return f"columns {list(rows[0])}, expected {cols}"
+    if len(rows) != meta.get("rows"):
+        return f"{len(rows)} rows, its metadata says {meta.get('rows')}"
+    if len({r["path"] for r in rows}) != len(rows):
+        return "the same id on several rows"
+    for r in rows:
+        vals = [r[f"score_{a}"] for a in anchors]
+        if r["status"] == STATUS_OK and not all(
+                isinstance(v, float) and math.isfinite(v) and 0.0 <= v <= 1.0 for v in vals):
+            return f"row {r['path']!r}: status ok with scores {vals}"
+        if not r["status"]:
+            return f"row {r['path']!r}: no status"
+    if meta.get("rows_sha256") != rows_digest(rows, anchors):
+        return "its cells do not match the checksum in its metadata (edited?)"
+    return None
+
+
+def _embeddings_problem(emb_dir: str, part: "Part", path: str, dim: int) -> Optional[str]:
+    """Why a finished part's embedding files cannot be trusted, or None."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    npy, paths = _embedding_files(emb_dir, part)
+    if not (os.path.exists(npy) and os.path.exists(paths)):
+        return "its embeddings are missing"
+    try:
+        t = pq.read_table(path, columns=["path", "status"]).to_pylist()
+        ok = [r["path"] for r in t if r["status"] == STATUS_OK]
+        arr = np.load(npy, mmap_mode="r")
+        with open(paths, encoding="utf-8") as f:
+            listed = f.read().split("\n")[:-1]
+    except (OSError, ValueError) as exc:
+        return f"unreadable embeddings ({exc})"
+    if arr.shape != (len(ok), dim) or listed != ok:
+        return f"embeddings of shape {arr.shape} for {len(ok)} ok rows"
+    return None
 
 
 def read_part_meta(path: str) -> Optional[Dict[str, Any]]:
@@ -509,6 +568,7 @@ class RunReport:
     by_status: Counter = field(default_factory=Counter)
     parts_written: int = 0
     parts_skipped: int = 0
+    parts_redone: int = 0   # finished parts that did not verify on --resume
     seconds: float = 0.0
 
     @property
@@ -543,7 +603,8 @@ def _write_part(pa, out_dir: str, part: Part, rows: Dict[int, dict], anchors: Se
         cols[f"score_{a}"] = pa.array([r[f"score_{a}"] for r in order], pa.float64())
     cols["status"] = pa.array([r["status"] for r in order], pa.string())
     cols["error"] = pa.array([r["error"] or "" for r in order], pa.string())
-    meta = dict(identity, part=part.name, source=part.key, rows=len(order))
+    meta = dict(identity, part=part.name, source=part.key, rows=len(order),
+                rows_sha256=rows_digest(order, anchors))
     table = pa.table(cols).replace_schema_metadata({RUN_META_KEY: json.dumps(meta).encode()})
     with atomic_output(os.path.join(out_dir, part.file)) as tmp:  # temp + fsync + rename
         pq.write_table(table, str(tmp))
@@ -562,10 +623,60 @@ def _clean_temps(d: str) -> None:
             os.remove(os.path.join(d, n))
 
 
+def _foreign_meta(path: str) -> Optional[Dict[str, Any]]:
+    """The part's ``quasar.run`` metadata; raises for a readable Parquet file that is not a
+    quasar part (someone else's file: never replaced); None for an unreadable one."""
+    import pyarrow.parquet as pq
+
+    try:
+        md = pq.read_schema(path).metadata or {}
+    except Exception:  # noqa: BLE001 - a cut or garbled part: redone
+        return None
+    if RUN_META_KEY not in md:
+        raise RayRunError(f"{path} is not a part of a quasar run (no quasar.run metadata); "
+                          "move it away or choose another --out")
+    try:
+        return json.loads(md[RUN_META_KEY])
+    except ValueError:
+        return None
+
+
+def _check_same_run(path: str, meta: Dict[str, Any], part: Part,
+                    identity: Dict[str, Any]) -> None:
+    diff = [k for k, default in SAME_RUN.items()
+            if meta.get(k, default) != identity.get(k, default)]
+    if diff:
+        raise RayRunError(
+            f"{path} was scored with other settings ({', '.join(diff)}: "
+            f"{[meta.get(k, SAME_RUN[k]) for k in diff]} vs {[identity.get(k) for k in diff]}); "
+            "resume with the same bundle and options, --overwrite, or choose another --out")
+    if meta.get("source") != part.key:
+        raise RayRunError(
+            f"{path} was made from {meta.get('source')!r}, this run maps that part to "
+            f"{part.key!r} (inputs changed?); --overwrite or choose another --out")
+
+
+def verify_part(out_dir: str, part: Part, identity: Dict[str, Any],
+                emb_dir: Optional[str] = None, dim: int = 0) -> Optional[str]:
+    """Why the finished ``part`` must be redone (None: it verifies). Raises for a part of
+    another run (other settings, other source) or a file that is not a quasar part."""
+    path = os.path.join(out_dir, part.file)
+    meta = _foreign_meta(path)
+    if meta is None:
+        return "unreadable, or no readable run identity"
+    _check_same_run(path, meta, part, identity)
+    why = part_problem(path, meta, list(identity.get("anchors") or []))
+    if why is None and emb_dir is not None:
+        why = _embeddings_problem(emb_dir, part, path, dim)
+    return why
+
+
 def prepare_output(out_dir: str, parts: List[Part], identity: Dict[str, Any], *,
-                   resume: bool, overwrite: bool, emb_dir: Optional[str] = None) -> List[Part]:
-    """Check / clean the output directory; return the parts still to compute (with
-    ``emb_dir``, also the finished parts whose embedding files are missing)."""
+                   resume: bool, overwrite: bool, emb_dir: Optional[str] = None,
+                   dim: int = 0, report: Optional["RunReport"] = None) -> List[Part]:
+    """Check / clean the output directory; return the parts still to compute: those not
+    finished, and (``--resume``) those whose part or embedding files do not verify
+    (:func:`verify_part`: logged, redone whole)."""
     os.makedirs(out_dir, exist_ok=True)
     _clean_temps(out_dir)
     if emb_dir is not None:
@@ -576,34 +687,19 @@ def prepare_output(out_dir: str, parts: List[Part], identity: Dict[str, Any], *,
     if done and not resume and not overwrite:
         raise RayRunError(f"{out_dir} already holds {len(done)} scored parts: add --resume to "
                           "continue that run, --overwrite to replace it, or choose another --out")
-    by_file = {p.file: p for p in parts}
-    todo = []
-    if overwrite:
-        for n in done:
-            if n in by_file:
-                os.remove(os.path.join(out_dir, n))
+    if overwrite:  # every part is rewritten (temp + rename): nothing is deleted up front
         return list(parts)
+    todo = []
     for p in parts:
         if p.file not in done:
             todo.append(p)
             continue
-        meta = read_part_meta(os.path.join(out_dir, p.file))
-        if meta is None:
-            raise RayRunError(f"{os.path.join(out_dir, p.file)} is not a part of a quasar run (no "
-                              "quasar.run metadata); move it away or choose another --out")
-        diff = [k for k, default in SAME_RUN.items()
-                if meta.get(k, default) != identity.get(k, default)]
-        if diff:
-            raise RayRunError(
-                f"{os.path.join(out_dir, p.file)} was scored with other settings ({', '.join(diff)}: "
-                f"{[meta.get(k, SAME_RUN[k]) for k in diff]} vs {[identity.get(k) for k in diff]}); "
-                "resume with the same bundle and options, --overwrite, or choose another --out")
-        if meta.get("source") != p.key:
-            raise RayRunError(
-                f"{os.path.join(out_dir, p.file)} was made from {meta.get('source')!r}, this run "
-                f"maps that part to {p.key!r} (inputs changed?); --overwrite or choose another --out")
-        if emb_dir is not None and not all(os.path.exists(f) for f in _embedding_files(emb_dir, p)):
-            todo.append(p)  # scored without --save-embeddings: redone whole, with them
+        why = verify_part(out_dir, p, identity, emb_dir, dim)
+        if why is not None:
+            log.warning("%s does not verify (%s): redoing it", os.path.join(out_dir, p.file), why)
+            if report is not None:
+                report.parts_redone += 1
+            todo.append(p)
     return todo
 
 
@@ -616,14 +712,21 @@ def run(specs: Sequence[str], out_dir: str, spec: ScorerSpec, bundle, *,
     ray = require_ray()
     import pyarrow as pa
 
+    from .integrity import check_output_dir
+
     t0 = time.perf_counter()
     report = RunReport()
     identity = run_identity(bundle, spec, sources)
     parts = plan_parts(specs, sources, opts.files_per_part)
     if not parts:
         raise RayRunError("no inputs found in " + " ".join(specs))
+    dim = int(bundle.manifest.encoder.embed_dim)
+    inputs = [f for p in parts for f in ([p.shard] if p.kind != "files" else p.paths)]
+    for d, flag in ((out_dir, "--out"), (emb_dir, "--save-embeddings")):
+        if d is not None:  # every input is known now, before anything is written
+            check_output_dir(d, flag, specs, inputs)
     todo = prepare_output(out_dir, parts, identity, resume=resume, overwrite=overwrite,
-                          emb_dir=emb_dir)
+                          emb_dir=emb_dir, dim=dim, report=report)
     report.parts_skipped = len(parts) - len(todo)
     if not todo:
         report.seconds = time.perf_counter() - t0
@@ -631,7 +734,6 @@ def run(specs: Sequence[str], out_dir: str, spec: ScorerSpec, bundle, *,
     started = connect(opts.address)
     delay = float(os.environ.get(_PART_DELAY_ENV, "0") or 0)
     want_emb = emb_dir is not None
-    dim = int(bundle.manifest.encoder.embed_dim)
     try:
         _quiet_data_context(show_progress)
         per_call = parts_per_call(len(todo), _default_workers(ray, opts))
@@ -829,15 +931,21 @@ def score_dataset(ds, bundle: Optional[str] = None, *, column: Optional[str] = N
 
 
 # --------------------------------------------------------------------------- quasar score
-def _inside_input(d: str, specs: Sequence[str]) -> Optional[str]:
-    """The input folder that directory ``d`` is (or lies inside), or None."""
-    real = os.path.realpath(d)
-    for s in specs:
-        if s != "-" and not s.startswith("@") and os.path.isdir(s):
-            top = os.path.realpath(s)
-            if real == top or real.startswith(top.rstrip(os.sep) + os.sep):
-                return s
-    return None
+def _lock_dirs(out: str, emb_dir: Optional[str]) -> list:
+    """The output directory (and a separate embeddings directory) locked for the whole run
+    (``<dir>.lock`` beside it, the lock a local run on the same name takes too): a second
+    writer, local or Ray, is refused with the holder's process id."""
+    from quasar.bundle.lock import OutputLock
+
+    locks: list = []
+    try:
+        for d in dict.fromkeys(os.path.normpath(x) for x in (out, emb_dir) if x is not None):
+            locks.append(OutputLock(d).acquire())
+    except BaseException:
+        for lk in locks:
+            lk.release()
+        raise
+    return locks
 
 
 def run_ray(specs: Sequence[str], *, bundle, model, anchors, resolution, device, batch_size,
@@ -860,12 +968,11 @@ def run_ray(specs: Sequence[str], *, bundle, model, anchors, resolution, device,
             raise usage_error(f"--save-embeddings {emb_dir}: with --engine ray this is a "
                               "directory (one <part>.npy + <part>.paths.txt per part; it may be "
                               "the --out directory)")
+    from .integrity import check_output_dir
+
     for d, flag in ((out, "--out"), (emb_dir, "--save-embeddings")):
-        inside = _inside_input(d, specs) if d is not None else None
-        if inside is not None:
-            raise usage_error(f"{flag} {d} is inside the input folder {inside}: a rerun would "
-                              "read this run's files as inputs; choose a directory outside "
-                              "the inputs")
+        if d is not None:  # the folders now; every input file once the parts are planned
+            check_output_dir(d, flag, specs, ())
     try:
         gpus = float(gpus_per_worker or 0)
         opts = RayOptions(address=None if address is None else str(address), workers=workers,
@@ -896,6 +1003,7 @@ def run_ray(specs: Sequence[str], *, bundle, model, anchors, resolution, device,
                 print(f"{r['status']}: {r['error']}", file=sys.stderr)
 
     show = not quiet and sys.stderr.isatty()
+    locks = _lock_dirs(out, emb_dir)
     try:
         rep = run(specs, out, spec, b, sources=sources, opts=opts, resume=resume,
                   overwrite=overwrite, on_rows=on_rows, show_progress=show, emb_dir=emb_dir)
@@ -903,12 +1011,17 @@ def run_ray(specs: Sequence[str], *, bundle, model, anchors, resolution, device,
         print(f"quasar score: error: interrupted; finished parts are in {out}: run the same "
               "command with --resume to continue", file=sys.stderr)
         raise
+    finally:
+        for lk in reversed(locks):
+            lk.release()
     if not quiet:
         failed = ", ".join(f"{k}: {v}" for k, v in sorted(rep.by_status.items()) if k != STATUS_OK)
         rate = rep.total / rep.seconds if rep.seconds > 0 else 0.0
         print(f"quasar score: {rep.total - rep.failed} scored, {rep.failed} failed"
               + (f" ({failed})" if failed else "")
-              + f"; {rep.parts_written} parts written, {rep.parts_skipped} already done"
+              + f"; {rep.parts_written} parts written"
+              + (f" ({rep.parts_redone} redone: they did not verify)" if rep.parts_redone else "")
+              + f", {rep.parts_skipped} already done"
               + f"; {rep.total} images in {rep.seconds:.1f} s ({rate:.1f} images/s) -> {out}",
               file=sys.stderr)
     return 3 if rep.failed else 0

@@ -43,16 +43,16 @@ from pathlib import Path
 from typing import Any, List, Optional, Tuple, Union
 
 from quasar.bundle.atomic import atomic_write_text, fsync_dir, temp_name
-from quasar.errors import BundleError, DeviceError, MissingDependencyError
+from quasar.constants import DEVICES  # noqa: F401 (one definition; re-exported)
+from quasar.errors import BundleError, DeviceError, install_hint, optional_import
 
 log = logging.getLogger(__name__)
 
-DEVICES = ("auto", "cpu", "cuda")
 CUDA_EP = "CUDAExecutionProvider"
 CPU_EP = "CPUExecutionProvider"
 
 GPU_INSTALL_HINT = (
-    'install the GPU build: pip uninstall -y onnxruntime && pip install "quasar[gpu]" '
+    f"install the GPU build: pip uninstall -y onnxruntime && {install_hint('gpu')} "
     "(onnxruntime-gpu; never keep onnxruntime and onnxruntime-gpu installed together - they "
     "overwrite each other and the CUDA provider disappears), and make sure the CUDA and cuDNN "
     "libraries that onnxruntime-gpu needs are installed; or use device='cpu'"
@@ -61,14 +61,8 @@ GPU_INSTALL_HINT = (
 
 def import_onnxruntime() -> Any:
     """``import onnxruntime`` with an install hint when it is missing."""
-    try:
-        import onnxruntime
-    except ImportError as exc:
-        raise MissingDependencyError(
-            "onnxruntime is not installed; the QUASAR runtime needs it: "
-            'pip install "quasar[cpu]" (CPU) or pip install "quasar[gpu]" (CUDA) - not both'
-        ) from exc
-    return onnxruntime
+    return optional_import("onnxruntime", "cpu", "the QUASAR runtime",
+                           also=f"(CPU) or {install_hint('gpu')} (CUDA) - not both")
 
 
 @dataclass(frozen=True)

@@ -29,13 +29,12 @@ import numpy as np
 
 from quasar.bundle.atomic import atomic_output, atomic_write
 from quasar.constants import STATUS_OK
-from quasar.errors import DiskFullError, OutputError
+from quasar.errors import DiskFullError, OutputError, optional_import
 from quasar.text import csv_cell, csv_uncell, decode_path, encode_path, one_line
 
 TABLE_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 PARQUET_RUN_KEY = b"quasar.run"
 RUN_SUFFIX = ".run.json"  # the run identity sidecar (quasar.runtime.integrity)
-PARQUET_HINT = 'Parquet output needs pyarrow: pip install "quasar[parquet]" (or pip install pyarrow), or write .csv / .jsonl'
 
 
 @dataclass(frozen=True)
@@ -82,12 +81,9 @@ def output_format(path: str) -> str:
 
 
 def require_pyarrow():
-    try:
-        import pyarrow  # noqa: F401
-        import pyarrow.parquet  # noqa: F401
-    except ImportError as exc:
-        raise OutputError(PARQUET_HINT) from exc
-    return pyarrow
+    optional_import("pyarrow.parquet", "parquet", "Parquet output", error=OutputError,
+                    also="(or pip install pyarrow), or write .csv / .jsonl")
+    return optional_import("pyarrow", "parquet", "Parquet output", error=OutputError)
 
 
 def disk_full(path: str, exc: OSError, rows: int) -> Exception:

@@ -226,6 +226,9 @@ def test_unknown_model_is_a_usage_error(tmp_path):
     (["export", "clip-rn50-nopos.openai", "--random-init", "--out", "OUT"], "export"),
     (["evaluate", "--target-data", "KonIQ10k", "--data-root", "data", "--out", "OUT"], "evaluate"),
     (["reproduce", "--data-root", "data", "--out", "OUT"], "evaluate"),
+    # optimize needs its own extra (onnx, scipy, nncf), not export's torch (issue 18 #6)
+    (["optimize", "B", "--precision", "int8", "--calibration", "photos"], "optimize"),
+    (["report", "scores.csv", "-o", "OUT"], "report"),
 ], ids=lambda a: a[0] if isinstance(a, list) else a)
 def test_missing_extra_is_named(tmp_path, argv, extra):
     assert subprocess.run([LEAN, "-c", "import torch"], capture_output=True).returncode != 0
@@ -233,7 +236,7 @@ def test_missing_extra_is_named(tmp_path, argv, extra):
                        text=True, timeout=120)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
-        f"quasar {argv[0]} needs the {extra} extra: pip install 'quasar[{extra}]'"]
+        f'quasar {argv[0]} needs the {extra} extra: pip install "quasar-iqa[{extra}]"']
     assert list(tmp_path.iterdir()) == []
     # help still works without the extra
     h = subprocess.run([LEAN, "-m", "quasar", argv[0], "--help"], capture_output=True, text=True)

@@ -40,7 +40,7 @@ def _loadmat(path: Path, var: str):
         from scipy.io import loadmat
     except ImportError:  # pragma: no cover - scipy is in the evaluate extra
         raise DatasetError(
-            "LIVEitW labels are MATLAB files; install scipy (pip install 'quasar[evaluate]')."
+            "LIVEitW labels are MATLAB files; install scipy (pip install 'quasar-iqa[evaluate]')."
         ) from None
     require_file(INFO, path, "label file")
     try:

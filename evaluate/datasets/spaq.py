@@ -59,7 +59,7 @@ def load(
         import openpyxl
     except ImportError:  # pragma: no cover - openpyxl is in the evaluate extra
         raise DatasetError(
-            "SPAQ labels are an Excel file; install openpyxl (pip install 'quasar[evaluate]')."
+            "SPAQ labels are an Excel file; install openpyxl (pip install 'quasar-iqa[evaluate]')."
         ) from None
     try:
         book = openpyxl.load_workbook(labels, read_only=True, data_only=True)

@@ -13,16 +13,8 @@ that function's signature (one source), descriptions from :class:`Option` object
 them shared (``quasar/commands/options.py``) so that one concept has one name, one short flag
 and one description across commands.
 
-Exit codes (every command; defined with the errors in quasar/errors.py):
-
-====  ==========================================================================
-0     success
-1     unexpected error (a bug, a full disk, ...): the message or traceback says what
-2     usage: unknown option, bad value, missing extra, unknown model, bad bundle, bad
-      dataset, output exists without --resume/--overwrite; nothing was done
-3     some inputs failed (``quasar score``: each has a row with its status)
-130   interrupted (Ctrl-C); finished work is kept (``--resume`` / the embeddings cache)
-====  ==========================================================================
+Exit codes: the same for every command, defined with the errors in quasar/errors.py
+(``EXIT_CODES``); every help page ends with them.
 """
 from __future__ import annotations
 
@@ -41,12 +33,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from quasar.console import silence_stdout  # noqa: F401 (re-exported)
 from quasar.errors import (EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED,  # noqa: F401
-                           EXIT_USAGE, exit_code_of)
+                           EXIT_USAGE, exit_code_of, exit_codes_help, install_hint)
 
-EXIT_CODES_HELP = ("Exit codes: 0 ok; 1 unexpected error; 2 usage error (bad option or value, "
-                   "missing extra, unknown model, bad bundle or dataset; nothing done); "
-                   "3 some inputs failed; 4 optimize: variant refused by its agreement gate "
-                   "(bundle unchanged); 130 interrupted.")
+EXIT_CODES_HELP = exit_codes_help()  # from quasar/errors.py's EXIT_CODES, the one table
 
 # Optional dependency (top-level module) -> the extra that installs it.
 EXTRA_OF = {"torch": "export", "torchvision": "export", "open_clip": "export", "timm": "export",
@@ -57,6 +46,11 @@ EXTRA_OF = {"torch": "export", "torchvision": "export", "open_clip": "export", "
 
 class CommandLineError(Exception):
     """A command line that cannot be parsed; reported with the usage line, exit 2."""
+
+
+# The runtime comes from the cpu or gpu extra, never from a command's own extra: a command
+# that needs onnxruntime and more (optimize: onnx, scipy) names the runtime's extra for it.
+RUNTIME_MODULES = ("onnxruntime",)
 
 
 # --------------------------------------------------------------------------- options
@@ -157,6 +151,11 @@ def opt(name: str, help: str, **kw) -> Option:
     return Option(name, help, **kw)
 
 
+#: ``-q`` of a command whose function takes no ``quiet`` (the layer quiets it, _quiet_down).
+LAYER_QUIET = Option("quiet", "no progress bar, no log messages or library warnings (results "
+                     "and errors are still shown)", short="-q")
+
+
 @dataclass
 class _Param:
     """An option bound to a command: the Option plus what the signature says."""
@@ -165,6 +164,7 @@ class _Param:
     kind: str               # "positional" | "varargs" | "value" | "switch" | "negswitch"
     default: Any
     required: bool
+    layer: bool = False     # handled by the command layer, not passed to the function
 
     @property
     def name(self) -> str:
@@ -309,6 +309,8 @@ class Command:
                 params.append(_Param(o, "negswitch" if p.default else "switch", p.default, False))
             else:
                 params.append(_Param(o, "value", p.default, False))
+        if "quiet" not in sig.parameters:  # -q works everywhere (README); see _quiet_down
+            params.append(_Param(LAYER_QUIET, "switch", False, False, layer=True))
         return params
 
     # -- parsing
@@ -456,6 +458,8 @@ class Command:
             except (ImportError, ValueError):
                 found = False
             if not found:
+                if mod in RUNTIME_MODULES:
+                    return EXTRA_OF[mod]
                 return self.extra or EXTRA_OF.get(mod, mod)
         return None
 
@@ -489,8 +493,8 @@ exit_code_for = exit_code_of  # every error class of quasar/errors.py carries it
 
 
 def extra_hint(command: str, extra: str) -> str:
-    alt = " (or 'quasar[gpu]' for CUDA)" if extra == "cpu" else ""
-    return f"quasar {command} needs the {extra} extra: pip install 'quasar[{extra}]'{alt}"
+    alt = f" (or {install_hint('gpu')} for CUDA)" if extra == "cpu" else ""
+    return f"quasar {command} needs the {extra} extra: {install_hint(extra)}{alt}"
 
 
 def run_command(cmd: Command, argv: Sequence[str]) -> int:
@@ -513,6 +517,9 @@ def run_command(cmd: Command, argv: Sequence[str]) -> int:
     if extra:
         print(extra_hint(cmd.name, extra), file=sys.stderr)
         return EXIT_USAGE
+    for p in cmd.params():
+        if p.layer and kwargs.pop(p.name) and p.name == "quiet":
+            _quiet_down()
     varargs = [p.name for p in cmd.params() if p.kind == "varargs"]
     args = kwargs.pop(varargs[0]) if varargs else []
     try:
@@ -550,6 +557,18 @@ def run_command(cmd: Command, argv: Sequence[str]) -> int:
             return exc.code or 0
         print(exc.code, file=sys.stderr)
         return EXIT_ERROR
+
+
+def _quiet_down() -> None:
+    """``-q`` of a command whose function has no ``quiet`` parameter: no progress bars
+    (tqdm reads ``TQDM_DISABLE``), no log records below ERROR, no Python warnings (from
+    libraries such as NNCF). What the command prints as its result, and errors, still show."""
+    import logging
+    import warnings
+
+    os.environ["TQDM_DISABLE"] = "1"
+    logging.disable(logging.WARNING)
+    warnings.simplefilter("ignore")
 
 
 def _before_dashdash(argv: Sequence[str]) -> List[str]:

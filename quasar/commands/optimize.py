@@ -12,8 +12,8 @@ COMMAND = Command(
                 "anchor set passes the gate; otherwise the bundle is unchanged (exit 4). The "
                 "report is printed and stored either way. See docs/precision.md.",
     target="quasar.export.precision:optimize",
-    extra="export",
-    requires=("onnx", "onnxruntime"),
+    extra="optimize",  # not export: int8 / fp16 are built without torch ([cpu,optimize])
+    requires=("onnxruntime", "onnx", "scipy"),
     user_errors=(ValueError,),
     options=[
         O.BUNDLE.but(help="bundle directory (from quasar export); changed in place, atomically",
@@ -42,6 +42,7 @@ COMMAND = Command(
         O.SEED.but(help="seed of the calibration / held-out split"),
         opt("max_calibration", "use at most this many calibration images", metavar="N",
             type=O.integer, minimum=1),
+        opt("verbose", "also show the quantisation libraries' own output (NNCF, torch)"),
     ],
     examples=["quasar optimize B --precision int8 --calibration photos/",
               "quasar score photos/ -b B --precision auto -o scores.csv"],

@@ -347,5 +347,5 @@ def test_parquet_without_pyarrow_gives_install_hint(tree, fake, tmp_path, monkey
     monkeypatch.setitem(sys.modules, "pyarrow", None)  # import pyarrow -> ImportError
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
     assert main([str(good[0]), "--out", str(tmp_path / "x.parquet")]) == 2
-    assert 'pip install "quasar[parquet]"' in capsys.readouterr().err
+    assert 'pip install "quasar-iqa[parquet]"' in capsys.readouterr().err
     assert not (tmp_path / "x.parquet").exists()

@@ -1,4 +1,4 @@
-"""The everyday path in a venv with only ``quasar[cpu]`` (no torch, open_clip or onnx).
+"""The everyday path in a venv with only ``quasar-iqa[cpu]`` (no torch, open_clip or onnx).
 
 scripts/test.sh builds that venv (.venv-lean) and points QUASAR_LEAN_PYTHON at it; the
 scores it computes must equal the torch model + reference formula computed here.
@@ -25,7 +25,7 @@ print(json.dumps({"scores": [float(v) for v in scores], "heavy_modules": mods}))
 """
 
 
-@pytest.mark.skipif(not LEAN, reason="set QUASAR_LEAN_PYTHON to a venv with only quasar[cpu]")
+@pytest.mark.skipif(not LEAN, reason="set QUASAR_LEAN_PYTHON to a venv with only quasar-iqa[cpu]")
 def test_lean_venv_scores_equal_torch_reference(rn50_nopos_bundle, tmp_path):
     torch = pytest.importorskip("torch")
     open_clip = pytest.importorskip("open_clip")

@@ -46,7 +46,7 @@ def test_cuda_requested_without_provider(tiny_onnx):
     with pytest.raises(DeviceError) as ei:
         create_session(tiny_onnx, SessionConfig(device="cuda"))
     msg = str(ei.value)
-    assert "CUDA" in msg and 'pip install "quasar[gpu]"' in msg
+    assert "CUDA" in msg and 'pip install "quasar-iqa[gpu]"' in msg
     assert "pip uninstall -y onnxruntime" in msg
 
 
@@ -85,7 +85,7 @@ def test_onnxruntime_missing(monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
     with pytest.raises(MissingDependencyError) as ei:
         sess_mod.import_onnxruntime()
-    assert 'quasar[cpu]' in str(ei.value) and 'quasar[gpu]' in str(ei.value)
+    assert 'quasar-iqa[cpu]' in str(ei.value) and 'quasar-iqa[gpu]' in str(ei.value)
     assert isinstance(ei.value, ImportError) and isinstance(ei.value, QuasarError)
 
 

@@ -366,4 +366,4 @@ def test_local_path_never_imports_ray(tmp_path, tiny):
                 "--engine", "ray"]
     proc = subprocess.run([sys.executable, "-c", NO_RAY.format(args=ray_args)],
                           capture_output=True, text=True, timeout=300)
-    assert "EXIT 2" in proc.stdout and "quasar[ray]" in proc.stderr
+    assert "EXIT 2" in proc.stdout and "quasar-iqa[ray]" in proc.stderr
