@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import json
+import math
 import os
 import platform
 import re
@@ -21,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from quasar.bundle.atomic import atomic_write_text
 from quasar.timing import peak_rss_mb, timed
@@ -47,6 +48,7 @@ class Measurement:
     batch_latency_s: float
     cold_start_s: float
     peak_rss_mb: float
+    core: Optional[Dict[str, float]] = None  # runtime paths: see core_times()
 
 
 # --------------------------------------------------------------------------- workers
@@ -63,12 +65,77 @@ def _worker_runtime(job: Dict[str, Any]) -> Dict[str, Any]:
     s.score(files[:1])
     first = time.time()
     if job.get("whole_list"):
-        return _timed_whole(s, files, job, first)
+        out = _timed_whole(s, files, job, first)
+    else:
+        out = timed(lambda batch: s.score(batch), files, job["batch_size"], first,
+                    job["repeats"])
+    out["core"] = core_times(s, files, int(job["batch_size"]))
+    return out
 
-    def run(batch):
-        return s.score(batch)
 
-    return timed(run, files, job["batch_size"], first, job["repeats"])
+def core_times(s, files: Sequence[str], batch_size: int, rounds: int = 3) -> Dict[str, float]:
+    """What one image costs this machine's cores on the runtime path, each stage alone:
+    decode + preprocess CPU seconds per image (``s.load_image`` on this thread: Pillow and
+    numpy run here, so the thread's CPU clock is the cost, whatever else the machine does),
+    inference CPU seconds per image (the process's CPU clock over ``rounds`` model-only
+    batches: every intra-op thread, spinning included, since a spinning thread holds its
+    core), the model-only images/s (wall) and the cores this process may use."""
+    import numpy as np
+
+    sample = list(files[:max(1, min(len(files), 2 * batch_size))])
+    t0 = time.thread_time()
+    arrays = [s.load_image(f) for f in sample]
+    decode = (time.thread_time() - t0) / len(sample)
+    x = np.stack((arrays * batch_size)[:batch_size]) if arrays[0].ndim == 3 and all(
+        a.shape == arrays[0].shape for a in arrays) else arrays[0][None]
+    s.encoder.run(x)
+    c0, w0 = time.process_time(), time.perf_counter()
+    for _ in range(max(1, int(rounds))):
+        s.encoder.run(x)
+    n = max(1, int(rounds)) * len(x)
+    infer, wall = (time.process_time() - c0) / n, (time.perf_counter() - w0) / n
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cores": float(cores or 1), "decode_core_s": decode, "infer_core_s": infer,
+            "model_img_s": 1.0 / wall if wall > 0 else float("nan")}
+
+
+def speed_bound(cores: float, decode_core_s: float, infer_core_s: float,
+                model_img_s: Optional[float] = None) -> Tuple[float, str]:
+    """The images/s this machine's cores allow a path whose decode and inference share them:
+    ``cores / (decode_core_s + infer_core_s)`` (every core busy with one stage or the
+    other), and never more than the model-only rate (batches run one at a time, so the
+    encoder alone caps the pipeline). Returns (bound, which limit applies: "cores" |
+    "model")."""
+    shared = float(cores) / (float(decode_core_s) + float(infer_core_s))
+    if model_img_s is not None and math.isfinite(model_img_s) and model_img_s < shared:
+        return float(model_img_s), "model"
+    return shared, "cores"
+
+
+def format_bound_table(rows: Sequence[Tuple[str, str, Dict[str, float], float]]) -> str:
+    """Markdown: per (case, path, core times, e2e images/s), the decode + preprocess and
+    inference core-ms per image, the bound they imply (:func:`speed_bound`) and e2e as a %
+    of it."""
+    lines = ["| case | path | cores | decode + preprocess core-ms / image | inference core-ms "
+             "/ image | model-only images/s | bound images/s (limit) | e2e images/s | "
+             "e2e % of bound |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for case, path, c, e2e in rows:
+        if not c:
+            lines.append(f"| {case} | {path} | - | - | - | - | - | {e2e:.1f} | - |")
+            continue
+        bound, limit = speed_bound(c["cores"], c["decode_core_s"], c["infer_core_s"],
+                                   c.get("model_img_s"))
+        lines.append(f"| {case} | {path} | {c['cores']:.0f} | {1e3 * c['decode_core_s']:.1f} | "
+                     f"{1e3 * c['infer_core_s']:.1f} | {c.get('model_img_s', float('nan')):.1f}"
+                     f" | {bound:.1f} ({limit}) | {e2e:.1f} | {e2e / bound:.0%} |")
+    return "\n".join(lines) + "\n"
+
+
+BOUND_NOTE = ("Against the machine's bound: decode + preprocess and inference measured alone, "
+              "in CPU seconds per image (core-time); bound = cores / (decode + inference "
+              "core-time) when both share the cores, capped by the model-only rate; e2e as % "
+              "of that bound (torch: not measured).")
 
 
 def _timed_whole(s, files: Sequence[str], job: Dict[str, Any], first: float) -> Dict[str, Any]:
@@ -112,7 +179,7 @@ def _spawn(job: Dict[str, Any], workdir: Path) -> Measurement:
     return Measurement(job["case"], job["path"], len(job["files"]), job["batch_size"],
                        r["images_per_s"],
                        r["batch_latency_s"], r["first_score_at"] - r["spawned_at"],
-                       r["peak_rss_mb"])
+                       r["peak_rss_mb"], r.get("core"))
 
 
 def _spawn_raw(job: Dict[str, Any], workdir: Path) -> Dict[str, Any]:
@@ -340,6 +407,9 @@ def format_report(results: List[Measurement], sizes: Dict[str, float], info: str
                          f"{rt.batch_latency_s / th.batch_latency_s:.2f}× | "
                          f"**{th.cold_start_s / rt.cold_start_s:.1f}× faster** | "
                          f"{rt.peak_rss_mb / th.peak_rss_mb:.2f}× |")
+    lines += ["", BOUND_NOTE, "",
+              format_bound_table([(m.case, m.path, m.core or {}, m.images_per_s)
+                                  for m in results]).rstrip("\n")]
     lines += [
         "",
         "| installed size (site-packages) | MB |",
@@ -441,6 +511,7 @@ class VariantRun:
     rss: List[float]
     agreement: Optional[Dict[str, Any]] = None   # vs runtime fp32 on the bench photos
     gate: Optional[Dict[str, Any]] = None        # quasar optimize's held-out report
+    core: List[Dict[str, float]] = field(default_factory=list)  # core_times() per round
 
 
 def _median(v: Sequence[float]) -> float:
@@ -558,6 +629,8 @@ def bench_variants(cases: str = VARIANT_CASES, variants: str = DEFAULT_VARIANTS,
                 vr.e2e.append(r["images_per_s"])
                 vr.cold.append(r["first_score_at"] - r["spawned_at"])
                 vr.rss.append(r["peak_rss_mb"])
+                if r.get("core"):
+                    vr.core.append(r["core"])
                 if "model_images_per_s" in r:
                     vr.model.append(r["model_images_per_s"])
                     vr.precision = r["run_info"]["precision"]
@@ -648,7 +721,17 @@ def format_variant_report(runs: List[VariantRun], info: str, flags: str, n_image
         lines.append(f"| {r.case} | {r.path} | {r.precision} / {r.backend} | {e2e:.1f} | "
                      f"{ratio} | {mcell} | {share} | {_median(r.cold):.2f} | "
                      f"{_median(r.rss):.0f} | {cos} | {p99} | {srcc} | {g} |")
+    lines += ["", BOUND_NOTE + " Core times: medians over rounds.", "",
+              format_bound_table([(r.case, r.path, median_core(r.core), _median(r.e2e))
+                                  for r in runs if r.e2e]).rstrip("\n")]
     return "\n".join(lines) + "\n"
+
+
+def median_core(rounds: Sequence[Dict[str, float]]) -> Dict[str, float]:
+    """Per key, the median over rounds of :func:`core_times` ({} when none)."""
+    if not rounds:
+        return {}
+    return {k: _median([c[k] for c in rounds]) for k in rounds[0]}
 
 
 if __name__ == "__main__":

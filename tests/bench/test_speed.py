@@ -20,3 +20,71 @@ def test_bench_smoke(rn50_nopos_bundle, tmp_path):
         assert float(cells[3]) > 0 and float(cells[5]) > 0  # images/s, cold start
     with pytest.raises(ValueError, match="unknown cases"):
         bench(cases="rn50-999")
+
+
+# ------------------------------------------------------------------ the bound (issue 21)
+
+def _parse(table: str):
+    rows = [ln for ln in table.splitlines() if ln.startswith("| ") and "---" not in ln]
+    return [[c.strip() for c in r.split("|")[1:-1]] for r in rows[1:]]
+
+
+def test_bound_arithmetic_against_an_independent_computation():
+    """Synthetic core times (no timing): bound = cores / (decode + inference core-s), capped
+    by the model-only rate; e2e % of bound; recomputed here from first principles."""
+    from quasar.bench.speed import format_bound_table, speed_bound
+
+    cases = [  # cores, decode s/img, infer s/img, model-only img/s, e2e img/s
+        (2, 0.009, 0.050, 45.0, 30.0),     # cores limit: 2 / 0.059 = 33.9 img/s
+        (2, 0.009, 0.050, 20.0, 19.0),     # model-only 20 img/s is below 33.9: the cap
+        (16, 0.004, 0.120, 200.0, 100.0),  # 16 / 0.124 = 129.0
+        (1, 0.25, 0.25, float("nan"), 1.5),  # no model-only figure: cores only, 2 img/s
+    ]
+    rows = []
+    for cores, d, i, m, e2e in cases:
+        shared = cores / (d + i)
+        want = min(shared, m) if m == m else shared
+        got, limit = speed_bound(cores, d, i, m)
+        assert got == pytest.approx(want, rel=1e-12)
+        assert limit == ("model" if m == m and m < shared else "cores")
+        rows.append(("rn50-224", f"p{cores}", {"cores": cores, "decode_core_s": d,
+                                               "infer_core_s": i, "model_img_s": m}, e2e))
+    rows.append(("rn50-224", "torch", {}, 5.0))
+    parsed = _parse(format_bound_table(rows))
+    assert len(parsed) == len(cases) + 1
+    for (cores, d, i, m, e2e), cells in zip(cases, parsed):
+        shared = cores / (d + i)
+        bound = min(shared, m) if m == m else shared
+        assert cells[2] == str(cores)
+        assert float(cells[3]) == pytest.approx(1e3 * d, abs=0.05)
+        assert float(cells[4]) == pytest.approx(1e3 * i, abs=0.05)
+        assert float(cells[6].split()[0]) == pytest.approx(bound, abs=0.05)
+        assert float(cells[7]) == pytest.approx(e2e, abs=0.05)
+        assert float(cells[8].rstrip("%")) == pytest.approx(100 * e2e / bound, abs=0.5)
+    assert parsed[0][6].endswith("(cores)") and parsed[1][6] == "20.0 (model)"
+    assert parsed[1][8] == "95%" and parsed[3][6] == "2.0 (cores)" and parsed[3][8] == "75%"
+    assert parsed[-1][1] == "torch" and parsed[-1][8] == "-"
+
+
+def test_median_core_and_core_times_on_a_real_scorer(tmp_path):
+    import os
+    import sys
+
+    from PIL import Image
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "runtime"))
+    import rt_helpers
+    from quasar.bench.speed import core_times, median_core
+    from quasar.runtime.scorer import Scorer
+
+    rounds = [{"a": 1.0, "b": 9.0}, {"a": 3.0, "b": 1.0}, {"a": 2.0, "b": 5.0}]
+    assert median_core(rounds) == {"a": 2.0, "b": 5.0} and median_core([]) == {}
+    b = rt_helpers.write_tiny_bundle(tmp_path / "b")
+    files = []
+    for k in range(3):
+        p = tmp_path / f"{k}.jpg"
+        Image.new("RGB", (320, 240), (40 * k, 90, 200)).save(p)
+        files.append(str(p))
+    c = core_times(Scorer.from_bundle(b, device="cpu"), files, batch_size=2)
+    assert c["cores"] == len(os.sched_getaffinity(0))
+    assert c["decode_core_s"] > 0 and c["infer_core_s"] >= 0 and c["model_img_s"] > 0
