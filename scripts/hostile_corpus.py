@@ -1,9 +1,15 @@
 """Hostile corpus for ``quasar score`` (issue 9): generate >= 80 hostile inputs, run them
 through the CLI and the Python API, and the run-level attacks (SIGKILL at 5 points + resume,
-concurrent writers, a full disk, tampered bundle / external data / ORT cache). Prints the
-tables quoted in docs/score.md ("Reliability").
+concurrent writers, a full disk, tampered bundle / external data / ORT cache); and (issue 17)
+hostile dataset inputs - FIFOs/devices named as shards, tar header and member bombs, a Parquet
+decompression bomb, links and odd members, concatenated tars, duplicate ids + resume, relative
+and NUL paths, bad Parquet files in a folder, brace patterns of 10^8 and 10^11 names - each
+its own run with its peak RSS. Prints the tables quoted in docs/score.md ("Reliability").
 
-    python scripts/hostile_corpus.py [--bundle DIR] [--workdir DIR]
+    python scripts/hostile_corpus.py [--bundle DIR] [--workdir DIR] [--skip kill,conc,...]
+
+Needs about 3 GB of free memory for the Parquet bomb's writer (six 500 MB cells) and sparse
+files of up to 10 GB apparent size (no disk space).
 
 Without ``--bundle`` a tiny hand-made bundle (tests/runtime/rt_helpers.py; needs onnx) is
 used: what is tested here is the handling of inputs and outputs, not the model. As root,
@@ -388,17 +394,256 @@ def tamper_section(bundle: Path, work: Path):
     return res
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--bundle")
-    ap.add_argument("--workdir")
-    ap.add_argument("--skip", default="", help="comma list of sections to skip: kill,conc,disk,tamper")
-    a = ap.parse_args()
-    work = Path(a.workdir or tempfile.mkdtemp(prefix="hostile-"))
-    work.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("QUASAR_HOME", str(work / "home0"))
-    bundle = Path(a.bundle) if a.bundle else rt_helpers().write_tiny_bundle(work / "bundle")
-    print(f"bundle: {bundle}  setpriv (no DAC override): {'yes' if NO_DAC else 'no'}  workdir: {work}")
+# --------------------------------------------------------------------------- scale inputs
+# Dataset inputs (issue 17): WebDataset tars and Parquet files that used to hang a run,
+# exhaust memory or drop samples. Each case is its own `quasar score` run (a hang is then
+# one case's timeout), in a child that prints its peak RSS.
+SCORE_RSS = r"""
+import resource, sys
+from quasar.cli import run
+code = run(["score", *sys.argv[1:]])
+print("MAXRSS_MB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, file=sys.stderr)
+sys.exit(code)
+"""
+MB = 1 << 20
+
+
+def _tar_header(name, size=0, kind=b"0", link=""):
+    import tarfile
+
+    info = tarfile.TarInfo(name)
+    info.size, info.type, info.linkname, info.mtime = size, kind, link, 0
+    return info.tobuf(tarfile.USTAR_FORMAT)
+
+
+def _raw_tar(path: Path, parts, end=True) -> Path:
+    """(header, bytes or int) parts; an int is a hole of that size (sparse: GBs declared)."""
+    with open(path, "wb") as f:
+        for hdr, data in parts:
+            f.write(hdr)
+            if isinstance(data, int):
+                f.seek(-(-data // 512) * 512, 1)
+            else:
+                f.write(data + b"\0" * (-len(data) % 512))
+        if end:
+            f.write(b"\0" * 1024)
+        f.truncate()
+    return path
+
+
+def _jpg(seed: int) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(noise(48, 64, seed)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def _mem(name: str, data: bytes):
+    return _tar_header(name, len(data)), data
+
+
+PARQUET_BOMB = r"""
+import sys, pyarrow as pa, pyarrow.parquet as pq
+path, n, mb, good = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+L = mb << 20
+big = pa.Array.from_buffers(pa.binary(), 1, [None, pa.py_buffer(pa.array([0, L], pa.int32())
+                            .buffers()[1]), pa.py_buffer(bytes(L))])
+schema = pa.schema([("jpg", pa.binary()), ("key", pa.string())])
+with pq.ParquetWriter(path, schema, compression="zstd", use_dictionary=False,
+                      write_statistics=False) as w:
+    for i in range(n):
+        w.write_table(pa.table({"jpg": big, "key": [f"bomb{i}"]}, schema=schema))
+    w.write_table(pa.table({"jpg": [open(good, "rb").read()], "key": ["good"]}, schema=schema))
+"""
+
+
+def _pq(path: Path, cols: dict) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table(cols), path)
+    return path
+
+
+def _tar_cases(d: Path):
+    """(name, issue item, inputs, extra args, expected row ids) of the tar cases."""
+    import tarfile
+
+    g1, g2 = _jpg(1), _jpg(2)
+    cases = []
+    fifo = d / "fifo.tar"
+    os.mkfifo(fifo)
+    good = d / "good.jpg"
+    good.write_bytes(g1)
+    cases.append(("FIFO named x.tar, given directly", "8", [fifo, good], [],
+                  {f"{fifo}#@0", str(good)}))
+    folder = d / "folder"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(g1)
+    os.mkfifo(folder / "b.tar")
+    os.mkfifo(folder / "c.parquet")
+    os.symlink(folder / "b.tar", folder / "d_link.tar")
+    os.symlink("/dev/zero", folder / "e_devzero.tar")
+    socket.socket(socket.AF_UNIX).bind(str(folder / "f_socket.parquet"))
+    (folder / "g.jpg").write_bytes(g2)
+    cases.append(("folder: FIFOs .tar/.parquet, link to a FIFO, /dev/zero as .tar, socket",
+                  "8, 25a", [folder], [],
+                  {str(folder / "a.jpg"), str(folder / "g.jpg")}
+                  | {f"{folder / n}#@0" for n in ("b.tar", "c.parquet", "d_link.tar",
+                                                   "e_devzero.tar", "f_socket.parquet")}))
+    big = _raw_tar(d / "big_members.tar", [_mem("first.jpg", g1)]
+                   + [(_tar_header(f"big{i:02d}.jpg", 250 * MB), 250 * MB) for i in range(40)]
+                   + [_mem("last.jpg", g2)])
+    cases.append(("tar: 40 members of 250 MB (sparse, under the member limit)", "10", [big], [],
+                  {f"{big}#first", f"{big}#last"} | {f"{big}#big{i:02d}" for i in range(40)}))
+    for kind, label in ((tarfile.GNUTYPE_LONGNAME, "GNU long name"),
+                        (tarfile.GNUTYPE_LONGLINK, "GNU long link"),
+                        (tarfile.XHDTYPE, "PAX x"), (tarfile.XGLTYPE, "PAX g")):
+        p = _raw_tar(d / f"hdr_bomb_{kind.decode()}.tar",
+                     [_mem("a.jpg", g1), (_tar_header("././@LongLink", 3 << 30, kind), 3 << 30),
+                      _mem("b.jpg", g2)])
+        off = 512 + -(-len(g1) // 512) * 512
+        cases.append((f"tar: {label} header declaring 3 GiB, then b.jpg", "11", [p], [],
+                      {f"{p}#a", f"{p}#@{off}", f"{p}#b"}))
+    odd = _raw_tar(d / "odd_members.tar", [
+        _mem("a.jpg", g1), (_tar_header("b.jpg", 0, tarfile.SYMTYPE, "a.jpg"), b""),
+        (_tar_header("c.jpg", 0, tarfile.LNKTYPE, "a.jpg"), b""), _mem("README", b"x"),
+        _mem(".hidden.jpg", g2), _mem("sub/.DS_Store", b"\0\1"),
+        (_tar_header("sub/", 0, tarfile.DIRTYPE), b"")])
+    links = _raw_tar(d / "only_links.tar", [
+        (_tar_header("x.jpg", 0, tarfile.SYMTYPE, "../y.jpg"), b""),
+        (_tar_header("y.png", 0, tarfile.LNKTYPE, "x.jpg"), b"")])
+    cases.append(("tar: symlink, hard link, no extension, hidden members; a tar of only links "
+                  "beside an image", "13", [odd, links, good], [],
+                  {f"{odd}#{k}" for k in ("a", "b", "c", "README", ".hidden", "sub/.DS_Store")}
+                  | {f"{links}#x", f"{links}#y", str(good)}))
+    a = _raw_tar(d / "a.tar", [_mem("k0.jpg", g1)])
+    b = _raw_tar(d / "b.tar", [_mem("k1.jpg", g2)])
+    cat = d / "cat.tar"
+    cat.write_bytes(a.read_bytes() + b.read_bytes())
+    junk = d / "junk_after_end.tar"
+    junk.write_bytes(a.read_bytes() + b"junk" * 300)
+    cases.append(("tar: cat a.tar b.tar; garbage after the end marker", "14", [cat, junk], [],
+                  {f"{cat}#k0", f"{cat}#k1", f"{junk}#k0", f"{junk}#@{len(a.read_bytes())}"}))
+    dup = _raw_tar(d / "dup_keys.tar", [_mem("a.jpg", g1), _mem("a.jpg", g2),
+                                         _mem("a.jpg", b"<html>corrupt</html>"), _mem("b.jpg", g1)])
+    cases.append(("tar: key a three times (one corrupt), then --resume", "6", [dup], ["resume"],
+                  {f"{dup}#a", f"{dup}#a.dup2", f"{dup}#a.dup3", f"{dup}#b"}))
+    return cases
+
+
+def _parquet_cases(d: Path):
+    g1, g2 = _jpg(3), _jpg(4)
+    good = d / "good.jpg"
+    good.write_bytes(g1)
+    cases = []
+    bomb = d / "bomb.parquet"
+    subprocess.run([PY, "-c", PARQUET_BOMB, str(bomb), "6", "500", str(good)], check=True)
+    cases.append((f"Parquet: {bomb.stat().st_size // 1000} KB zstd file, six 500 MB cells", "9",
+                  [bomb], ["--id-column", "key"],
+                  {f"{bomb}#bomb{i}" for i in range(6)} | {f"{bomb}#good"}))
+    ids = _pq(d / "ids.parquet", {"image": [g1, g2, b"bad", g1], "key": ["1", None, "x", "x"]})
+    cases.append(("Parquet: null id beside a real id equal to its row number; repeated id; "
+                  "then --resume", "6", [ids], ["--id-column", "key", "resume"],
+                  {f"{ids}#1", f"{ids}#@row1", f"{ids}#x", f"{ids}#x.dup2"}))
+    sub = d / "rel"
+    sub.mkdir()
+    (sub / "im.jpg").write_bytes(g1)
+    (d / "im.jpg").write_bytes(g2)  # decoy in the working directory
+    rel = _pq(sub / "rel.parquet", {"image": ["im.jpg", "a\0b.jpg"]})
+    cases.append(("Parquet: relative path (decoy in the cwd); a NUL in a path", "15, 25b",
+                  [rel], ["cwd"], {f"{rel}#0", f"{rel}#1"}))
+    folder = d / "pq_folder"
+    folder.mkdir()
+    ok = _pq(folder / "a.parquet", {"image": [g1, g2]})
+    _pq(folder / "b.parquet", {"image": [1, 2]})
+    (folder / "c.parquet").write_bytes(ok.read_bytes()[:-30])
+    (folder / "d.jpg").write_bytes(g1)
+    cases.append(("folder: Parquet with a wrong column type, one with no footer, then an image",
+                  "16", [folder], [],
+                  {f"{ok}#0", f"{ok}#1", f"{folder / 'b.parquet'}#@0",
+                   f"{folder / 'c.parquet'}#@0", str(folder / "d.jpg")}))
+    return cases
+
+
+def _run_case(bundle: Path, work: Path, k: int, inputs, extra, expected):
+    from quasar.runtime.writers import read_table
+
+    out = work / f"scale_{k:02d}.csv"
+    args = [str(x) for x in inputs] + [x for x in extra if x not in ("resume", "cwd")]
+    cwd = str(work) if "cwd" in extra else None
+    runs = [args] + ([args + ["--resume"]] if "resume" in extra else [])
+    res = dict(exit=[], rss=0, hung=0, crashed=0)
+    for a in runs:
+        try:
+            r = subprocess.run([PY, "-c", SCORE_RSS, *a, "--bundle", str(bundle), "--out", str(out),
+                                "-q"], capture_output=True, text=True, timeout=TIMEOUT, cwd=cwd)
+        except subprocess.TimeoutExpired:
+            res["hung"] = 1
+            break
+        res["exit"].append(r.returncode)
+        res["crashed"] |= int(r.returncode not in (0, 3) or "Traceback" in r.stderr)
+        rss = [int(x.split()[1]) for x in r.stderr.splitlines() if x.startswith("MAXRSS_MB")]
+        res["rss"] = max([res["rss"]] + rss)
+    rows = read_table(str(out)) if out.exists() else []
+    got = [x["path"] for x in rows]
+    res.update(tried=len(expected), rows=len(set(got) & expected), skipped=len(expected - set(got)),
+               unexpected=sorted(set(got) - expected)[:3], dups=len(got) - len(set(got)),
+               statuses=dict(Counter(x["status"] for x in rows)))
+    return res
+
+
+def scale_section(bundle: Path, work: Path):
+    d = work / "scale"
+    d.mkdir()
+    results = []
+    for k, (name, item, inputs, extra, expected) in enumerate(_tar_cases(d) + _parquet_cases(d)):
+        results.append((name, item, _run_case(bundle, work, k, inputs, extra, expected)))
+    lazy = subprocess.run([PY, "-c", BRACE_LAZY, str(d / "s-{00000000..99999999}.tar")],
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    huge = subprocess.run([PY, "-m", "quasar", "score", str(d / "s-{0..99999999}-{000..999}.tar"),
+                           "--bundle", str(bundle), "--out", str(work / "brace.csv")],
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    return results, lazy.stdout.strip() or lazy.stderr[-300:], (huge.returncode, huge.stderr.strip())
+
+
+BRACE_LAZY = r"""
+import itertools, resource, sys, time
+from quasar.runtime.inputs import iter_inputs
+t0 = time.perf_counter()
+it = iter_inputs([sys.argv[1]])
+first = next(it)
+t1 = time.perf_counter() - t0
+n = 1 + sum(1 for _ in itertools.islice(it, 999_999))
+print(f"first name after {t1 * 1000:.1f} ms, {n:,} names in {time.perf_counter() - t0:.1f} s, "
+      f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MB")
+"""
+
+
+def print_scale(results, lazy, huge):
+    print("\n| case | issue 17 item | inputs tried | answered (a row each) | crashed | hung "
+          "| silently skipped | exit | peak RSS (MB) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    tot = Counter()
+    for name, item, r in results:
+        print(f"| {name} | {item} | {r['tried']} | {r['rows']} | {r['crashed']} | {r['hung']} "
+              f"| {r['skipped']} | {'/'.join(map(str, r['exit']))} | {r['rss']} |")
+        tot.update(tried=r["tried"], rows=r["rows"], crashed=r["crashed"], hung=r["hung"],
+                   skipped=r["skipped"])
+        tot["rss"] = max(tot["rss"], r["rss"])
+    print(f"| **all** | | {tot['tried']} | {tot['rows']} | {tot['crashed']} | {tot['hung']} "
+          f"| {tot['skipped']} | | {tot['rss']} |")
+    for name, item, r in results:
+        extra = [f"unexpected rows {r['unexpected']}"] if r["unexpected"] else []
+        extra += [f"{r['dups']} duplicate rows"] if r["dups"] else []
+        print(f"  {name}: {json.dumps(r['statuses'], sort_keys=True)}"
+              + (" " + "; ".join(extra) if extra else ""))
+    print(f"\nbrace pattern s-{{00000000..99999999}}.tar (10^8 names, lazily): {lazy}")
+    print(f"brace pattern of 10^11 names: exit {huge[0]}: {huge[1][:200]}")
+
+
+def corpus_report(bundle: Path, work: Path):
     cli, api = corpus_section(bundle, work)
     print("\n| interface | hostile inputs tried | answered (a row each) | per-file error | scored ok"
           " (decodable oddities, odd names) | crashed the run | hung | silently skipped |")
@@ -412,7 +657,34 @@ def main():
     print(f"API in {api['seconds']:.1f} s; statuses: {json.dumps(api['statuses'], sort_keys=True)}")
     if api.get("stderr_tail"):
         print("API stderr:", api["stderr_tail"])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bundle")
+    ap.add_argument("--workdir")
+    ap.add_argument("--skip", default="",
+                    help="comma list of sections to skip: corpus,scale,kill,conc,disk,tamper")
+    a = ap.parse_args()
+    work = Path(a.workdir or tempfile.mkdtemp(prefix="hostile-"))
+    work.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("QUASAR_HOME", str(work / "home0"))
+    bundle = Path(a.bundle) if a.bundle else rt_helpers().write_tiny_bundle(work / "bundle")
+    print(f"bundle: {bundle}  setpriv (no DAC override): {'yes' if NO_DAC else 'no'}  workdir: {work}")
+    from quasar.runtime.backends import cpu_flag_list
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, CPU flags: "
+          f"{' '.join(cpu_flag_list())}")
     skip = set(a.skip.split(","))
+    if "corpus" not in skip:
+        corpus_report(bundle, work)
+    if "scale" not in skip:
+        print("\nDataset inputs (issue 17): each case one `quasar score` run (timeout "
+              f"{TIMEOUT} s), peak RSS of that run:")
+        print_scale(*scale_section(bundle, work))
+    run_sections(bundle, work, skip)
+
+
+def run_sections(bundle: Path, work: Path, skip: set):
     if "kill" not in skip:
         res, rc, same = kill_section(bundle, work)
         print("\nSIGKILL + resume (400 images, batch 1, CSV):")
