@@ -484,3 +484,129 @@ def test_cli_starts_and_stops_its_own_ray(tmp_path, ray_address, tiny):
     assert Counter(r["path"] for r in _part_rows(out)) == Counter(list(expected))
     time.sleep(1)
     assert _ray_daemons() <= before  # the instance it started is gone
+
+
+# ------------------------------------------------------------ issue 17 items 2, 4, 5
+def test_output_dir_holding_an_input_is_refused(tmp_path, tiny, data, monkeypatch, capsys):
+    """Item 2: `--engine ray --out data --overwrite` with data/x.parquet an input deleted it;
+    now every way an input can sit in the parts directory is refused before anything is
+    written (and before Ray starts)."""
+    import io
+
+    src = tmp_path / "data"
+    src.mkdir()
+    x = src / "x.parquet"
+    x.write_bytes(data["pq"].read_bytes())
+    other = tmp_path / "o"
+    other.mkdir()
+    os.link(x, other / "x.parquet")                       # a part file that is an input's inode
+    os.symlink(x, tmp_path / "lnk.parquet")
+    (tmp_path / "list.txt").write_text(f"{x}\n")
+    base = ["--bundle", str(tiny), "--engine", "ray", "--image-column", "jpg", "--id-column",
+            "uid", "--quiet"]
+    cases = [([str(x)], src, ["--overwrite"]),            # named, inside --out
+             ([str(src / "*.parquet")], src, ["--overwrite"]),   # glob
+             ([str(tmp_path / "lnk.parquet")], src, ["--overwrite"]),  # symlink into --out
+             ([f"@{tmp_path / 'list.txt'}"], src, ["--resume"]),     # @list
+             (["-"], src, ["--overwrite"]),                        # stdin
+             ([str(x)], other, ["--overwrite"]),                   # hard link in --out
+             ([str(src)], tmp_path, ["--overwrite"]),              # --out holds an input folder
+             ([str(x)], tmp_path / "e", ["--save-embeddings", str(src)])]  # embeddings
+    before = x.read_bytes()
+    for specs, out, extra in cases:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(f"{x}\n"))
+        code = cli.main(specs + base + ["--out", str(out), *extra])
+        err = capsys.readouterr().err
+        assert code == 2, (specs, out, err)
+        assert "input" in err and ("holds" in err or "inside" in err), err
+        assert x.read_bytes() == before and (other / "x.parquet").exists()
+        assert sorted(os.listdir(src)) == ["x.parquet"]
+
+
+def test_output_dir_lock_refuses_a_second_writer(tmp_path, ray_address, tiny):
+    """Item 4: two writers on one parts directory mixed two models under one column. The
+    directory is locked for the whole run: a second Ray run (another bundle) and a local run
+    on the same name are refused, naming the holder."""
+    other = rt_helpers.write_tiny_bundle(tmp_path / "other", anchors={
+        k: -v for k, v in rt_helpers.tiny_anchor_sets().items()})
+    sh.good_shards(tmp_path / "wds", n_shards=3, per_shard=2)
+    out = tmp_path / "scores.parquet"                       # a directory of parts
+    args = [str(tmp_path / "wds" / "shard-{00000..00002}.tar"), "--out", str(out),
+            "--engine", "ray", "--address", ray_address, "--quiet"]
+    env = dict(os.environ, QUASAR_RAY_PART_DELAY="5")
+    a = subprocess.Popen([sys.executable, "-m", "quasar", "score", *args, "--bundle", str(tiny)],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline and not (tmp_path / "scores.parquet.lock").exists():
+            assert a.poll() is None, a.communicate()[1][-3000:]
+            time.sleep(0.05)
+        b = subprocess.run([sys.executable, "-m", "quasar", "score", *args, "--bundle",
+                            str(other)], capture_output=True, timeout=120)
+        img = tmp_path / "i.png"
+        img.write_bytes(sh.image_bytes(3, "PNG"))
+        c = subprocess.run([sys.executable, "-m", "quasar", "score", str(img), "--bundle",
+                            str(tiny), "--out", str(out), "--quiet"],
+                           capture_output=True, timeout=120)
+        assert a.poll() is None                             # the first writer still runs
+    finally:
+        a.kill()
+        a.wait()
+    for r in (b, c):
+        assert r.returncode == 2, r.stderr
+        assert f"is being written by process {a.pid}".encode() in r.stderr, r.stderr
+    metas = {json.loads(pq.read_schema(p).metadata[b"quasar.run"])["bundle_sha256"]
+             for p in out.glob("*.parquet")}
+    assert len(metas) <= 1                                  # one model in the directory
+
+
+def _forge(path, rows, anchors=("text",)):
+    """Rewrite a part with ``rows``, its metadata made consistent again (rows count and a
+    checksum re-implemented here: sha256 over one JSON line of cells per row)."""
+    import hashlib
+
+    import pyarrow as pa
+
+    meta = json.loads(pq.read_schema(path).metadata[b"quasar.run"])
+    h = hashlib.sha256()
+    for r in rows:
+        h.update(json.dumps([r["path"]] + [r[f"score_{a}"] for a in anchors]
+                            + [r["status"], r["error"]]).encode() + b"\n")
+    meta.update(rows=len(rows), rows_sha256=h.hexdigest())
+    t = pa.Table.from_pylist(rows, schema=pq.read_schema(path).remove_metadata())
+    pq.write_table(t.replace_schema_metadata({b"quasar.run": json.dumps(meta).encode()}), path)
+
+
+def test_resume_verifies_each_finished_part(tmp_path, ray_address, tiny, caplog):
+    """Item 5: a part cut to fewer rows (metadata untouched), a part with an edited score,
+    a part with a duplicated id or an out-of-range score (metadata and checksum forged to
+    match) are redone on --resume, and then equal the originals; a good part is kept."""
+    import logging
+
+    import pyarrow as pa
+
+    sh.good_shards(tmp_path / "wds", n_shards=5, per_shard=6)
+    out = tmp_path / "parts"
+    args = [str(tmp_path / "wds" / "shard-{00000..00004}.tar"), "--bundle", str(tiny),
+            "--out", str(out), "--engine", "ray", "--quiet"]
+    assert cli.main(args) == 0
+    files = [out / f"shard-{i:05d}.parquet" for i in range(5)]
+    orig = [pq.read_table(f).to_pylist() for f in files]
+    cut = pa.Table.from_pylist(orig[0][:2], schema=pq.read_schema(files[0]))
+    pq.write_table(cut, files[0])                             # metadata still says 6 rows
+    assert json.loads(pq.read_schema(files[0]).metadata[b"quasar.run"])["rows"] == 6
+    edited = [dict(r) for r in orig[1]]
+    edited[3]["score_text"] = 0.5
+    pq.write_table(pa.Table.from_pylist(edited, schema=pq.read_schema(files[1])), files[1])
+    _forge(files[2], orig[2] + [orig[2][0]])
+    bad = [dict(r) for r in orig[3]]
+    bad[0]["score_text"] = 1.5
+    _forge(files[3], bad)
+    kept = (files[4].stat().st_ino, files[4].stat().st_mtime_ns)
+    with caplog.at_level(logging.WARNING, logger="quasar.runtime.ray"):
+        assert cli.main(args + ["--resume"]) == 0
+    redone = [r.getMessage() for r in caplog.records if "does not verify" in r.getMessage()]
+    assert sorted(os.path.basename(m.split(" ")[0]) for m in redone) == \
+        [f.name for f in files[:4]], redone
+    assert [pq.read_table(f).to_pylist() for f in files] == orig
+    assert (files[4].stat().st_ino, files[4].stat().st_mtime_ns) == kept
