@@ -165,8 +165,9 @@ def test_search_keeps_the_head_in_fp32_and_passes(conv, photos):
     assert ac["variant_img_s"] > ac["fp32_img_s"]
     # the agreement, recomputed with scipy on the two Scorers' scores of the held-out half
     hold = split_images(sorted(str(p) for p in photos.iterdir()), 0.5, 0)[1]
-    s32 = Scorer.from_bundle(conv, device="cpu").score_all(hold)
-    s8 = Scorer.from_bundle(conv, device="cpu", precision="int8").score_all(hold)
+    s32 = Scorer.from_bundle(conv, device="cpu", anchors="all").score_all(hold)
+    s8 = Scorer.from_bundle(conv, device="cpu", anchors="all",
+                             precision="int8").score_all(hold)
     for name, r in res.report["anchor_sets"].items():
         a, b = np.asarray(s32[name]), np.asarray(s8[name])
         srcc = scipy_stats.spearmanr(a, b)[0]
