@@ -535,6 +535,35 @@ def test_stdin_from_the_runs_own_paths_list_is_refused(bundle, tmp_path):
     assert lst.read_bytes() == before
 
 
+def test_resume_keeps_the_failure_row_of_a_repeated_id(bundle, tmp_path):
+    """Item 6 (resume side): a tar with key `a` three times (the second corrupt) and a
+    Parquet whose null id would fall back on a real id: after --resume every input still has
+    exactly one row and the failure rows are there (retried, failing again), exit 3."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import shard_helpers as sh
+
+    good = [sh.image_bytes(70 + i) for i in range(3)]
+    tar = sh.write_tar(tmp_path / "dup.tar", [("a.jpg", good[0]), ("a.jpg", b"<html>x"),
+                                               ("a.jpg", good[1]), ("b.jpg", good[2])])
+    pqf = tmp_path / "ids.parquet"
+    pq.write_table(pa.table({"image": [good[0], b"garbage", good[1]],
+                             "uid": ["0", None, "1"]}), pqf)
+    for ext in ("csv", "jsonl", "parquet"):
+        out = tmp_path / f"s.{ext}"
+        args = [str(tar), str(pqf), "--bundle", str(bundle), "--out", str(out), "-q",
+                "--image-column", "image", "--id-column", "uid"]
+        assert main(args) == 3
+        first = read_table(str(out))
+        assert len(first) == 7 and len({r["path"] for r in first}) == 7
+        assert sorted(r["status"] for r in first).count("ok") == 5
+        assert main(args + ["--resume"]) == 3
+        again = read_table(str(out))
+        assert sorted(r["path"] for r in again) == sorted(r["path"] for r in first)
+        key = {r["path"]: r["status"] for r in first}
+        assert {r["path"]: r["status"] for r in again} == key
+
+
 # ============================================================ 9. bundle.json robustness
 def _bundle_case(bundle, tmp_path, case):
     b = tmp_path / case
