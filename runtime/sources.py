@@ -521,10 +521,19 @@ class _TarScanner:
                    "re-download or re-copy it")
         return _Problem(off, "read_error", msg)
 
+    def _negative(self, off: int, size: int) -> _Problem:
+        """A negative size (base-256 or PAX) would send the reader backwards: stop there."""
+        return _Problem(off, "read_error",
+                        f"{self.shard}: corrupt tar header at byte {off:,}{self._after()} "
+                        f"(member size {size}); the rest of the shard cannot be read - "
+                        "re-download or re-copy it")
+
     def _member(self, info: tarfile.TarInfo, off: int,
                 ext: dict) -> Optional[Union[_Member, _Problem]]:
         """The member of header ``info`` (None for an extended header, kept in ``ext``)."""
         t, size, data = info.type, info.size, off + _BLOCK
+        if size < 0:
+            return self._negative(off, size)
         if t in _LONG_TYPES or t in _PAX_TYPES:
             self.pos = data + _padded(size)
             kind = "GNU long-name" if t in _LONG_TYPES else "PAX extended"
@@ -557,6 +566,8 @@ class _TarScanner:
             except ValueError:
                 pass
         ext.clear()
+        if size < 0:
+            return self._negative(off, size)
         self.pos = data + _padded(size)
         return _Member(name, t, size, link, off, data)
 
@@ -1013,11 +1024,17 @@ class _ParquetRows:
             p = pl[i] if pl is not None else (paths[i].as_py() if paths is not None else None)
             yield (d, None if d is not None else p, 0)
 
+    def _sid(self, rid) -> str:
+        """The row's id: row numbers are unique by construction (no digest kept for them);
+        id-column values go through :class:`UniqueIds`."""
+        if not self.id_column:
+            return f"{self.file}#{self.row}"
+        return self.ids(f"@row{self.row}" if rid is None else str(rid))
+
     def _sample(self, cell: Tuple[Optional[bytes], Optional[str], int], rid) -> Sample:
         data, path, over = cell
         file, col, index = self.file, self.col, self.index
-        sid = self.ids(str(self.row) if not self.id_column else
-                       f"@row{self.row}" if rid is None else str(rid))
+        sid = self._sid(rid)
         if over:
             return _failed(file, sid, "too_large",
                            f"{sid}: the cell of column {col!r} is {over:,} bytes, over the "
@@ -1051,8 +1068,7 @@ class _ParquetRows:
                 got.extend(b.column(0).to_pylist())
             ids = iter(got[first:first + n])
         for rid in ids:
-            sid = self.ids(str(self.row) if not self.id_column else
-                           f"@row{self.row}" if rid is None else str(rid))
+            sid = self._sid(rid)
             yield _failed(self.file, sid, "too_large",
                           f"{sid}: not read - the page at byte {pos:,} of column "
                           f"{self.col!r} (row group {rg}, from row {start}) decompresses to "

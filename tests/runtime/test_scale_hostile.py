@@ -370,3 +370,21 @@ def test_nul_in_a_parquet_path_is_a_clear_row(tmp_path, tiny):
     assert code == 3 and rows[0]["status"] == "not_found"
     assert "NUL byte" in rows[0]["error"] and "ValueError" not in rows[0]["error"]
     assert np.isnan(float("nan"))
+
+
+def test_tar_negative_sizes_never_loop(tmp_path):
+    """A base-256 negative size (or a PAX size of -1000) must not send the reader back."""
+    from quasar.runtime.sources import iter_tar_samples
+    hdr = bytearray(sh.header("a.jpg", 0))
+    hdr[124:136] = b"\xff" * 12                         # base-256 -1
+    hdr[148:156] = b"        "
+    hdr[148:156] = b"%06o\0 " % sum(hdr)
+    pax_rec = b"16 size=-100000\n"
+    shard = sh.write_raw_tar(tmp_path / "neg.tar", [
+        sh.member("ok.jpg", b"1"), (sh.header("pax", len(pax_rec), tarfile.XHDTYPE), pax_rec),
+        sh.member("b.jpg", b"2")])
+    got = list(iter_tar_samples(str(shard)))
+    assert [s.status for s in got] == ["ok", "read_error"] and "size -100000" in got[1].error
+    raw = sh.write_raw_tar(tmp_path / "neg2.tar", [sh.member("ok.jpg", b"1"), (bytes(hdr), b"")])
+    got = list(iter_tar_samples(str(raw)))
+    assert [s.status for s in got] == ["ok", "read_error"] and "size -1" in got[1].error
