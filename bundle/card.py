@@ -11,12 +11,11 @@ from __future__ import annotations
 import json
 from typing import Any, Dict, List, Optional
 
-from quasar.errors import UnknownModelError
+from quasar.errors import UnknownModelError, install_hint
 from quasar.models.catalog import get_model_spec
 
 from .io import Bundle
 
-DIST = "quasar-iqa"
 # Weights licences by pretrained tag, for catalogue entries that do not carry one themselves
 # (OpenAI CLIP and open_clip's LAION weights: MIT; DINOv2: Apache-2.0).
 LICENCE_OF_TAG = {"openai": "mit", "laion2b_s32b_b82k": "mit", "laion2b_s32b_b79k": "mit",
@@ -95,7 +94,7 @@ def model_card(bundle: Bundle, url: str) -> str:
         "tower as ONNX, the quality anchors, preprocessing and checksums. Scoring needs ONNX "
         "Runtime only (no torch).", "",
         "## Score with it", "", "```bash",
-        f"pip install \"{DIST}[cpu,{extra}]\"",
+        install_hint(f"cpu,{extra}"),
         f"quasar score photos/ --bundle {url} -o scores.csv", "```", "",
         f"Python: `Scorer.from_bundle(\"{url}\")`. The files are fetched once into "
         "`$QUASAR_HOME/remote`, verified against `bundle.json`'s sha256 list, and reused "

@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from quasar.constants import BUNDLE_JSON
-from quasar.errors import BundleError, RemoteBundleError, UsageError
+from quasar.errors import BundleError, RemoteBundleError, UsageError, install_hint
 from quasar.text import safe_text
 
 from .card import model_card
@@ -60,7 +59,7 @@ def push(bundle: str, url: str, revision: Optional[str] = None, private: bool = 
               + (f" (commit {result['commit']})" if result.get("commit") else ""))
         if result.get("pr_url"):
             print(f"pull request: {result['pr_url']}")
-        print(f"score with it:  pip install \"quasar-iqa[cpu,{u.extra}]\" && "
+        print(f"score with it:  {install_hint('cpu,' + u.extra)} && "
               f"quasar score photos/ --bundle {where} -o scores.csv")
     return result
 

@@ -50,7 +50,7 @@ from urllib.parse import quote
 
 from quasar.constants import BUNDLE_JSON
 from quasar.errors import (BundleError, MissingDependencyError, OutputLockedError,
-                           RemoteBundleError)
+                           RemoteBundleError, install_hint)
 from quasar.home import remote_cache_dir
 from quasar.text import safe_text
 
@@ -60,7 +60,6 @@ from .lock import OutputLock
 log = logging.getLogger(__name__)
 
 SCHEMES = ("hf", "s3", "gs", "gcs", "http", "https")
-DIST = "quasar-iqa"  # the distribution name used in install hints
 EXTRA_OF_SCHEME = {"hf": "hub", "s3": "s3", "gs": "gcs", "gcs": "gcs", "http": "remote",
                    "https": "remote"}
 SOURCE_JSON = "source.json"
@@ -176,10 +175,18 @@ def resolve_bundle(spec: str, *, offline: Optional[bool] = None) -> Path:
     target = entry / rev
     if not (target / "bundle" / BUNDLE_JSON).is_file():
         _fetch_locked(u, transport, target)
-    ref = _ref_path(entry, u.requested)
-    ref.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(ref, rev + "\n")
+    _write_ref(_ref_path(entry, u.requested), rev)
     return target / "bundle"
+
+
+def _write_ref(ref: Path, rev: str) -> None:
+    """Remember what ``requested`` resolved to (for offline use); best effort, so that a
+    read-only shared cache that already holds the revision still works."""
+    try:
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(ref, rev + "\n")
+    except OSError as exc:
+        log.debug("cannot record %s -> %s (%s)", ref, rev, exc)
 
 
 def _cached_offline(u: BundleURL, entry: Path) -> Path:
@@ -307,7 +314,7 @@ def _transport(u: BundleURL) -> _Transport:
 def _missing(u: BundleURL, module: str, exc: Exception) -> MissingDependencyError:
     return MissingDependencyError(
         f"{safe_text(u.url)}: {u.scheme}:// bundles need {module}, which is not installed: "
-        f"pip install \"{DIST}[{u.extra}]\" (or \"{DIST}[remote]\" for every store)")
+        f"{install_hint(u.extra)} (or {install_hint('remote')} for every store)")
 
 
 def _network_error(u: BundleURL, what: str, exc: BaseException) -> RemoteBundleError:

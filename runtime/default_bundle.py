@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Optional, Union
 
-from quasar.errors import BundleError, UnknownModelError
+from quasar.errors import DISTRIBUTION as DIST, BundleError, UnknownModelError
 from quasar.home import bundle_cache_dir
 from quasar.models.catalog import DEFAULT_MODEL, get_model_spec
 from quasar.constants import BUNDLE_JSON
@@ -59,7 +59,6 @@ WEIGHT_URLS = {
 }
 PROBE_TIMEOUT_S = 5.0
 DEFAULT_BUNDLE_ENV = "QUASAR_DEFAULT_BUNDLE"
-DIST = "quasar-iqa"
 
 
 def weights_url(model_id: str) -> str:

@@ -14,7 +14,7 @@ base64 in the commit, so no LFS / Xet server is needed), ``/commit/{rev}`` (NDJS
 Test hooks: :meth:`HubServer.publish` (a commit from a dict of files), ``revisions`` (delete
 one to make it disappear), ``private`` + ``token`` (401 without ``Authorization``),
 ``cut`` (``{file: n}``: send ``n`` bytes of that file, then stop the server - a server killed
-mid-download), ``requests`` (every request line, to prove that no network call was made).
+mid-download), ``delay`` (``{file: seconds}``: a slow download), ``requests`` (every request line, to prove that no network call was made).
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ import base64
 import hashlib
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Dict, List, Optional
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -35,6 +36,7 @@ class HubServer:
         self.prs: List[dict] = []
         self.token: Optional[str] = None
         self.cut: Dict[str, int] = {}
+        self.delay: Dict[str, float] = {}  # file -> seconds before its GET is answered
         self.requests: List[str] = []
         self._n = 0
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
@@ -166,6 +168,8 @@ def _handler(hub: HubServer):
             rng = self.headers.get("Range", "")
             if rng.startswith("bytes=") and self.command == "GET":
                 start = int(rng[6:].split("-")[0] or 0)
+            if self.command == "GET" and name in hub.delay:
+                time.sleep(hub.delay[name])
             if self.command == "GET" and name in hub.cut:
                 return self._cut(data, headers, hub.cut[name])
             if start:

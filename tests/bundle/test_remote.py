@@ -199,6 +199,7 @@ def test_hf_private_repo_needs_token(home, bundle, hub, monkeypatch):
 
 def test_concurrent_fetches_download_once(home, bundle, hub):
     hub.publish("org/tiny", _files(bundle))
+    hub.delay = {"encoder.onnx": 2.0}  # the others arrive while the first one downloads
     code = ("import sys; from quasar.bundle.remote import resolve_bundle; "
             "print(resolve_bundle('hf://org/tiny'))")
     env = dict(os.environ)
@@ -209,6 +210,9 @@ def test_concurrent_fetches_download_once(home, bundle, hub):
     assert len({o[0].strip() for o in outs}) == 1
     gets = [r for r in hub.requests if r.startswith("GET") and r.endswith("/encoder.onnx")]
     assert len(gets) == 1, gets
+    infos = [r for r in hub.requests if "/api/models/org/tiny/revision/" in r]
+    assert len(infos) == 3  # every process resolved online...
+    assert any("another process is fetching" in o[1] for o in outs)  # ...and one waited
     _no_partial(home)
 
 
