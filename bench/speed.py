@@ -57,7 +57,8 @@ def _worker_runtime(job: Dict[str, Any]) -> Dict[str, Any]:
     from quasar.runtime.scorer import Scorer
 
     s = Scorer.from_bundle(job["bundle"], resolution=job["resolution"],
-                           batch_size=job["batch_size"], threads=job["threads"], device="cpu",
+                           batch_size=job["batch_size"], threads=job["threads"],
+                           device=job.get("device", "cpu"),
                            precision=job.get("precision", "fp32"), backend=job.get("backend"),
                            fast_decode=bool(job.get("fast_decode", False)),
                            decode_workers=job.get("decode_workers"))
@@ -348,7 +349,7 @@ def install_sizes() -> Dict[str, float]:
     }
 
 
-def machine() -> str:
+def machine(device: str = "cpu") -> str:
     cpu = platform.processor() or "?"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -363,8 +364,18 @@ def machine() -> str:
         torch_v = md.version("torch")
     except md.PackageNotFoundError:
         torch_v = "-"
-    return (f"{os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}, "
-            f"onnxruntime {onnxruntime.__version__}, torch {torch_v}")
+    gpu = ""
+    if device == "cuda":
+        try:
+            gpu = ", GPU: " + subprocess.run(
+                ["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
+                 "--format=csv,noheader"], capture_output=True, text=True, timeout=30,
+                check=True).stdout.strip().replace("\n", "; ")
+        except (OSError, subprocess.SubprocessError):
+            gpu = ", GPU: ? (nvidia-smi unavailable)"
+    return (f"{os.cpu_count()} CPUs ({cpu}){gpu}, Python {platform.python_version()}, "
+            f"onnxruntime {onnxruntime.__version__} "
+            f"({', '.join(onnxruntime.get_available_providers())}), torch {torch_v}")
 
 
 def _log(msg: str) -> None:
@@ -430,7 +441,8 @@ def bench(rn50_bundle: Optional[str] = None, vit_bundle: Optional[str] = None,
           workdir: Optional[str] = None, paths: str = "torch,runtime", repeats: int = 3,
           native_images: int = 4, native_batch_size: int = 2,
           variants: Optional[str] = None, rounds: int = 3, calibration_images: int = 64,
-          min_srcc: Optional[float] = None, max_p99_dscore: Optional[float] = None) -> str:
+          min_srcc: Optional[float] = None, max_p99_dscore: Optional[float] = None,
+          device: str = "cpu") -> str:
     """Runtime vs PyTorch reference: images/s, latency per batch, cold start, peak RSS, and
     installed sizes. Bundles: --rn50_bundle / --vit_bundle, else random-init ones are
     exported into the work dir (random weights are fine for speed). Prints a markdown table
@@ -439,7 +451,10 @@ def bench(rn50_bundle: Optional[str] = None, vit_bundle: Optional[str] = None,
     With --variants (e.g. "int8-openvino,int8-onnxruntime,bf16-openvino,fast-decode"): the
     precision-variant table instead (see :func:`bench_variants`; cases rn50-224, vitb32-224,
     --n_images >= 64 recommended, --rounds interleaved rounds, gate thresholds --min_srcc /
-    --max_p99_dscore)."""
+    --max_p99_dscore).
+
+    ``device``: where the runtime paths run (cpu | cuda: ONNX Runtime's CUDA provider, IO
+    binding on; the torch path stays the CPU reference)."""
     if variants:
         vcases = ",".join(c for c in str(cases).split(",") if c.strip() != "rn50-native")
         return bench_variants(cases=vcases, variants=variants, n_images=n_images,
@@ -447,7 +462,7 @@ def bench(rn50_bundle: Optional[str] = None, vit_bundle: Optional[str] = None,
                               repeats=repeats, calibration_images=calibration_images,
                               min_srcc=min_srcc, max_p99_dscore=max_p99_dscore,
                               rn50_bundle=rn50_bundle, vit_bundle=vit_bundle, workdir=workdir,
-                              out=out)
+                              out=out, device=device)
     case_list = [c.strip() for c in str(cases).split(",") if c.strip()]
     unknown = [c for c in case_list if c not in CASES]
     if unknown:
@@ -472,7 +487,7 @@ def bench(rn50_bundle: Optional[str] = None, vit_bundle: Optional[str] = None,
                    "files": files[:int(native_images)] if native else files,
                    "batch_size": int(native_batch_size if native else batch_size),
                    "repeats": 2 if native else int(repeats),
-                   "threads": threads, "bundle": str(bundle)}
+                   "threads": threads, "bundle": str(bundle), "device": device}
             if path == "torch":
                 random_weights = True
                 job.update(source_name=spec.source_name,
@@ -484,7 +499,7 @@ def bench(rn50_bundle: Optional[str] = None, vit_bundle: Optional[str] = None,
             _log(f"{case} / {path}: {m.images_per_s:.2f} img/s, cold start "
                  f"{m.cold_start_s:.2f} s, peak RSS {m.peak_rss_mb:.0f} MB")
             results.append(m)
-    report = format_report(results, install_sizes(), machine(), int(n_images),
+    report = format_report(results, install_sizes(), machine(device), int(n_images),
                            int(batch_size), random_weights)
     if out:
         atomic_write_text(out, report)
@@ -550,12 +565,13 @@ def bench_variants(cases: str = VARIANT_CASES, variants: str = DEFAULT_VARIANTS,
                    min_srcc: Optional[float] = None, max_p99_dscore: Optional[float] = None,
                    rn50_bundle: Optional[str] = None, vit_bundle: Optional[str] = None,
                    workdir: Optional[str] = None, out: Optional[str] = None,
-                   torch_path: bool = True) -> str:
+                   torch_path: bool = True, device: str = "cpu") -> str:
     """Precision variants and backends end to end: torch eager, runtime fp32 and every gated
     variant (and fast decode), each in fresh processes, interleaved over ``rounds``; medians.
     Variants are built with ``quasar optimize`` on separate calibration photos (its held-out
     gate is shown) and their agreement with runtime fp32 is measured again on the bench
     photos. Returns (and writes to ``out``) a markdown report."""
+    from quasar.errors import MissingDependencyError, VariantError
     from quasar.export.precision import Gate, build_and_measure
     from quasar.runtime.agreement import (DEFAULT_MAX_P99_DSCORE, DEFAULT_MIN_SRCC,
                                           agreement_report)
@@ -585,16 +601,22 @@ def bench_variants(cases: str = VARIANT_CASES, variants: str = DEFAULT_VARIANTS,
             fast = name == "fast-decode"
             prec, _, be = name.partition("-")
             _log(f"{case}: quasar optimize {name} ...")
-            r = build_and_measure(bundle, precision=prec if not fast else "fp32",
-                                  backend=None if fast else be, calibration=cal[:],
-                                  resolution=res, gate=gate, fast_decode=fast,
-                                  batch_size=batch_size, threads=threads)
+            try:
+                r = build_and_measure(bundle, precision=prec if not fast else "fp32",
+                                      backend=None if fast else be, calibration=cal[:],
+                                      resolution=res, gate=gate, fast_decode=fast,
+                                      batch_size=batch_size, threads=threads)
+            except (VariantError, MissingDependencyError) as exc:  # e.g. fp16 without CUDA
+                _log(f"{case}: {name} not built: {exc}")
+                runs.append(VariantRun(case, f"{name} (not built: {exc})", prec, be or "-",
+                                       [], [], [], []))
+                continue
             reports[r.name] = r
             _log(f"{case}: {r.name} {'passed' if r.passed else 'REFUSED'}")
         b = load_bundle(bundle)
         base = {"case": case, "resolution": res, "files": files, "batch_size": int(batch_size),
                 "repeats": int(repeats), "threads": threads, "bundle": str(bundle),
-                "whole_list": True}
+                "whole_list": True, "device": device}
         paths: List[Tuple[str, Dict[str, Any]]] = []
         if torch_path:
             paths.append(("torch", {"path": "torch", "whole_list": False,
@@ -653,7 +675,7 @@ def bench_variants(cases: str = VARIANT_CASES, variants: str = DEFAULT_VARIANTS,
             runs.append(VariantRun(case, n + " (refused)", reports[n].record.precision,
                                    reports[n].record.backend, [], [], [], [],
                                    gate=reports[n].report))
-    report = format_variant_report(runs, machine(), cpu_flags_line(), int(n_images),
+    report = format_variant_report(runs, machine(device), cpu_flags_line(), int(n_images),
                                    int(batch_size), int(rounds), gate)
     if out:
         atomic_write_text(out, report)

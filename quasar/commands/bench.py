@@ -26,6 +26,7 @@ COMMAND = Command(
         O.BATCH_SIZE.but(help="images per inference batch (224 cases)"),
         O.THREADS.but(help="intra-op threads of ONNX Runtime and torch",
                       default_text="each library's default"),
+        O.DEVICE.but(help="where the runtime paths run (cuda: IO binding on)", default_text="cpu"),
         O.OUT.but(help="also write the markdown table to this file"),
         opt("workdir", "folder for the images and exported bundles (kept)", metavar="DIR",
             default_text="a temporary folder, removed afterwards"),
