@@ -85,7 +85,7 @@ def _files(b: Bundle) -> List[str]:
 def _push_hub(b: Bundle, u: BundleURL, *, revision: Optional[str], private: bool,
               create_pr: bool, message: str) -> Dict[str, Any]:
     try:
-        from huggingface_hub import CommitOperationAdd, HfApi
+        from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
     except ImportError as exc:
         raise _missing(u, "huggingface_hub", exc) from exc
     api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None)
@@ -98,12 +98,22 @@ def _push_hub(b: Bundle, u: BundleURL, *, revision: Optional[str], private: bool
         api.create_repo(u.location, private=private or None, exist_ok=True)
         if revision:
             api.create_branch(u.location, branch=revision, exist_ok=True)
+        ops += [CommitOperationDelete(path_in_repo=n)
+                for n in _stale(api, u.location, revision, {op.path_in_repo for op in ops})]
         info = api.create_commit(u.location, operations=ops, commit_message=message,
                                  revision=revision, create_pr=create_pr)
     except Exception as exc:  # noqa: BLE001 - the client's errors, mapped
         raise _network_error(u, "pushing the bundle", exc) from exc
     return {"url": shown, "commit": getattr(info, "oid", None),
             "pr_url": getattr(info, "pr_url", None)}
+
+
+def _stale(api: Any, repo: str, revision: Optional[str], keep: set) -> List[str]:
+    """Files of the branch that the new bundle does not have (an older bundle's variant...):
+    deleted in the same commit, so the repository holds exactly the bundle and its card."""
+    info = api.model_info(repo, revision=revision or "main")
+    names = [s.rfilename for s in (getattr(info, "siblings", None) or [])]
+    return sorted(n for n in names if n not in keep and n != ".gitattributes")
 
 
 def _push_fsspec(b: Bundle, u: BundleURL, *, overwrite: bool) -> Dict[str, Any]:

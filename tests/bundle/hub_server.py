@@ -231,16 +231,18 @@ def _handler(hub: HubServer):
 
         def _commit(self, repo: str, rev: str, body: bytes, create_pr: bool) -> None:
             items = [json.loads(line) for line in body.splitlines() if line.strip()]
-            files = {}
-            for it in items:
-                if it["key"] == "file":
-                    v = it["value"]
-                    files[v["path"]] = base64.b64decode(v["content"])
             base = hub.resolve(repo, rev)
             if base is None:
                 return self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
+            files = dict(hub.commits[repo][base])
+            for it in items:
+                v = it["value"]
+                if it["key"] == "file":
+                    files[v["path"]] = base64.b64decode(v["content"])
+                elif it["key"] == "deletedFile":
+                    files.pop(v["path"], None)
             target = f"refs/pr/{len(hub.prs) + 1}" if create_pr else rev
-            sha = hub.publish(repo, files, revision=target, base=base)
+            sha = hub.publish(repo, files, revision=target)
             pr_url = None
             if create_pr:
                 pr_url = f"{hub.url}/{repo}/discussions/{len(hub.prs) + 1}"

@@ -46,7 +46,20 @@ def hub(monkeypatch):
 
 
 def _files(b: Path):
-    return {p.name: p.read_bytes() for p in sorted(b.iterdir())}
+    """{relative posix path: bytes} of every file under ``b`` (nested folders too)."""
+    return {p.relative_to(b).as_posix(): p.read_bytes() for p in sorted(b.rglob("*"))
+            if p.is_file()}
+
+
+def _nested(b: Path) -> Path:
+    """The bundle with one more listed file in a sub-folder (as variants/ files are)."""
+    (b / "variants").mkdir()
+    (b / "variants" / "extra.bin").write_bytes(os.urandom(1000))
+    m = json.loads((b / "bundle.json").read_text())
+    m["files"]["variants/extra.bin"] = hashlib.sha256(
+        (b / "variants" / "extra.bin").read_bytes()).hexdigest()
+    (b / "bundle.json").write_text(json.dumps(m))
+    return b
 
 
 def _cache_files(home: Path):
@@ -74,11 +87,12 @@ def test_hf_bundle_fetched_verified_scored_and_recorded(home, bundle, hub, tmp_p
     from quasar import Scorer
     from quasar.bundle import load_bundle
 
+    _nested(bundle)
     sha = hub.publish("org/tiny", {**_files(bundle), "README.md": b"# card\n"})
     s = Scorer.from_bundle("hf://org/tiny")
     d = s.bundle.path
     assert d.is_relative_to(home / "remote")
-    assert {p.name: p.read_bytes() for p in d.iterdir()} == _files(bundle)  # no README
+    assert _files(d) == _files(bundle)  # exactly the bundle: no README, no client metadata
     assert s.bundle.source["url"] == "hf://org/tiny" and s.bundle.source["revision"] == sha
     assert load_bundle(bundle).source is None  # a local bundle has no source
     pixels = np.random.default_rng(0).random((2, 3, 224, 224), dtype=np.float32)
@@ -285,9 +299,9 @@ def _upload(client, b: Path, prefix: str, files=None):
 
 
 def test_s3_bundle_fetch_change_tamper_offline(home, bundle, s3, monkeypatch):
-    _upload(s3, bundle, "q/tiny")
+    _upload(s3, _nested(bundle), "q/tiny")
     d = _fetch("s3://models/q/tiny/")
-    assert {p.name: p.read_bytes() for p in d.iterdir()} == _files(bundle)
+    assert _files(d) == _files(bundle)
     want = hashlib.sha256(_files(bundle)["bundle.json"]).hexdigest()
     from quasar.bundle import load_bundle
 
@@ -341,7 +355,7 @@ def test_http_bundle(home, bundle, tmp_path):
     try:
         url = f"http://127.0.0.1:{httpd.server_address[1]}/b"
         d = _fetch(url)
-        assert {p.name: p.read_bytes() for p in d.iterdir()} == _files(bundle)
+        assert _files(d) == _files(bundle)
     finally:
         httpd.shutdown()
         httpd.server_close()
@@ -367,11 +381,15 @@ def test_push_to_hub_then_score_from_it(home, bundle, hub, tmp_path, capsys):
     assert res["commit"] == hub.revisions["org/pushed"]["main"]
     d = _fetch("hf://org/pushed")
     assert d.parent.name == res["commit"]
+    assert set(files) == set(_files(bundle)) | {"README.md", ".gitattributes"}
+    hub.publish("org/pushed", {"old-variant.onnx": b"stale"}, base=res["commit"])
+    res1 = push(str(bundle), "hf://org/pushed", quiet=True)  # a stale file is removed
+    assert "old-variant.onnx" not in hub.files("org/pushed", res1["commit"])
     res2 = push(str(bundle), "hf://org/pushed", revision="exp", quiet=True)
     assert hub.revisions["org/pushed"]["exp"] == res2["commit"]
     res3 = push(str(bundle), "hf://org/pushed", create_pr=True, quiet=True)
     assert res3["pr_url"] and hub.prs[-1]["sha"] == res3["commit"]
-    assert hub.revisions["org/pushed"]["main"] == res["commit"]  # a PR leaves main alone
+    assert hub.revisions["org/pushed"]["main"] == res1["commit"]  # a PR leaves main alone
 
 
 def test_push_refuses_unverified_and_pushes_to_s3(home, bundle, s3, tmp_path):
@@ -389,7 +407,7 @@ def test_push_refuses_unverified_and_pushes_to_s3(home, bundle, s3, tmp_path):
     with pytest.raises(RemoteBundleError, match="--overwrite"):
         push(str(bundle), "s3://models/p/t", quiet=True)
     d = _fetch("s3://models/p/t")
-    assert {p.name: p.read_bytes() for p in d.iterdir()} == _files(bundle)
+    assert _files(d) == _files(bundle)
     card = s3.get_object(Bucket="models", Key="p/t/README.md")["Body"].read().decode()
     assert "pip install \"quasar-iqa[cpu,s3]\"" in card
 
