@@ -378,3 +378,135 @@ def test_score_cli_precision_and_run_record(tiny, photos, tmp_path, capsys):
     rows = list(csv.DictReader(out.open()))
     want = Scorer.from_bundle(tiny, device="cpu", precision="int8").score([r["path"] for r in rows])
     np.testing.assert_allclose([float(r["score_text"]) for r in rows], want, atol=1e-9)
+
+
+# ------------------------------------------------------------------ one writer, no leftovers
+# `quasar optimize` in a real process whose variant build pauses (after its work folder
+# beside the bundle was made): writes argv[1] when it gets there, sleeps argv[2] seconds.
+SLOW_OPTIMIZE = r"""
+import sys, time, pathlib
+import quasar.export.precision as P
+key = ("int8", "onnxruntime")
+orig = P.BUILDERS[key]
+def slow(bundle, cal, work, *a, **k):
+    (work / "encoder.onnx").write_bytes(b"\0" * (1 << 20))  # a partial build
+    pathlib.Path(sys.argv[1]).write_text(str(work))
+    time.sleep(float(sys.argv[2]))
+    return orig(bundle, cal, work, *a, **k)
+P.BUILDERS[key] = slow
+from quasar.cli import main
+main(sys.argv[3:])
+"""
+
+
+def _optimize_cmd(bundle, photos, *extra):
+    return ["optimize", str(bundle), "--precision", "int8", "--backend", "onnxruntime",
+            "--calibration", str(photos), *extra]
+
+
+def _slow_optimize(tmp_path, bundle, photos):
+    import subprocess
+
+    marker = tmp_path / "marker" / "building"  # not beside the bundle
+    marker.parent.mkdir(exist_ok=True)
+    p = subprocess.Popen([sys.executable, "-c", SLOW_OPTIMIZE, str(marker), "60",
+                          *_optimize_cmd(bundle, photos)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    import time
+
+    t0 = time.monotonic()
+    while not marker.exists():
+        assert p.poll() is None, p.communicate()
+        assert time.monotonic() - t0 < 120
+        time.sleep(0.05)
+    work = Path(marker.read_text())
+    assert work.is_dir() and work.parent == bundle.parent
+    return p, work
+
+
+def _hidden(bundle):
+    return sorted(p.name for p in bundle.parent.iterdir() if p.name.startswith("."))
+
+
+def test_killed_optimize_leaves_nothing_after_the_next_command(tiny, photos, tmp_path):
+    """Issue 17 #23: a SIGKILLed `quasar optimize` left its work folder (255-592 MB on real
+    models) beside the bundle forever. Its name carries the pid; the next command that
+    opens the bundle (here `quasar score`) removes it."""
+    import signal
+    import subprocess
+
+    before = snapshot(tiny)["files"]
+    p, work = _slow_optimize(tmp_path, tiny, photos)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    assert work.is_dir() and _hidden(tiny)  # what a SIGKILL leaves
+    out = tmp_path / "out" / "s.csv"
+    r = subprocess.run([sys.executable, "-m", "quasar", "score", str(photos), "--bundle",
+                        str(tiny), "--out", str(out), "-q"], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert not work.exists() and _hidden(tiny) == []
+    assert snapshot(tiny)["files"] == before
+
+
+def test_terminated_optimize_cleans_up_at_once(tiny, photos, tmp_path):
+    """SIGTERM (a scheduler's stop, `kill`): the work folder goes before the process exits."""
+    import signal
+
+    before = snapshot(tiny)
+    p, work = _slow_optimize(tmp_path, tiny, photos)
+    os.kill(p.pid, signal.SIGTERM)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    assert not work.exists() and _hidden(tiny) == []
+    assert not (tiny.parent / "bundle.lock").exists()
+    assert snapshot(tiny)["files"] == before["files"]  # bundle bytes unchanged
+
+
+def test_second_writer_is_refused_at_once_naming_the_holder(tiny, photos, tmp_path):
+    """One lock discipline: while one `quasar optimize` edits a bundle, a second one (or a
+    `quasar anchors`) is refused at once, naming the first's process; the first completes."""
+    import subprocess
+    import time
+
+    before = snapshot(tiny)["files"]
+    p, work = _slow_optimize(tmp_path, tiny, photos)
+    try:
+        t0 = time.monotonic()
+        r = subprocess.run([sys.executable, "-m", "quasar", *_optimize_cmd(tiny, photos)],
+                           capture_output=True, text=True, timeout=300)
+        took = time.monotonic() - t0
+        assert r.returncode == 2, r.stderr
+        assert f"process {p.pid}" in r.stderr and str(tiny.resolve()) in r.stderr
+        assert took < 30  # refused at once, not after the holder's 60 s
+        assert snapshot(tiny)["files"] == before
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_optimize_prints_each_message_once_and_only_ours(tmp_path, photos):
+    """Issue 18 #9: the random-weights banner was printed three times (once with a temp
+    path), torch's "No CUDA runtime" and NNCF's progress bars and warnings on every run.
+    Now: the banner once, no library output unless --verbose."""
+    import subprocess
+
+    pytest.importorskip("nncf")
+    pytest.importorskip("openvino")
+    b = rt_helpers.write_tiny_bundle(tmp_path / "rand", random_init=True)
+    cmd = [sys.executable, "-m", "quasar", "optimize", str(b), "--precision", "int8",
+           "--backend", "openvino", "--calibration", str(photos), "--min-srcc", "-1",
+           "--max-p99-dscore", "1"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    text = r.stdout + r.stderr
+    assert text.count("RANDOMLY INITIALISED") == 1, text
+    assert ".optimize" not in text and ".edit" not in text  # no temp path named
+    for noise in ("No CUDA runtime", "Statistics collection", "nncf", "NNCF", "Warning"):
+        assert noise not in text, (noise, text)
+    assert "variant int8-openvino written" in r.stdout
+    b = rt_helpers.write_tiny_bundle(tmp_path / "rand2", random_init=True)  # no variant yet
+    cmd[4] = str(b)
+    v = subprocess.run(cmd + ["--verbose"], capture_output=True, text=True, timeout=600)
+    assert v.returncode == 0, v.stderr
+    assert "Statistics collection" in v.stdout + v.stderr  # NNCF's own output, when asked
