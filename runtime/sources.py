@@ -755,10 +755,16 @@ def check_parquet_columns(file: str, image_column: Optional[str], id_column: Opt
     """Fail early (before a cluster run) on a Parquet file whose columns do not fit; an
     unreadable file is left to the reader (it becomes an error row)."""
     pa = _require_pyarrow()
+    opened = open_regular(file, "Parquet file")  # a FIFO must not block the planner either
+    if not isinstance(opened, int):
+        return
+    proc = f"/proc/self/fd/{opened}"
     try:
-        schema = pa.parquet.read_schema(file)
+        schema = pa.parquet.read_schema(proc if os.path.exists(proc) else file)
     except Exception:  # noqa: BLE001
         return
+    finally:
+        os.close(opened)
     resolve_image_column(pa, schema, file, image_column, id_column)
 
 

@@ -388,3 +388,14 @@ def test_tar_negative_sizes_never_loop(tmp_path):
     raw = sh.write_raw_tar(tmp_path / "neg2.tar", [sh.member("ok.jpg", b"1"), (bytes(hdr), b"")])
     got = list(iter_tar_samples(str(raw)))
     assert [s.status for s in got] == ["ok", "read_error"] and "size -1" in got[1].error
+
+
+def test_parquet_column_check_never_opens_a_fifo(tmp_path):
+    """The Ray planner checks Parquet columns before the cluster starts: a FIFO is left to
+    the reader (a not_a_file row), never opened (the check used to block forever)."""
+    fifo = tmp_path / "f.parquet"
+    os.mkfifo(fifo)
+    code = ("from quasar.runtime.sources import check_parquet_columns as c; "
+            f"c({str(fifo)!r}, None, None); print('OK')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == "OK", proc.stderr[-1000:]
