@@ -190,17 +190,7 @@ def deadline_of(request: Any, cfg: ServeConfig) -> float:
 def create_app(service: ScoringService, identity: Dict[str, Any]) -> Any:
     """The FastAPI app over a :class:`ScoringService` (started and stopped by the app's
     lifespan, so uvicorn and Ray Serve replicas run it alike)."""
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, Response
-    from pydantic import BaseModel, ConfigDict, Field
-
-    cfg, metrics = service.cfg, service.metrics
-
-    class ScoreRequest(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        images: List[str] = Field(min_length=1, description="image files, base64-encoded "
-                                  "(standard alphabet; a data: URL prefix is accepted)")
-        embeddings: bool = Field(False, description="also return each image's embedding")
+    from fastapi import FastAPI
 
     @asynccontextmanager
     async def lifespan(_app):
@@ -214,32 +204,56 @@ def create_app(service: ScoringService, identity: Dict[str, Any]) -> Any:
                   description="No-reference image quality and aesthetics scores "
                   "(arXiv:2403.06866). docs/serve.md.")
     app.state.service = service
-    app.add_middleware(_Observe, metrics=metrics)
-    page, csp = page_and_csp()
+    app.add_middleware(_Observe, metrics=service.metrics)
+    _score_route(app, service, identity)
+    _other_routes(app, service, identity)
+    return app
 
-    def problem(p: RequestProblem) -> Any:
-        return JSONResponse({"detail": p.detail}, p.code, headers=p.headers)
 
-    @app.post("/v1/score", openapi_extra=_score_openapi(ScoreRequest))
+def _problem(p: RequestProblem) -> Any:
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"detail": p.detail}, p.code, headers=p.headers)
+
+
+def _score_request_model() -> Any:
+    from pydantic import BaseModel, ConfigDict, Field
+
+    class ScoreRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        images: List[str] = Field(min_length=1, description="image files, base64-encoded "
+                                  "(standard alphabet; a data: URL prefix is accepted)")
+        embeddings: bool = Field(False, description="also return each image's embedding")
+
+    return ScoreRequest
+
+
+def _score_route(app: Any, service: ScoringService, identity: Dict[str, Any]) -> None:
+    from fastapi import Request
+    from fastapi.responses import JSONResponse
+
+    cfg, model = service.cfg, _score_request_model()
+
+    @app.post("/v1/score", openapi_extra=_score_openapi(model))
     async def score(request: Request, embeddings: bool = False) -> Any:
         """Score images: multipart files (any field name) or JSON {"images": [base64]}."""
         t0 = time.monotonic()
         try:
-            samples, want = await _parse(request, cfg, ScoreRequest)
+            samples, want = await _parse(request, cfg, model)
             timeout = deadline_of(request, cfg)
             service.admit(len(samples))
         except RequestProblem as p:
-            return problem(p)
+            return _problem(p)
         except QueueFull as q:
-            return problem(RequestProblem(429, str(q), {"Retry-After": str(q.retry_after)}))
+            return _problem(RequestProblem(429, str(q), {"Retry-After": str(q.retry_after)}))
         try:
             rows, emb = await asyncio.wait_for(service.score(samples, t0 + timeout),
                                                max(0.0, t0 + timeout - time.monotonic()))
         except asyncio.TimeoutError:
-            return problem(RequestProblem(504, f"the request did not finish within "
-                                          f"{timeout:g} s (--timeout / X-Request-Timeout): "
-                                          "the server is busy or the images are large; retry "
-                                          "later or send fewer images per request"))
+            return _problem(RequestProblem(504, f"the request did not finish within "
+                                           f"{timeout:g} s (--timeout / X-Request-Timeout): "
+                                           "the server is busy or the images are large; "
+                                           "retry later or send fewer images per request"))
         finally:
             service.release(len(samples))
         want = want or embeddings
@@ -247,10 +261,17 @@ def create_app(service: ScoringService, identity: Dict[str, Any]) -> Any:
                              "results": [row_json(i, r, emb[i] if want else None)
                                          for i, r in enumerate(rows)]})
 
+
+def _other_routes(app: Any, service: ScoringService, identity: Dict[str, Any]) -> None:
+    from fastapi.responses import JSONResponse, Response
+
+    page, csp = page_and_csp()
+
     @app.get("/v1/model")
     async def model_info() -> Dict[str, Any]:
         """The run identity (bundle sha256, model, resolution, anchor sets, precision...)."""
-        return {**identity, "embed_dim": int(service.engine.dim), "serving": cfg.as_dict()}
+        return {**identity, "embed_dim": int(service.engine.dim),
+                "serving": service.cfg.as_dict()}
 
     @app.get("/health")
     async def health() -> Dict[str, str]:
@@ -267,7 +288,7 @@ def create_app(service: ScoringService, identity: Dict[str, Any]) -> Any:
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus() -> Any:
-        data, ctype = metrics.exposition()
+        data, ctype = service.metrics.exposition()
         return Response(data, media_type=ctype)
 
     @app.get("/", include_in_schema=False)
@@ -275,8 +296,6 @@ def create_app(service: ScoringService, identity: Dict[str, Any]) -> Any:
         return Response(page, media_type="text/html; charset=utf-8", headers={
             "Content-Security-Policy": csp, "X-Content-Type-Options": "nosniff",
             "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"})
-
-    return app
 
 
 async def _parse(request: Any, cfg: ServeConfig, model: Any) -> Tuple[List[Sample], bool]:
