@@ -31,7 +31,8 @@ START_TIMEOUT = 60.0
 class Server:
     """``quasar serve BUNDLE ARGS --port 0`` in a subprocess; ``url`` once it listens."""
 
-    def __init__(self, bundle: Path, *args: str) -> None:
+    def __init__(self, bundle: Path, *args: str, ready: bool = True) -> None:
+        self.wait_for_ready = ready
         self.cmd = [str(QUASAR), "serve", str(bundle), "--port", "0", *map(str, args)]
         self.proc: Optional[subprocess.Popen] = None
         self.url = ""
@@ -58,7 +59,8 @@ class Server:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError("quasar serve did not start:\n" + "".join(self.log))
-        self.wait_ready(deadline)
+        if self.wait_for_ready:
+            self.wait_ready(deadline)
         return self
 
     def wait_ready(self, deadline: float) -> None:

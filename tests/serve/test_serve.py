@@ -343,3 +343,51 @@ def test_command_line_errors(serve_bundle, tmp_path):
         assert needle in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert re.search(r"--max-batch-size N", subprocess.run(
         [str(QUASAR), "serve", "--help"], capture_output=True, text=True).stdout)
+
+
+def zero_encoder_bundle(src, dst):
+    """A copy of the tiny bundle whose encoder returns all-zero embeddings (no direction,
+    so no score): its warm-up must fail and every image must be an inference_error."""
+    import hashlib
+    import shutil
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    shutil.copytree(src, dst)
+    dim = json.loads((dst / "bundle.json").read_text())["encoder"]["embed_dim"]
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["pixels"], ["m"], axes=[1, 2, 3], keepdims=0),
+         helper.make_node("Unsqueeze", ["m", "ax"], ["col"]),
+         helper.make_node("Mul", ["col", "zeros"], ["embedding"])], "zero",
+        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", dim])],
+        initializer=[helper.make_tensor("ax", TensorProto.INT64, [1], [1]),
+                     helper.make_tensor("zeros", TensorProto.FLOAT, [1, dim], [0.0] * dim)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(dst / "encoder.onnx"))
+    manifest = json.loads((dst / "bundle.json").read_text())
+    manifest["files"]["encoder.onnx"] = hashlib.sha256(
+        (dst / "encoder.onnx").read_bytes()).hexdigest()
+    (dst / "bundle.json").write_text(json.dumps(manifest))
+    return dst
+
+
+def test_failed_warm_up_is_not_ready_and_images_get_their_error(serve_bundle, images,
+                                                                tmp_path, server_cls):
+    good, _ = images
+    bundle = zero_encoder_bundle(serve_bundle, tmp_path / "zero")
+    with server_cls(bundle, "--quiet", ready=False) as s:
+        deadline = time.monotonic() + 30
+        while True:  # /ready says why once the warm-up batch has failed
+            r = httpx.get(s.url + "/ready")
+            if "all-zero" in r.text or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert r.status_code == 503 and "all-zero embedding" in r.json()["detail"], r.text
+        assert httpx.get(s.url + "/health").status_code == 200
+        res = post_files(s.url, good[:2]).json()["results"]
+        assert [e["status"] for e in res] == ["inference_error"] * 2
+        assert all(e["error"].startswith(p.name + ":") for e, p in zip(res, good))
+        assert metrics(s.url)["quasar_ready"] == 0
