@@ -120,10 +120,8 @@ def sensitive_groups(model, transformer: bool) -> List[Group]:
 def quantized_ops(model, groups: Sequence[Group]) -> List[str]:
     """The convolutions / MatMuls of ``model`` that stay int8 when ``groups`` are kept."""
     names = {n for g in groups for n in g.names}
-    types = {t for g in groups for t in g.types}
     return [op.get_friendly_name() for op in _compute_ops(model)
-            if op.get_type_name() in QUANTIZABLE and op.get_friendly_name() not in names
-            and not (op.get_type_name() == "MatMul" and "MatMul" in types)]
+            if op.get_type_name() in QUANTIZABLE and op.get_friendly_name() not in names]
 
 
 def img_per_s(run: Callable[[np.ndarray], Any], batches: Sequence[np.ndarray],

@@ -79,12 +79,18 @@ log "joined and checked: $(ls "$WHEELS" | wc -l) wheels, $(basename "$ORT_WHEEL"
 
 # 3. install
 PIP=("$PY" -m pip --disable-pip-version-check)
-NEED="numpy pillow safetensors tqdm onnx scipy scikit-image pytest open_clip_torch timm ftfy regex"
+# what the image lacks (KINDS.md): the rest of the tests' and the bench's needs is there
+NEED="${NEED:-open_clip_torch ftfy}"
+TARGET="$(cat "$WHEEL_DIR/PYVER" 2>/dev/null || echo "?")"
+HERE="$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
 if [ "$REHEARSE" = 1 ]; then
-    "${PIP[@]}" install --dry-run --no-deps --no-index --ignore-installed "$ORT_WHEEL" \
-        >> "$OUT/gpu_check.log" 2>&1 || die "$(basename "$ORT_WHEEL") does not install on $($PY -V)"
-    log "rehearsal: $(basename "$ORT_WHEEL") would install on $($PY -V 2>&1)"
+    "${PIP[@]}" install --dry-run --no-deps --no-index --only-binary=:all: \
+        --python-version "$TARGET" --target "$WORK/dry" "$WHEELS"/*.whl \
+        >> "$OUT/gpu_check.log" 2>&1 || die "the wheels do not install on Python $TARGET"
+    log "rehearsal: the $(ls "$WHEELS" | wc -l) wheels would install on Python $TARGET"
 else
+    [ "$HERE" = "$TARGET" ] || die "the wheels were made for Python $TARGET, $PY is $HERE: run" \
+        "scripts/gpu_wheel_split.sh with PYVER=$HERE and carry the parts again"
     "${PIP[@]}" uninstall -y onnxruntime >> "$OUT/gpu_check.log" 2>&1 || true
     "${PIP[@]}" install --no-deps --no-index "$ORT_WHEEL" >> "$OUT/gpu_check.log" 2>&1 \
         || die "pip could not install $(basename "$ORT_WHEEL") (see $OUT/gpu_check.log)"

@@ -9,11 +9,13 @@
 #
 # Environment:
 #   ORT_GPU_VERSION  onnxruntime-gpu version (default 1.31.1: the CUDA 13 build)
-#   PYVER            the GPU machine's Python, X.Y (default: this python's); the wheels are
-#                    chosen for it
+#   PYVER            the GPU machine's Python, X.Y (default 3.12: python3 of the device image,
+#                    /work/.library/device/KINDS.md); the wheels are chosen for it
 #   PART_MB          part size in MiB (default 56: one part + the ~2 MiB tree per call)
-#   NODEPS           wheels taken without their dependencies (they would pull torch)
-#   WITHDEPS         wheels taken with their dependencies
+#   NODEPS           wheels taken without their dependencies (default: open_clip_torch ftfy
+#                    wcwidth - the image has torch, torchvision, timm, onnx, scipy,
+#                    scikit-image, pytest, numpy, pillow, safetensors, huggingface_hub, regex)
+#   WITHDEPS         wheels taken with their dependencies (default: none)
 #   PYTHON           python whose pip downloads (default: .venv/bin/python, else python3)
 #
 # Then carry the parts over back-to-back device calls, one part per call (the machine keeps
@@ -25,9 +27,9 @@ OUT="${1:-.gpu-wheel}"
 VERSION="${ORT_GPU_VERSION:-1.31.1}"
 PART_MB="${PART_MB:-56}"
 PY="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}"
-PYVER="${PYVER:-$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')}"
-NODEPS="${NODEPS:-open_clip_torch timm}"
-WITHDEPS="${WITHDEPS:-numpy pillow safetensors tqdm ftfy regex huggingface_hub onnx scipy scikit-image pytest}"
+PYVER="${PYVER:-3.12}"
+NODEPS="${NODEPS-open_clip_torch ftfy wcwidth}"
+WITHDEPS="${WITHDEPS-}"
 
 case "$PART_MB" in ''|*[!0-9]*) echo "PART_MB must be a whole number of MiB, got '$PART_MB'" >&2; exit 2;; esac
 if [ "$PART_MB" -ge 62 ] || [ "$PART_MB" -lt 1 ]; then
@@ -62,6 +64,7 @@ split -b "${PART_MB}M" -d -a 2 "$OUT/$TAR" "$OUT/parts/$TAR.part-"
     (cd parts && sha256sum "$TAR".part-*) | sed 's#  #  parts/#' >> SHA256SUMS
 )
 ls "$OUT/wheels" > "$OUT/WHEELS"
+echo "$PYVER" > "$OUT/PYVER"
 rm -rf "$OUT/wheels" "$OUT/$TAR"
 
 if [ -d .git ] && [ "$OUT" = ".gpu-wheel" ] && ! grep -qx '/.gpu-wheel/' .git/info/exclude 2>/dev/null; then
@@ -77,7 +80,7 @@ i=0
 for p in "$OUT"/parts/*; do
     i=$((i + 1))
     extra=""
-    [ "$i" -eq 1 ] && extra=", \"$OUT/SHA256SUMS\", \"$OUT/WHEELS\""
+    [ "$i" -eq 1 ] && extra=", \"$OUT/SHA256SUMS\", \"$OUT/WHEELS\", \"$OUT/PYVER\""
     if [ "$i" -lt "$n" ]; then
         echo "  run(command='ls -l $OUT/parts', carry=[\"$p\"$extra])"
     else
