@@ -135,6 +135,7 @@ def _figure(w: float = 4.2, h: float = 2.7, left: float = 0.75):
     ax.grid(True, alpha=0.3)
     ax.xaxis.set_major_locator(MaxNLocator(nbins=4, min_n_ticks=2))
     ax.yaxis.set_major_locator(MaxNLocator(nbins=5, min_n_ticks=2))
+    ax.ticklabel_format(axis="both", style="sci", scilimits=(-4, 4))  # 2e5: "2" + "1e5"
     ax.tick_params(labelsize=8)
     return fig, ax
 

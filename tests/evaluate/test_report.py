@@ -392,3 +392,205 @@ def test_evaluate_and_reproduce_report(capsys, data_root, rn50_nopos_bundle, tmp
     with Chromium(find_chromium()) as browser:
         r = browser.render(rdir / "report.html", INSPECT_JS)
     assert r["errors"] == [] and r["result"]["plots"] == 4 and r["result"]["external"] == []
+
+
+# --------------------------------------------------------------------------- issue 17 / 18
+def _table(path: Path, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "score_text", "status", "error"])
+        w.writerows(rows)
+    return path
+
+
+def _quasar(*args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "quasar", *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_report_never_writes_over_its_input(tmp_path):
+    """Issue 17 #3: `quasar report s.csv --out s.csv` replaced its input with HTML. The
+    input, a link to it, its run sidecar and a gallery image are all refused as --out."""
+    import os
+
+    img = _img(tmp_path / "imgs" / "a.png", (30, 20), 1)
+    s = _table(tmp_path / "s.csv", [[str(img), 0.4, "ok", ""], [str(img), 0.6, "ok", ""]])
+    (tmp_path / "s.csv.run.json").write_text("{}")
+    os.link(s, tmp_path / "hard.html")
+    (tmp_path / "soft.html").symlink_to(s)
+    before = s.read_bytes()
+    for out in (s, tmp_path / "hard.html", tmp_path / "soft.html", tmp_path / "s.csv.run.json",
+                img):
+        r = _quasar("report", s, "--out", out)
+        assert r.returncode == 2, (out, r.stderr)
+        assert "an output of this run" in r.stderr, r.stderr
+        assert s.read_bytes() == before and img.exists()
+    assert (tmp_path / "s.csv.run.json").read_text() == "{}"
+    r = _quasar("report", s, "--out", tmp_path / "r.html")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["imgs", "s.csv", "s.csv.run.json", "hard.html", "soft.html", "r.html"])
+
+
+def test_second_report_to_the_same_out_is_refused(tmp_path):
+    """One lock discipline: while a process writes report.html, another report to it is
+    refused at once, naming that process."""
+    import subprocess
+    import sys
+
+    s = _table(tmp_path / "s.csv", [["a.png", 0.4, "ok", ""], ["b.png", 0.6, "ok", ""]])
+    out = tmp_path / "r.html"
+    hold = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\nfrom quasar.bundle.lock import OutputLock\n"
+        "with OutputLock(sys.argv[1]):\n    print('holding', flush=True)\n    time.sleep(30)"),
+        str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert hold.stdout.readline().strip() == "holding"
+        r = _quasar("report", s, "--out", out)
+        assert r.returncode == 2 and f"process {hold.pid}" in r.stderr, r.stderr
+        assert not out.exists()
+    finally:
+        hold.kill()
+        hold.wait()
+
+
+def test_extreme_and_non_finite_scores_are_reported(tmp_path):
+    """Issue 17 #24: scores of ±1e308 crashed the histogram ("`bins` must increase
+    monotonically"); NaN / inf / empty scores of ok rows were dropped silently (4 rows shown
+    as 4 ok, n=1). Now the page is written, the statistics are exact (against math.fsum),
+    and the non-finite rows are counted by kind and listed by path."""
+    import math
+
+    rows = [["a.png", "1e308", "ok", ""], ["b.png", "-1e308", "ok", ""], ["c.png", "0.5", "ok", ""],
+            ["d.png", "0.2", "ok", ""], ["e.png", "inf", "ok", ""], ["f.png", "nan", "ok", ""],
+            ["g.png", "", "ok", ""], ["h.png", "-inf", "ok", ""], ["x.png", "", "decode_error",
+                                                                     "broken"]]
+    s = _table(tmp_path / "s.csv", rows)
+    s2 = _table(tmp_path / "s2.csv", rows[:4] + [["e.png", "0.9", "ok", ""]])
+    for files in ([s], [s, s2]):
+        out = tmp_path / f"r{len(files)}.html"
+        r = _quasar("report", *files, "--out", out)
+        assert r.returncode == 0, r.stderr
+        assert "Traceback" not in r.stderr and "Warning" not in r.stderr
+        text = out.read_text()
+        m = re.search(r'data-nonfinite="(\d+)">(.*?)</p>', text)
+        assert m and m.group(1) == "4", text[:2000]
+        assert "+inf: 1" in m.group(2) and "-inf: 1" in m.group(2)
+        assert "empty or NaN: 2" in m.group(2)
+        listed = re.search(r'<table class="nonfinite">(.*?)</table>', text).group(1)
+        assert [p for p in ("e.png", "f.png", "g.png", "h.png") if p in listed] == \
+            ["e.png", "f.png", "g.png", "h.png"]
+        assert "a.png" not in listed and "x.png" not in listed
+    from quasar.evaluate.report import describe
+
+    d = describe(np.array([1e308, -1e308, 0.5, 0.2, np.inf, np.nan]))
+    assert d["n"] == 4
+    assert d["mean"] == pytest.approx(math.fsum([1e308, -1e308, 0.5, 0.2]) / 4)
+    assert (d["min"], d["max"]) == (-1e308, 1e308)
+
+
+def _figures(monkeypatch):
+    from quasar.evaluate import report as R
+
+    figs = []
+    orig = R.svg_of
+    monkeypatch.setattr(R, "svg_of", lambda fig: figs.append(fig) or orig(fig))
+    return figs
+
+
+def _label_boxes(fig):
+    """Window extents of every visible tick label and axis label, drawn with Agg."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    r = canvas.get_renderer()
+    out = []
+    for ax in fig.axes:
+        x0, x1 = sorted(ax.get_xlim())
+        xt = [t for t, loc in zip(ax.get_xticklabels(), ax.get_xticks())
+              if t.get_text() and x0 - 1e-12 * abs(x0) <= loc <= x1 + 1e-12 * abs(x1)]
+        y0, y1 = sorted(ax.get_ylim())
+        yt = [t for t, loc in zip(ax.get_yticklabels(), ax.get_yticks())
+              if t.get_text() and y0 <= loc <= y1]
+        out.append(([t.get_window_extent(r) for t in xt],
+                    [t.get_window_extent(r) for t in yt],
+                    [ax.xaxis.label.get_window_extent(r), ax.yaxis.label.get_window_extent(r)]))
+    return out, fig.bbox
+
+
+@pytest.mark.parametrize("spread", [3e-4, 1e-6, 0.3, 1e5])
+def test_axis_labels_never_overlap_or_leave_the_figure(tmp_path, monkeypatch, spread):
+    """Issue 18 #10: the x tick labels of every histogram overlapped (and the last one was cut
+    at the edge) for the narrow score ranges of real runs; the y label was cut off."""
+    from quasar.evaluate.report import build_report
+
+    rng = np.random.default_rng(0)
+    vals = 0.5158 + rng.normal(0, spread, 60)
+    rows = [[f"i{i}.png", repr(float(v)), "ok", ""] for i, v in enumerate(vals)]
+    a = _table(tmp_path / "a.csv", rows)
+    b = _table(tmp_path / "b.csv", [[p, repr(float(v) + spread), st, e] for p, v, st, e in rows])
+    figs = _figures(monkeypatch)
+    build_report([str(a), str(b)], top=0, n_boot=50)
+    assert len(figs) >= 4
+    for fig in figs:
+        boxes, page = _label_boxes(fig)
+        for xs, ys, labels in boxes:
+            assert len(xs) >= 2
+            for group in (xs, ys):
+                for i, p in enumerate(group):
+                    assert page.x0 - 0.5 <= p.x0 and p.x1 <= page.x1 + 0.5, "label cut"
+                    for q in group[i + 1:]:
+                        assert not p.overlaps(q), "tick labels overlap"
+            for lab in labels:
+                assert page.x0 - 0.5 <= lab.x0 and lab.x1 <= page.x1 + 0.5, "axis label cut"
+
+
+def test_overlaid_distributions_are_shares_of_images(tmp_path, monkeypatch):
+    """Issue 18 #10: the "distributions" overlay read 15000 on its y axis for n=4 (a density
+    over a 1e-4 wide range) under the label of image counts. Now each file's bars are the
+    percentage of its images per bin (numpy's histogram over the same edges)."""
+    from quasar.evaluate.report import build_report
+
+    a_vals = np.array([0.51571, 0.51575, 0.51583, 0.51604])
+    b_vals = np.array([0.51566, 0.51579, 0.51590, 0.51601, 0.51603])
+    a = _table(tmp_path / "a.csv", [[f"i{i}.png", repr(float(v)), "ok", ""]
+                                    for i, v in enumerate(a_vals)])
+    b = _table(tmp_path / "b.csv", [[f"i{i}.png", repr(float(v)), "ok", ""]
+                                    for i, v in enumerate(b_vals)])
+    figs = _figures(monkeypatch)
+    build_report([str(a), str(b)], top=0, n_boot=50)
+    [fig] = [f for f in figs if f.axes[0].get_title().endswith("distributions")]
+    ax = fig.axes[0]
+    assert "%" in ax.get_ylabel() and ax.get_ylim()[1] <= 100
+    edges = np.linspace(min(a_vals.min(), b_vals.min()), max(a_vals.max(), b_vals.max()), 41)
+    for patch, vals in zip([p for p in ax.patches], (a_vals, b_vals)):
+        heights = patch.get_data().values
+        want = np.histogram(vals, bins=edges)[0] * 100.0 / vals.size
+        np.testing.assert_allclose(heights, want, atol=1e-9)
+
+
+def test_report_says_when_the_scores_come_from_random_weights(tmp_path):
+    """Issue 18 #10: a report of scores made with a random-weights bundle looked like any
+    other. The run identity `quasar score` records says so, and the page warns plainly."""
+    pytest.importorskip("onnx")
+    import rt_helpers
+
+    rand = rt_helpers.write_tiny_bundle(tmp_path / "rand", random_init=True)
+    real = rt_helpers.write_tiny_bundle(tmp_path / "real")
+    imgs = [_img(tmp_path / "imgs" / f"{i}.png", (30, 20), i) for i in range(3)]
+    for b, out in ((rand, "r.csv"), (real, "k.parquet")):
+        r = _quasar("score", *imgs, "--bundle", b, "--out", tmp_path / out, "-q")
+        assert r.returncode == 0, r.stderr
+    for files, warned in (([tmp_path / "r.csv"], True), ([tmp_path / "k.parquet"], False),
+                          ([tmp_path / "k.parquet", tmp_path / "r.csv"], True)):
+        out = tmp_path / "page.html"
+        assert _quasar("report", *files, "--out", out).returncode == 0
+        text = out.read_text()
+        assert ('id="random-weights"' in text) == warned
+        if warned:
+            note = re.search(r'id="random-weights">(.*?)</p>', text).group(1)
+            assert "r.csv" in note and "k.parquet" not in note and "NO" in note
