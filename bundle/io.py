@@ -291,7 +291,7 @@ def recover_bundle(path: PathLike) -> bool:
                 return True
         except OutputLockedError:
             time.sleep(0.1)
-        except OSError as exc:
+        except (OSError, BundleError) as exc:
             log.warning("cannot restore bundle %s from its interrupted edit: %s", real, exc)
             return False
     return os.path.lexists(real)
@@ -315,7 +315,7 @@ def sweep_bundle(path: PathLike, *, locked: bool = False) -> int:
         with bundle_lock(real):
             for p, _ in temps:
                 remove_path(p)
-    except (OutputLockedError, OSError):
+    except (OutputLockedError, BundleError, OSError):  # a read-only folder: left as it is
         return 0
     log.info("removed %d temporary folders of interrupted edits beside %s", len(temps), real)
     return len(temps)

@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Tuple, Union
 
-from quasar.errors import OutputLockedError
+from quasar.errors import BundleError, OutputLockedError
 from quasar.text import safe_text
 
 LOCK_SUFFIX = ".lock"
@@ -129,7 +129,15 @@ def bundle_lock(bundle_dir: Union[str, os.PathLike, None]) -> Iterator[None]:
             lock = OutputLock(target, what=f"bundle {target}",
                               hint="wait for that command to finish (one `quasar anchors` / "
                                    "`quasar optimize` edits a bundle at a time)")
-            lock.acquire()
+            try:
+                lock.acquire()
+            except OutputLockedError:
+                raise
+            except OSError as exc:
+                raise BundleError(
+                    f"{safe_text(target)}: cannot take the bundle's lock {safe_text(lock.path)} "
+                    f"({exc.strerror or exc}); changing a bundle needs a writable folder around "
+                    "it - copy the bundle to one") from exc
             _HELD[target] = (lock, 1)
     try:
         yield
