@@ -449,20 +449,20 @@ def bench(rn50_bundle: Optional[str] = None, vit_bundle: Optional[str] = None,
     (also written to --out).
 
     With --variants (e.g. "int8-openvino,int8-onnxruntime,bf16-openvino,fast-decode"): the
-    precision-variant table instead (see :func:`bench_variants`; cases rn50-224, vitb32-224,
-    --n_images >= 64 recommended, --rounds interleaved rounds, gate thresholds --min_srcc /
+    precision-variant table instead (see :func:`bench_variants`; rn50-native runs on
+    --native_images images in batches of --native_batch_size; --n_images >= 64 recommended, --rounds interleaved rounds, gate thresholds --min_srcc /
     --max_p99_dscore).
 
     ``device``: where the runtime paths run (cpu | cuda: ONNX Runtime's CUDA provider, IO
     binding on; the torch path stays the CPU reference)."""
     if variants:
-        vcases = ",".join(c for c in str(cases).split(",") if c.strip() != "rn50-native")
-        return bench_variants(cases=vcases, variants=variants, n_images=n_images,
+        return bench_variants(cases=cases, variants=variants, n_images=n_images,
                               batch_size=batch_size, threads=threads, rounds=rounds,
                               repeats=repeats, calibration_images=calibration_images,
                               min_srcc=min_srcc, max_p99_dscore=max_p99_dscore,
                               rn50_bundle=rn50_bundle, vit_bundle=vit_bundle, workdir=workdir,
-                              out=out, device=device)
+                              out=out, device=device, native_images=native_images,
+                              native_batch_size=native_batch_size)
     case_list = [c.strip() for c in str(cases).split(",") if c.strip()]
     unknown = [c for c in case_list if c not in CASES]
     if unknown:
@@ -565,7 +565,8 @@ def bench_variants(cases: str = VARIANT_CASES, variants: str = DEFAULT_VARIANTS,
                    min_srcc: Optional[float] = None, max_p99_dscore: Optional[float] = None,
                    rn50_bundle: Optional[str] = None, vit_bundle: Optional[str] = None,
                    workdir: Optional[str] = None, out: Optional[str] = None,
-                   torch_path: bool = True, device: str = "cpu") -> str:
+                   torch_path: bool = True, device: str = "cpu", native_images: int = 16,
+                   native_batch_size: int = 2) -> str:
     """Precision variants and backends end to end: torch eager, runtime fp32 and every gated
     variant (and fast decode), each in fresh processes, interleaved over ``rounds``; medians.
     Variants are built with ``quasar optimize`` on separate calibration photos (its held-out
@@ -579,9 +580,9 @@ def bench_variants(cases: str = VARIANT_CASES, variants: str = DEFAULT_VARIANTS,
     import numpy as np
 
     case_list = [c.strip() for c in str(cases).split(",") if c.strip()]
-    unknown = [c for c in case_list if c not in CASES or CASES[c][1] == "native"]
+    unknown = [c for c in case_list if c not in CASES]
     if unknown:
-        raise ValueError(f"variant cases must be among rn50-224, vitb32-224; got {unknown}")
+        raise ValueError(f"unknown cases {unknown}; choose from {list(CASES)}")
     names = [v.strip() for v in str(variants).split(",") if v.strip()]
     gate = Gate(DEFAULT_MIN_SRCC if min_srcc is None else float(min_srcc),
                 DEFAULT_MAX_P99_DSCORE if max_p99_dscore is None else float(max_p99_dscore))
@@ -608,13 +609,17 @@ def bench_variants(cases: str = VARIANT_CASES, variants: str = DEFAULT_VARIANTS,
                                       batch_size=batch_size, threads=threads)
             except (VariantError, MissingDependencyError) as exc:  # e.g. fp16 without CUDA
                 _log(f"{case}: {name} not built: {exc}")
-                runs.append(VariantRun(case, f"{name} (not built: {exc})", prec, be or "-",
+                runs.append(VariantRun(case, f"{name} (not built: {exc})",
+                                       "fp32" if fast else prec, "-" if fast else be,
                                        [], [], [], []))
                 continue
             reports[r.name] = r
             _log(f"{case}: {r.name} {'passed' if r.passed else 'REFUSED'}")
         b = load_bundle(bundle)
-        base = {"case": case, "resolution": res, "files": files, "batch_size": int(batch_size),
+        native = res == "native"  # 1024x768 forward passes: fewer images, smaller batches
+        base = {"case": case, "resolution": res,
+                "files": files[:int(native_images)] if native else files,
+                "batch_size": int(native_batch_size if native else batch_size),
                 "repeats": int(repeats), "threads": threads, "bundle": str(bundle),
                 "whole_list": True, "device": device}
         paths: List[Tuple[str, Dict[str, Any]]] = []
@@ -676,7 +681,10 @@ def bench_variants(cases: str = VARIANT_CASES, variants: str = DEFAULT_VARIANTS,
                                    reports[n].record.backend, [], [], [], [],
                                    gate=reports[n].report))
     report = format_variant_report(runs, machine(device), cpu_flags_line(), int(n_images),
-                                   int(batch_size), int(rounds), gate)
+                                   int(batch_size), int(rounds), gate,
+                                   native=f"rn50-native: the first {int(native_images)} at "
+                                          f"1024×768, batch {int(native_batch_size)}"
+                                   if any(CASES[c][1] == "native" for c in case_list) else "")
     if out:
         atomic_write_text(out, report)
     if tmp is not None:
@@ -703,12 +711,12 @@ def _default_gate(rep: Dict[str, Any]) -> bool:
 
 
 def format_variant_report(runs: List[VariantRun], info: str, flags: str, n_images: int,
-                          batch_size: int, rounds: int, gate) -> str:
+                          batch_size: int, rounds: int, gate, native: str = "") -> str:
     lines = [
         f"Machine: {info}",
         f"CPU flags: {flags}",
         f"{n_images} JPEG photographs of 1024×768 (distinct crops / distortions), batch "
-        f"{batch_size}, end to end (decode + preprocess + inference + score; the runtime "
+        f"{batch_size}{f' ({native})' if native else ''}, end to end (decode + preprocess + inference + score; the runtime "
         f"overlaps decoding with inference); every path in fresh processes, interleaved over "
         f"{rounds} rounds; images/s = median over rounds (each the median of its passes). "
         "Model-only = the same session on preprocessed batches. Agreement (cos min, p99 "
