@@ -88,3 +88,34 @@ def test_median_core_and_core_times_on_a_real_scorer(tmp_path):
     c = core_times(Scorer.from_bundle(b, device="cpu"), files, batch_size=2)
     assert c["cores"] == len(os.sched_getaffinity(0))
     assert c["decode_core_s"] > 0 and c["infer_core_s"] >= 0 and c["model_img_s"] > 0
+
+
+def test_variant_report_bound_rows_use_round_medians():
+    """The variant table's bound section: per path, medians over rounds of each core figure
+    and of e2e, then the bound - recomputed here with numpy."""
+    import numpy as np
+
+    from quasar.bench.speed import VariantRun, format_variant_report
+    from quasar.runtime.agreement import Gate
+
+    core = [{"cores": 2.0, "decode_core_s": d, "infer_core_s": i, "model_img_s": m}
+            for d, i, m in ((0.010, 0.060, 40.0), (0.030, 0.040, 35.0), (0.020, 0.050, 50.0))]
+    runs = [VariantRun("rn50-224", "torch", "fp32", "torch", [2.0, 3.0, 2.5], [], [1, 1, 1],
+                       [9, 9, 9]),
+            VariantRun("rn50-224", "int8-openvino", "int8", "openvino", [20.0, 26.0, 24.0],
+                       [38.0, 40.0, 39.0], [1, 1, 1], [9, 9, 9], core=core),
+            VariantRun("rn50-224", "fp16-onnxruntime (not built: needs CUDA)", "fp16",
+                       "onnxruntime", [], [], [], [])]
+    text = format_variant_report(runs, "m", "f", 8, 2, 3, Gate())
+    table = text[text.index("| case | path | cores"):]
+    rows = {r[1]: r for r in _parse(table)}
+    assert set(rows) == {"torch", "int8-openvino"}  # nothing measured: no bound row
+    d = np.median([c["decode_core_s"] for c in core])
+    i = np.median([c["infer_core_s"] for c in core])
+    m = np.median([c["model_img_s"] for c in core])
+    bound = min(2.0 / (d + i), m)
+    r = rows["int8-openvino"]
+    assert float(r[3]) == pytest.approx(1e3 * d, abs=0.05)
+    assert float(r[4]) == pytest.approx(1e3 * i, abs=0.05)
+    assert float(r[6].split()[0]) == pytest.approx(bound, abs=0.05)
+    assert float(r[8].rstrip("%")) == pytest.approx(100 * 24.0 / bound, abs=0.5)
