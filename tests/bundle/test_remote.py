@@ -429,3 +429,31 @@ def test_model_card_content(bundle):
     rcard = model_card(load_bundle(rt_helpers.write_tiny_bundle(bundle.parent / "r",
                                                                 random_init=True)), "s3://b/x")
     assert "NO quality" in rcard and "quasar-iqa[cpu,s3]" in rcard
+
+
+# ------------------------------------------------------------------------------ gs://
+
+
+def test_gs_bundle_fetch_and_push(home, bundle, monkeypatch):
+    """gcsfs against gcp-storage-emulator (STORAGE_EMULATOR_HOST, gcsfs's own setting)."""
+    monkeypatch.setenv("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")  # no gRPC bucket probe
+    monkeypatch.setenv("NO_GCE_CHECK", "true")
+    gcsfs = pytest.importorskip("gcsfs")
+    emulator = pytest.importorskip("gcp_storage_emulator.server")
+    from quasar.bundle.push import push
+
+    server = emulator.create_server("127.0.0.1", 0, in_memory=True, default_bucket="models")
+    server.start()
+    try:
+        port = server._api._httpd.server_address[1]
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+        fs = gcsfs.GCSFileSystem(token="anon", skip_instance_cache=True)
+        for name, data in _files(_nested(bundle)).items():
+            fs.pipe(f"models/q/tiny/{name}", data)
+        d = _fetch("gs://models/q/tiny")
+        assert _files(d) == _files(bundle) and "/remote/gs/" in d.as_posix()
+        push(str(bundle), "gs://models/p/t", quiet=True)
+        assert _files(_fetch("gs://models/p/t")) == _files(bundle)
+        assert b"quasar-iqa[cpu,gcs]" in fs.cat("models/p/t/README.md")
+    finally:
+        server.stop()
