@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
 
 from quasar.constants import (ANCHORS_FILE, BUNDLE_JSON, ENCODER_ONNX,  # noqa: F401
-                              INPUT_NAME, OUTPUT_NAME, SCHEMA_VERSION)
+                              INPUT_NAME, OUTPUT_NAME, PRECISIONS, SCHEMA_VERSION)
 from quasar.models.preprocess import PreprocessCfg
 
 MAX_EMBED_DIM = 1 << 16
@@ -73,7 +73,6 @@ class EncoderInfo:
             _check_str("encoder.external_data", self.external_data)
 
 
-PRECISIONS = ("fp32", "int8", "bf16", "fp16")
 VARIANT_KINDS = ("model", "decode")
 
 

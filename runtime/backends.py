@@ -34,11 +34,11 @@ from typing import (Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Opt
 
 import numpy as np
 
+from quasar.constants import RUNTIME_PRECISIONS  # noqa: F401 (one definition; re-exported)
 from quasar.errors import BundleError, VariantError, optional_import
 
 log = logging.getLogger(__name__)
 
-RUNTIME_PRECISIONS = ("fp32", "int8", "bf16", "fp16", "auto")
 DEFAULT_BACKEND = "onnxruntime"
 
 # Flags (as /proc/cpuinfo spells them) that make each precision fast on a CPU.

@@ -23,8 +23,8 @@ COMMAND = Command(
         O.DEVICE,
         opt("precision", "encoder precision: a variant from `quasar optimize` that passed its "
             "agreement gate; auto = the fastest gated variant this hardware runs fast",
-            metavar="P", choices=("fp32", "int8", "bf16", "fp16", "auto")),
-        opt("backend", "inference backend", metavar="NAME", choices=("onnxruntime", "openvino"),
+            metavar="P", choices=O.RUNTIME_PRECISIONS),
+        opt("backend", "inference backend", metavar="NAME", choices=O.BACKENDS,
             default_text="the variant's, else onnxruntime"),
         O.THREADS,
         O.WORKERS.but(default_text=None),
