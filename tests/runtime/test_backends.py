@@ -276,6 +276,7 @@ def test_score_auto_picks_the_measured_fastest_and_reuses_it(tmp_path, monkeypat
     """Two passing variants in a real bundle (the fp32 graph under each backend, labelled
     int8): auto measures both once, caches outside the bundle (checksums unchanged), and a
     second Scorer reads the cache - proven by editing the cached figures."""
+    import dataclasses
     import json
     import shutil
 
@@ -296,7 +297,7 @@ def test_score_auto_picks_the_measured_fastest_and_reuses_it(tmp_path, monkeypat
             shutil.copy(b / "encoder.onnx", ed.dir / rel)
             recs[f"int8-{be}"] = VariantInfo(precision="int8", backend=be, files=[rel],
                                              resolution="224", passed=True)
-        ed.manifest = ed.manifest.__class__(**{**ed.manifest.__dict__, "variants": recs})
+        ed.manifest = dataclasses.replace(ed.manifest, variants=recs)
     before = {p.name: p.read_bytes() for p in b.rglob("*") if p.is_file()}
     s = Scorer.from_bundle(b, device="cpu", precision="auto")
     cache = list((tmp_path / "home" / "speed").glob("*.json"))
