@@ -149,16 +149,33 @@ def test_hf_tampered_file_refused_nothing_cached(home, bundle, hub):
     _no_partial(home)
 
 
-def test_hf_manifest_path_outside_bundle_refused_before_download(home, bundle, hub, tmp_path):
+@pytest.mark.parametrize("name", ["../../../evil.txt", "/tmp/evil.txt", "a/../../evil.txt",
+                                  "a\\..\\..\\evil.txt", ".cache/huggingface/evil.txt"])
+def test_hf_manifest_path_outside_bundle_refused_before_download(home, bundle, hub, tmp_path,
+                                                                 name):
     files = _files(bundle)
     m = json.loads(files["bundle.json"])
-    m["files"]["../../../evil.txt"] = hashlib.sha256(b"x").hexdigest()
+    m["files"][name] = hashlib.sha256(b"x").hexdigest()
     files["bundle.json"] = json.dumps(m).encode()
     hub.publish("org/tiny", files)
     with pytest.raises(RemoteBundleError, match=r"evil\.txt.*outside the bundle"):
         _fetch("hf://org/tiny")
     assert not any("evil" in r or "encoder.onnx" in r for r in hub.requests)
     assert not list(tmp_path.rglob("evil.txt"))
+    _no_partial(home)
+
+
+def test_hf_oversized_or_broken_manifest_refused(home, bundle, hub):
+    files = _files(bundle)
+    m = json.loads(files["bundle.json"])
+    m["provenance"]["padding"] = "x" * (1 << 21)
+    hub.publish("org/big", {**files, "bundle.json": json.dumps(m).encode()})
+    with pytest.raises(RemoteBundleError, match="larger than 1 MiB"):
+        _fetch("hf://org/big")
+    hub.publish("org/broken", {**files, "bundle.json": b"{not json"})
+    with pytest.raises(RemoteBundleError, match="hf://org/broken/bundle.json: not valid JSON"):
+        _fetch("hf://org/broken")
+    assert not any("encoder.onnx" in r for r in hub.requests)
     _no_partial(home)
 
 
