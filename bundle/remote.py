@@ -14,7 +14,8 @@ Ceph; gcsfs: Google's application-default credentials; plain HTTP(S)).
 Cache layout, one *entry* per URL (``$QUASAR_HOME/remote/<scheme>/<slug>-<hash>/``)::
 
     <rev>/bundle/...      the verified bundle (what load_bundle opens)
-    <rev>/source.json     {"url", "revision", "requested", "fetched_at"} (Bundle.source)
+    <rev>/source.json     {"url" (without revision), "revision", "requested", "fetched_at"}
+                          (Bundle.source; hf://ORG/REPO@<revision> names it exactly)
     refs/<requested>      the content revision the request last resolved to (for offline use)
 
 ``<rev>`` is the Hub's commit hash for ``hf://``; for object stores, which have no commits,
@@ -96,6 +97,12 @@ class BundleURL:
     @property
     def requested(self) -> str:
         return self.revision or ("main" if self.scheme == "hf" else "latest")
+
+    @property
+    def canonical(self) -> str:
+        """The URL without a revision (``hf://ORG/REPO``, ``s3://BUCKET/PATH``): with the
+        recorded revision it names the content exactly (``hf://ORG/REPO@<commit>``)."""
+        return f"hf://{self.location}" if self.scheme == "hf" else self.location
 
     @property
     def extra(self) -> str:
@@ -222,7 +229,7 @@ def _fetch_locked(u: BundleURL, transport: "_Transport", target: Path) -> None:
             stage = work / "bundle"
             stage.mkdir()
             _download_verified(u, transport, stage)
-            record = {"url": u.url, "revision": target.name, "requested": u.requested,
+            record = {"url": u.canonical, "revision": target.name, "requested": u.requested,
                       "fetched_at": _dt.datetime.now(_dt.timezone.utc).isoformat(
                           timespec="seconds")}
             atomic_write_text(work / SOURCE_JSON, json.dumps(record, indent=1) + "\n")
