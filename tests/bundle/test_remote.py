@@ -474,3 +474,29 @@ def test_gs_bundle_fetch_and_push(home, bundle, monkeypatch):
         assert b"quasar-iqa[cpu,gcs]" in fs.cat("models/p/t/README.md")
     finally:
         server.stop()
+
+
+def test_model_card_reports_parity_provenance_and_gated_variants(bundle):
+    """Values written into bundle.json come back in the card, row by row."""
+    from quasar.bundle import load_bundle
+    from quasar.bundle.card import model_card
+
+    m = json.loads((bundle / "bundle.json").read_text())
+    m["provenance"].update({"source": "open_clip", "pretrained": "openai", "torch": "2.5.1"})
+    m["parity"] = {"max_abs_diff": 3.2e-06, "min_cosine": 0.9999991, "shapes": [[1, 3, 224, 224]]}
+    m["variants"] = {
+        "fast-decode-224": {"precision": "fp32", "backend": "onnxruntime", "kind": "decode",
+                            "passed": True, "gate": {"min_cosine": 0.995},
+                            "report": {"srcc": 0.9987}},
+        "int8-cpu": {"precision": "int8", "backend": "onnxruntime", "kind": "decode",
+                     "passed": False, "gate": {"min_cosine": 0.995},
+                     "report": {"min_cosine": 0.93}}}
+    (bundle / "bundle.json").write_text(json.dumps(m))
+    card = model_card(load_bundle(bundle), "hf://org/x")
+    assert "| source | open_clip |" in card and "| torch | 2.5.1 |" in card
+    assert "| max_abs_diff | 3.2e-06 |" in card and "| min_cosine | 0.9999991 |" in card
+    rows = [line for line in card.splitlines() if line.startswith("| fast-decode-224 |")
+            or line.startswith("| int8-cpu |")]
+    assert len(rows) == 2
+    assert "| yes |" in rows[0] and '{"srcc": 0.9987}' in rows[0]
+    assert "NO (refused at run time)" in rows[1] and '{"min_cosine": 0.93}' in rows[1]
