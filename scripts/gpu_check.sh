@@ -21,7 +21,8 @@
 #
 # Environment: WHEEL_DIR (.gpu-wheel), PYTHON (python3; --rehearse: .venv/bin/python),
 # OUT ($OUT, else gpu-check-out), CASES (rn50-224,vitb32-224), N_IMAGES (64), ROUNDS (3),
-# CALIBRATION (64), BENCH_TIMEOUT (seconds, 420).
+# CALIBRATION (64), BENCH_TIMEOUT (seconds, 420), BENCH_ARGS (more `quasar bench` options, e.g.
+# "--rn50-bundle DIR").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REHEARSE=0
@@ -117,6 +118,8 @@ log "gpu tests (rc $TESTS_RC): $(tail -1 "$OUT/gpu_tests.txt")"
 BENCH=("$PY" -m quasar bench --variants fp16-onnxruntime --device "$DEVICE" --cases "$CASES"
        --n-images "$N_IMAGES" --rounds "$ROUNDS" --calibration-images "$CALIBRATION"
        --workdir "$WORK/bench" --out "$WORK/bench.md")
+# shellcheck disable=SC2206
+[ -z "${BENCH_ARGS:-}" ] || BENCH+=(${BENCH_ARGS})
 log "${BENCH[*]}"
 QUASAR_HOME="$WORK/home" timeout "$BENCH_TIMEOUT" "${BENCH[@]}" > "$OUT/gpu_bench.log" 2>&1
 BENCH_RC=$?
