@@ -542,7 +542,8 @@ class _TarScanner:
                                 f"{self.shard}: a {kind} header at byte {off:,}{self._after()} "
                                 f"declares {size:,} bytes, over the {self.max_header:,}-byte "
                                 "limit; ignored (not read) - the member after it is read "
-                                "under its own header name", stop=False)
+                                "under its own header name; if the shard is genuine, re-create "
+                                "it with shorter names", stop=False)
             raw = _pread(self.fd, size, data)
             if len(raw) < size:
                 return None  # the next header read reports the truncation
@@ -684,7 +685,8 @@ def _read_image(scan: _TarScanner, group: _Group, m: _Member, ext: str, cap: int
     where = f"{scan.shard}#{group.key}"
     if m.size > cap:
         group.failure = ("too_large", f"{where}: member {safe_text(m.name)} is {m.size:,} bytes, "
-                                      f"over the {cap:,}-byte limit for one image")
+                                      f"over the {cap:,}-byte limit for one image; not read - "
+                                      "re-encode or drop that image")
         return
     data = _pread(scan.fd, m.size, m.data)
     if len(data) != m.size:
@@ -1044,7 +1046,8 @@ class _ParquetRows:
         if over:
             return _failed(file, sid, "too_large",
                            f"{sid}: the cell of column {col!r} is {over:,} bytes, over the "
-                           f"{self.cap:,}-byte limit for one image; not read", index)
+                           f"{self.cap:,}-byte limit for one image (as for a tar member); not "
+                           "read - re-encode or drop that image", index)
         if data is None and path is None:
             return _failed(file, sid, "empty_file", f"{sid}: no image in column {col!r} (null)",
                            index)
