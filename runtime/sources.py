@@ -854,9 +854,9 @@ def _page_header(fd: int, offset: int) -> Tuple[dict, int]:
             size *= 4
 
 
-def _pages(fd: int, chunk) -> Iterator[Tuple[int, int, Optional[int]]]:
-    """``(offset, uncompressed size, rows)`` of each page of a column chunk (rows None for a
-    dictionary page) - from the page headers alone."""
+def _pages(fd: int, chunk) -> Iterator[Tuple[int, int, Optional[int], int]]:
+    """``(offset, uncompressed size, rows, values)`` of each page of a column chunk (rows
+    None for a dictionary page; values: its entries) - from the page headers alone."""
     start = chunk.dictionary_page_offset if chunk.has_dictionary_page else chunk.data_page_offset
     pos, end = start, start + chunk.total_compressed_size
     while pos < end:
@@ -864,25 +864,27 @@ def _pages(fd: int, chunk) -> Iterator[Tuple[int, int, Optional[int]]]:
         ptype, usize, csize = hdr.get(1), hdr.get(2, 0), hdr.get(3, 0)
         if csize < 0 or usize < 0:
             raise ValueError(f"negative page size at byte {pos:,}")
-        rows = None
-        if ptype == 0:
-            rows = hdr.get(5, {}).get(1)
-        elif ptype == 3:
-            rows = hdr.get(8, {}).get(3)
+        sub = hdr.get({0: 5, 2: 7, 3: 8}.get(ptype, -1), {})
+        rows = sub.get(3 if ptype == 3 else 1) if ptype in (0, 3) else None
         if ptype != 1:  # 0 data, 2 dictionary, 3 data v2; 1 (index pages) is skipped
-            yield pos, usize, rows
+            yield pos, usize, rows, max(1, sub.get(1) or 1)
         pos += n + csize
 
 
-def _oversized_page(fd: int, chunk, limit: int) -> Optional[Tuple[int, int, int]]:
-    """``(first row, page offset, decompressed size)`` of the first page of the chunk that
-    decompresses to more than ``limit`` bytes (row 0 for a dictionary page), or None."""
-    row = 0
-    for pos, usize, rows in _pages(fd, chunk):
-        if usize > limit:
-            return (row if rows is not None else 0), pos, usize
+def _page_scan(fd: int, chunk, cap: int, page_cap: int
+               ) -> Tuple[Optional[Tuple[int, int, int, int]], int]:
+    """Checks the pages of the image column chunk before pyarrow decompresses any: returns
+    ``(first row, offset, decompressed size, values)`` of the first page that must not be
+    decompressed - over ``page_cap``, or holding more than ``cap`` bytes per value (so at
+    least one cell over the cap: a decompression bomb) - or None; and the largest bytes per
+    value of the pages (to size the record batches)."""
+    row, per_value = 0, 0
+    for pos, usize, rows, values in _pages(fd, chunk):
+        if usize > page_cap or usize > cap * values:
+            return ((row if rows is not None else 0), pos, usize, values), per_value
+        per_value = max(per_value, usize // values)
         row += rows or 0
-    return None
+    return None, per_value
 
 
 def _open_parquet(pa, file: str):
@@ -910,7 +912,8 @@ def _open_parquet(pa, file: str):
 
 def iter_parquet_samples(file: str, image_column: Optional[str] = None,
                          id_column: Optional[str] = None, batch_rows: int = 64,
-                         max_cell_bytes: int = MAX_MEMBER_BYTES) -> Iterator[Sample]:
+                         max_cell_bytes: int = MAX_MEMBER_BYTES,
+                         max_page_bytes: Optional[int] = None) -> Iterator[Sample]:
     """Samples of a Parquet file, row by row, read in small record batches per row group.
 
     The id is ``<file>#<id column value>`` (``<file>#<row number>`` without ``id_column``;
@@ -918,8 +921,10 @@ def iter_parquet_samples(file: str, image_column: Optional[str] = None,
     raises for a bad file: one that cannot be opened, or whose columns do not fit the
     options (``source_error``), is one failed sample ``<file>#@0``; a row group that cannot be
     read is one failed sample ``<file>#@rowgroup<i>`` naming its rows. Memory is bounded
-    per cell before anything is decompressed (:func:`_oversized_page`, then the length of
-    every cell is checked before it is copied).
+    before anything is decompressed: a page of the image column over ``max_page_bytes``
+    (default twice ``max_cell_bytes``: a pyarrow writer with default settings puts up to 1024
+    values in a page) or with more than ``max_cell_bytes`` per value is never decompressed
+    (:func:`_page_scan`); then the length of every cell is checked before it is copied.
     """
     pa = _require_pyarrow()
     opened = _open_parquet(pa, file)
@@ -936,7 +941,7 @@ def iter_parquet_samples(file: str, image_column: Optional[str] = None,
             yield _failed(file, f"{file}#@0", SourceError.status, str(exc), 0)
             return
         reader = _ParquetRows(pa, pf, fd, file, col, kind, id_column, batch_rows,
-                              max_cell_bytes)
+                              (max_cell_bytes, max_page_bytes or 2 * max_cell_bytes))
         yield from reader
     finally:
         pf.close()
@@ -947,9 +952,10 @@ class _ParquetRows:
     """The rows of one Parquet file as samples (see :func:`iter_parquet_samples`)."""
 
     def __init__(self, pa, pf, fd: int, file: str, col: str, kind: str,
-                 id_column: Optional[str], batch_rows: int, cap: int):
+                 id_column: Optional[str], batch_rows: int, caps: Tuple[int, int]):
         self.pa, self.pf, self.fd, self.file = pa, pf, fd, file
-        self.col, self.kind, self.id_column, self.cap = col, kind, id_column, cap
+        self.col, self.kind, self.id_column = col, kind, id_column
+        self.cap, self.page_cap = caps
         self.batch_rows = batch_rows
         self.columns = [col] + ([id_column] if id_column and id_column != col else [])
         md = pf.metadata
@@ -982,10 +988,10 @@ class _ParquetRows:
 
     def _row_group(self, rg: int, n_rg: int) -> Iterator[Sample]:
         chunk = self.pf.metadata.row_group(rg).column(self.leaf) if self.leaf is not None else None
-        bad = _oversized_page(self.fd, chunk, self.cap) if chunk is not None else None
+        bad, per_value = (_page_scan(self.fd, chunk, self.cap, self.page_cap)
+                          if chunk is not None else (None, 0))
         readable = n_rg if bad is None else bad[0]
-        avg = chunk.total_uncompressed_size // max(1, n_rg) if chunk is not None else 0
-        batch = max(1, min(self.batch_rows, _PARQUET_BATCH_BYTES // max(1, avg)))
+        batch = max(1, min(self.batch_rows, _PARQUET_BATCH_BYTES // max(1, per_value)))
         end = self.row + readable
         if readable:
             for b in self.pf.iter_batches(batch_size=batch, row_groups=[rg],
@@ -1064,10 +1070,12 @@ class _ParquetRows:
         p = path if os.path.isabs(path) else os.path.join(self.base_dir, path)
         return Sample(id=sid, path=p, shard=file, index=index)
 
-    def _refused(self, rg: int, n: int, bad: Tuple[int, int, int]) -> Iterator[Sample]:
+    def _refused(self, rg: int, n: int, bad: Tuple[int, int, int, int]) -> Iterator[Sample]:
         """Rows from an oversized page to the end of its row group: never decompressed
         (pyarrow reads the pages of a row group in order); named by their ids."""
-        first, pos, usize = bad
+        first, pos, usize, values = bad
+        why = (f"over the {self.page_cap:,}-byte limit for one page" if usize > self.page_cap
+               else f"for {values} value(s): over the {self.cap:,}-byte limit for one image")
         start = self.row
         ids: Iterator = iter([None] * n)
         if self.id_column:
@@ -1081,9 +1089,9 @@ class _ParquetRows:
             yield _failed(self.file, sid, "too_large",
                           f"{sid}: not read - the page at byte {pos:,} of column "
                           f"{self.col!r} (row group {rg}, from row {start}) decompresses to "
-                          f"{usize:,} bytes, over the {self.cap:,}-byte limit for one image; "
-                          "this row is in that page or after it in its row group (pages are "
-                          "read in order) - drop the oversized image or re-write the file "
-                          "with smaller pages and row groups", self.index)
+                          f"{usize:,} bytes {why}; this row is in that page or after it in "
+                          "its row group (pages are read in order) - drop the oversized image "
+                          "or re-write the file with smaller pages and row groups (pyarrow: "
+                          "row_group_size=100, write_batch_size=64)", self.index)
             self.row += 1
             self.index += 1

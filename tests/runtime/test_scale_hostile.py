@@ -201,8 +201,9 @@ def test_parquet_decompression_bomb_is_refused_before_decompression(tmp_path, ti
 
 
 def test_parquet_cells_over_the_cap_are_never_copied(tmp_path):
-    """A page that would decompress past the cap is refused from its page header: its rows
-    are too_large rows, the other row groups are read."""
+    """A page holding more than the cap per value is refused from its page header (its row
+    group's other pages are not affected); in a page under the limits, a cell over the cap
+    is refused from the array's offsets, never copied."""
     from quasar.runtime.sources import iter_parquet_samples
     cells = [b"a" * 10, b"b" * 5000, None, b"c" * 20]
     f = sh.write_parquet(tmp_path / "c.parquet", {"jpg": cells}, row_group_size=1)
@@ -210,7 +211,13 @@ def test_parquet_cells_over_the_cap_are_never_copied(tmp_path):
     assert [s.status for s in got] == ["ok", "too_large", "empty_file", "ok"]
     assert got[0].data == cells[0] and got[3].data == cells[3] and got[1].data is None
     assert "4,096-byte limit" in got[1].error and "row group 1" in got[1].error
-    # one page over the cap: its rows and the rest of its row group are refused unread
+    one_page = [b"a" * 10, b"b" * 5000, b"c" * 20]                 # 5 KB page: under 8 KB
+    f1 = sh.write_parquet(tmp_path / "one.parquet", {"jpg": one_page}, row_group_size=10)
+    got = list(iter_parquet_samples(str(f1), max_cell_bytes=4096))
+    assert [s.status for s in got] == ["ok", "too_large", "ok"]
+    assert "is 5,000 bytes" in got[1].error and got[2].data == one_page[2]
+    # one page over the page limit (2 x the cap): its rows, and the rest of its row group,
+    # are refused unread
     f2 = sh.write_parquet(tmp_path / "p.parquet", {"jpg": [b"x" * 30000, b"y"], "k": ["a", "b"]},
                           row_group_size=10)
     got = list(iter_parquet_samples(str(f2), id_column="k", max_cell_bytes=4096))
