@@ -69,6 +69,17 @@ def _config(**kw):
 
 # --------------------------------------------------------------------------- anchors
 
+def _custom_anchors(bundle, options: dict) -> None:
+    """Anchors from the user's own images (--good/--bad, --scores): every option that
+    custom_anchors.anchors_command takes, as parsed ("" given for a text: not given)."""
+    import inspect
+
+    from .custom_anchors import anchors_command
+
+    names = [n for n in inspect.signature(anchors_command).parameters if n != "bundle"]
+    anchors_command(bundle, **{n: None if options[n] == "" else options[n] for n in names})
+
+
 def anchors(bundle, prompt_data: str = "KADIS700k", data_root=None, prompt_root=None,
             prompt_data_subset=None, aggregation_type: str = "mean", prompt_ratio=1.0,
             median_offset_ratio=None, n_clusters=10, seed=42, name=None, resolution=None,
@@ -82,18 +93,11 @@ def anchors(bundle, prompt_data: str = "KADIS700k", data_root=None, prompt_root=
     Your own images: --good DIR|@list --bad DIR|@list, or --scores FILE with --split
     median|quantile:Q; see docs/anchors.md. Options: quasar/commands/anchors.py.
     """
+    options = dict(locals())
+
     def go():
         if good or bad or scores:
-            from .custom_anchors import anchors_command
-            return anchors_command(
-                bundle, name=name or None, good=good or None, bad=bad or None,
-                scores=scores or None, split=split or None, quantile=quantile,
-                score_column=score_column or None, path_column=path_column or None,
-                root=root or None, holdout=holdout, folds=folds, skip_failed=skip_failed,
-                overwrite=overwrite, aggregation_type=aggregation_type,
-                prompt_ratio=prompt_ratio, median_offset_ratio=median_offset_ratio,
-                n_clusters=n_clusters, seed=seed, resolution=resolution, device=device,
-                batch_size=batch_size, threads=threads, quiet=quiet) and None
+            return _custom_anchors(bundle, options)
         from quasar.bundle.io import add_anchor_set
         from .anchors import PROMPT_DATA_SPLIT
 
@@ -217,7 +221,8 @@ def reproduce(bundle=None, data_root=None, out="quasar-reproduce", prompts=None,
         if not data_root:
             raise UsageError("--data-root is required (one folder per dataset inside)")
         ps, ts = list(prompts or PROMPT_CHOICES), list(targets or TARGET_CHOICES)
-        bad = [p for p in ps if p not in PROMPT_CHOICES] + [t for t in ts if t not in TARGET_CHOICES]
+        bad = ([p for p in ps if p not in PROMPT_CHOICES]
+               + [t for t in ts if t not in TARGET_CHOICES])
         if bad:
             raise UsageError(f"unknown dataset(s) {bad}: prompts {PROMPT_CHOICES}, "
                              f"targets {TARGET_CHOICES}")

@@ -32,9 +32,9 @@ def models(heavy: bool = True) -> str:
     for mid in list_models(include_heavy=heavy):
         spec = CATALOG[mid]
         cached = (bundle_cache_dir(mid) / BUNDLE_JSON).is_file()
-        rows.append([mid + (" *" if mid == DEFAULT_MODEL else ""), spec.family, spec.embed_dim, ",".join(spec.resolutions),
-                     spec.default_resolution, "yes" if spec.heavy else "",
-                     "yes" if cached else ""])
+        rows.append([mid + (" *" if mid == DEFAULT_MODEL else ""), spec.family,
+                     spec.embed_dim, ",".join(spec.resolutions), spec.default_resolution,
+                     "yes" if spec.heavy else "", "yes" if cached else ""])
     table = _table(rows, ["model", "family", "dim", "resolutions", "default", "heavy", "bundle"])
     print(table)
     print("\n* the default model: used when no --bundle / --model is given")
