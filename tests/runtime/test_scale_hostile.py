@@ -443,3 +443,25 @@ def test_failed_samples_are_freed_without_the_cyclic_gc(tiny, workers):
         gc.enable()
     assert statuses == ["not_an_image"] * 30
     assert left < 12 * MB, f"{left / MB:.0f} MB still allocated after the run"
+
+
+@pytest.mark.parametrize("version", ["1.0", "2.0"])
+def test_parquet_dictionary_and_v2_pages_are_checked(tmp_path, version):
+    """Six identical cells (what a 21 KB file with six 500 MB cells is: one dictionary
+    entry) are refused from the dictionary page's header; data pages v1 and v2 alike."""
+    import pyarrow.parquet as pq
+    from quasar.runtime.sources import iter_parquet_samples
+    f = tmp_path / "dict.parquet"
+    pq.write_table(pa.table({"jpg": [b"z" * 5000] * 6}), f, data_page_version=version)
+    got = list(iter_parquet_samples(str(f), max_cell_bytes=4096))
+    assert [s.status for s in got] == ["too_large"] * 6
+    assert "for 1 value(s)" in got[0].error
+    # with a second, small dictionary entry the page passes; the big cells fail one by one
+    pq.write_table(pa.table({"jpg": [b"z" * 5000] * 6 + [b"ok"]}), f, data_page_version=version)
+    got = list(iter_parquet_samples(str(f), max_cell_bytes=4096))
+    assert [s.status for s in got] == ["too_large"] * 6 + ["ok"] and got[6].data == b"ok"
+    plain = tmp_path / "plain.parquet"
+    pq.write_table(pa.table({"jpg": [b"a" * 100, b"b" * 5000, b"c"]}), plain, use_dictionary=False,
+                   data_page_version=version)
+    got = list(iter_parquet_samples(str(plain), max_cell_bytes=4096))
+    assert [s.status for s in got] == ["ok", "too_large", "ok"] and got[2].data == b"c"
