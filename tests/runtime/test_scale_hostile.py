@@ -465,3 +465,19 @@ def test_parquet_dictionary_and_v2_pages_are_checked(tmp_path, version):
                    data_page_version=version)
     got = list(iter_parquet_samples(str(plain), max_cell_bytes=4096))
     assert [s.status for s in got] == ["ok", "too_large", "ok"] and got[2].data == b"c"
+
+
+def test_nul_in_a_listed_path_is_a_clear_row(tmp_path, tiny):
+    """The loose-file path too: a NUL read from stdin is a not_found row, not decode_error
+    'ValueError: embedded null byte'."""
+    good = tmp_path / "g.jpg"
+    good.write_bytes(sh.image_bytes(13))
+    out = tmp_path / "o.csv"
+    proc = subprocess.run([sys.executable, "-c", SCORE, "-", "--bundle", str(tiny), "--out",
+                           str(out), "-q"], input=f"{tmp_path}/a\0b.jpg\n{good}\n",
+                          capture_output=True, text=True, timeout=120)
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert proc.returncode == 3, proc.stderr[-1500:]
+    assert [r["status"] for r in rows] == ["not_found", "ok"]
+    assert "NUL byte" in rows[0]["error"]
