@@ -266,3 +266,23 @@ def test_good_and_bad_of_the_same_pictures_are_refused(bundle, sides, tmp_path, 
     assert r.returncode == 2, r.stdout
     assert ("both --good and --bad" if how != "copies" else "same pictures") in r.stderr
     assert (bundle / "anchors.safetensors").read_bytes() == before
+
+
+def test_the_cached_default_bundle_is_restored_not_exported_again(tmp_path):
+    """The same crash state in the bundle cache ($QUASAR_HOME/bundles/<model>), which
+    `quasar anchors` may edit: `quasar score` without --bundle restores it instead of
+    saying there is no cached bundle (or exporting one again)."""
+    DEFAULT_MODEL = "clip-rn50-nopos.openai"  # quasar score's model without --bundle
+    home = tmp_path / "home"
+    cached = rt_helpers.write_tiny_bundle(home / "bundles" / DEFAULT_MODEL)
+    before = {p.name: p.read_bytes() for p in cached.iterdir()}
+    pid = dead_pid()
+    os.rename(cached, cached.parent / f".{cached.name}.{pid}-0badf00d.old")
+    img = tmp_path / "img.png"
+    Image.fromarray(np.full((20, 30, 3), 90, np.uint8)).save(img)
+    env = dict(os.environ, QUASAR_HOME=str(home))
+    r = subprocess.run([PY, "-m", "quasar", "score", str(img), "--out", str(tmp_path / "s.csv")],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr
+    assert {p.name: p.read_bytes() for p in cached.iterdir()} == before
+    assert sorted(p.name for p in cached.parent.iterdir()) == [DEFAULT_MODEL]
