@@ -42,6 +42,17 @@ def test_expand_braces():
     assert expand_braces("{a,b}/x-{0..1}.tar") == ["a/x-0.tar", "a/x-1.tar", "b/x-0.tar", "b/x-1.tar"]
     assert expand_braces("plain.tar") == ["plain.tar"]
     assert expand_braces("{x}.tar") == ["{x}.tar"]
+    import itertools
+    import types
+
+    from quasar.runtime.sources import brace_count, iter_braces
+    it = iter_braces("s-{000..999}-{a,b,c}{x}.tar")
+    assert isinstance(it, types.GeneratorType)
+    assert list(itertools.islice(it, 4)) == ["s-000-a{x}.tar", "s-000-b{x}.tar", "s-000-c{x}.tar",
+                                             "s-001-a{x}.tar"]
+    assert brace_count("s-{000..999}-{a,b,c}{x}.tar") == 3000 == len(expand_braces(
+        "s-{000..999}-{a,b,c}{x}.tar"))
+    assert brace_count("s-{5..1}.tar") == 5 and brace_count("plain") == 1
 
 
 def test_split_member_is_webdataset_rule():
