@@ -1,7 +1,8 @@
 """The ``quasar`` commands: one module per command, each defining ``COMMAND``.
 
-- ``base``: Option / Command, strict parsing ("did you mean --seed?"), help, exit codes,
-  the missing-extra check, a quiet exit when stdout is closed.
+- ``base``: Option / Command, strict parsing ("did you mean --seed?"), choices and ranges
+  checked while parsing, help, exit codes, the missing-extra check, ``-q`` for every command
+  (passed on, or handled by the layer), a quiet exit when stdout is closed.
 - ``options``: options shared by several commands (one name and short flag per concept).
 - ``score``, ``models``, ``export``, ``anchors``, ``evaluate``, ``reproduce``, ``bench``.
 
