@@ -65,6 +65,7 @@ EXTRA_OF_SCHEME = {"hf": "hub", "s3": "s3", "gs": "gcs", "gcs": "gcs", "http": "
                    "https": "remote"}
 SOURCE_JSON = "source.json"
 LOCK_WAIT_S = 3600.0  # how long a second process waits for the first one's download
+ATTEMPTS = 3  # fetches of a bundle that keeps being replaced while it downloads
 MAX_MANIFEST_BYTES = 1 << 20
 _HF_REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _TRUE = ("1", "true", "yes", "on")
@@ -162,28 +163,45 @@ def resolve_bundle(spec: str, *, offline: Optional[bool] = None) -> Path:
     revision the URL names now (fetched, verified and cached first when missing).
 
     Offline: the revision the request resolved to last time, with no network call; a
-    :class:`RemoteBundleError` naming the cache entry when there is none."""
+    :class:`RemoteBundleError` naming the cache entry when there is none. A bundle replaced
+    at its URL while it was being downloaded (a push in progress) is fetched again, at most
+    :data:`ATTEMPTS` times; one that does not verify otherwise is refused."""
     u = parse_bundle_url(spec)
     entry = entry_dir(u)
     if offline_mode(offline):
         return _cached_offline(u, entry)
-    transport = _transport(u)
-    try:
-        rev = transport.revision()
-    except RemoteBundleError as exc:
-        if not getattr(exc, "network", False):
-            raise
+    for attempt in range(1, ATTEMPTS + 1):
+        transport = _transport(u)
         try:
-            cached = _cached_offline(u, entry)
+            rev = transport.revision()
+        except RemoteBundleError as exc:
+            return _fallback(u, entry, exc)
+        target = entry / rev
+        if (target / "bundle" / BUNDLE_JSON).is_file():
+            break
+        try:
+            _fetch_locked(u, transport, target)
+            break
         except RemoteBundleError:
-            raise exc from None
-        log.warning("%s; using the copy cached earlier (%s)", exc, cached)
-        return cached
-    target = entry / rev
-    if not (target / "bundle" / BUNDLE_JSON).is_file():
-        _fetch_locked(u, transport, target)
+            if attempt == ATTEMPTS or not transport.changed():
+                raise
+            log.warning("%s was replaced while it was being downloaded (a push in progress?); "
+                        "fetching the new bundle", u.url)
     _write_ref(_ref_path(entry, u.requested), rev)
     return target / "bundle"
+
+
+def _fallback(u: BundleURL, entry: Path, exc: RemoteBundleError) -> Path:
+    """The server cannot be reached: the copy the request resolved to last time, with a
+    warning (as huggingface_hub does), else the error."""
+    if not getattr(exc, "network", False):
+        raise exc
+    try:
+        cached = _cached_offline(u, entry)
+    except RemoteBundleError:
+        raise exc from None
+    log.warning("%s; using the copy cached earlier (%s)", exc, cached)
+    return cached
 
 
 def _write_ref(ref: Path, rev: str) -> None:
@@ -290,8 +308,10 @@ def _relabel(u: BundleURL, stage: Path, fn: Callable[[], Any]) -> Any:
     except BundleError as exc:
         msg = str(exc).replace(str(stage) + "/", u.url.rstrip("/") + "/")
         msg = msg.replace(str(stage), u.url)
-        raise RemoteBundleError(f"{msg} [refused: the download from {safe_text(u.url)} did "
-                                "not verify; nothing was cached]") from exc
+        raise RemoteBundleError(
+            f"{msg} [refused: the download from {safe_text(u.url)} did not verify - a corrupted "
+            "or tampered file there, or a push in progress (run again); nothing was cached; if "
+            "it persists, ask the publisher to push the bundle again]") from exc
 
 
 # ----------------------------------------------------------------------- transports
@@ -312,6 +332,10 @@ class _Transport:
 
     def cleanup(self, stage: Path) -> None:
         """Remove what the client left in the stage besides the bundle files."""
+
+    def changed(self) -> bool:
+        """Whether the revision the URL names is no longer the one being fetched."""
+        return False
 
 
 def _transport(u: BundleURL) -> _Transport:
@@ -436,6 +460,15 @@ class _FsspecTransport(_Transport):
             raise _network_error(self.u, f"reading {BUNDLE_JSON}", exc) from exc
         self._manifest = raw
         return hashlib.sha256(raw).hexdigest()[:32]
+
+    def changed(self) -> bool:
+        """bundle.json (which pins every file) is not the one the fetch started from."""
+        try:
+            self.fs.invalidate_cache()
+            with self.fs.open(self._rpath(BUNDLE_JSON), "rb") as f:
+                return f.read(MAX_MANIFEST_BYTES + 1) != self._manifest
+        except Exception:  # noqa: BLE001 - gone or unreachable: report the first error
+            return False
 
     def get(self, name: str, stage: Path) -> None:
         dest = stage / name

@@ -9,6 +9,7 @@ import hashlib
 import http.server
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -376,6 +377,40 @@ def test_http_bundle(home, bundle, tmp_path):
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_bundle_replaced_during_download_is_fetched_again(home, bundle, tmp_path):
+    """A push lands between bundle.json and the files: the first copy does not verify, the
+    URL's bundle.json has changed, so the new bundle is fetched; a plain corruption (same
+    bundle.json) is refused (test_s3_tampered...)."""
+    pytest.importorskip("aiohttp")
+    new = rt_helpers.write_tiny_bundle(tmp_path / "new", anchors={
+        "text": rt_helpers.tiny_anchor_sets()["kadis"]})
+    shutil.copytree(bundle, tmp_path / "site" / "b")
+    served = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            super().do_GET()
+            served.append(self.path)
+            if self.path.endswith("/bundle.json") and len(served) == 1:  # the push lands
+                for p in new.iterdir():
+                    shutil.copy(p, tmp_path / "site" / "b" / p.name)
+
+    httpd = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Handler, directory=str(tmp_path / "site")))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        d = _fetch(f"http://127.0.0.1:{httpd.server_address[1]}/b")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert _files(d) == _files(new)
+    assert [p.parent.name for p in d.parent.parent.glob("*/bundle")] == [d.parent.name]
+    _no_partial(home)
 
 
 # ------------------------------------------------------------------------------ push
