@@ -214,3 +214,29 @@ def test_optimize_auto_builds_what_this_cpu_runs_fast(conv, photos, capsys):
     assert run(args + ["--min-srcc", "0.98", "--max-p99-dscore", "0.05"]) == 0
     got = load_bundle(conv).manifest.variants
     assert {v.precision for v in got.values()} == expect and all(v.passed for v in got.values())
+
+
+@pytest.mark.torch
+def test_ladder_of_vit_b_32(vitb32_bundle):
+    """The ladder on the real ViT-B-32 graph, checked against the ONNX graph read here: the
+    patch embedding is the first convolution, the projection is in the head, and the 24
+    activation x activation MatMuls (QK^T and AV of 12 blocks) with LayerNorm and softmax
+    form the transformer group."""
+    import onnx
+    import openvino as ov
+
+    path = vitb32_bundle / "encoder.onnx"
+    m = onnx.load(str(path), load_external_data=False)
+    groups = sensitive_groups(ov.Core().read_model(str(path)), transformer=True)
+    labels = [g.label for g in groups]
+    assert labels[:3] == ["first convolution", "head (attention pool / pooling / projection)",
+                          "LayerNorm / GELU / softmax / attention MatMuls"]
+    convs = [n.name for n in m.graph.node if n.op_type == "Conv"]
+    assert groups[0].names == convs[:1]
+    out = m.graph.output[0].name  # the projection's output; OpenVINO names the op after it
+    producer = next(n for n in m.graph.node if out in n.output)
+    assert producer.op_type == "MatMul" and out in groups[1].names
+    assert any("ln_post" in n for n in groups[1].names)
+    assert len(groups[2].names) == 24 and "MVN" in groups[2].types
+    assert {"Softmax", "SoftMax"} & set(groups[2].types)
+    assert not set(groups[2].names) & set(groups[1].names)
