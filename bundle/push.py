@@ -98,8 +98,12 @@ def _push_hub(b: Bundle, u: BundleURL, *, revision: Optional[str], private: bool
         api.create_repo(u.location, private=private or None, exist_ok=True)
         if revision:
             api.create_branch(u.location, branch=revision, exist_ok=True)
+        info = api.model_info(u.location, revision=revision or "main")
+        if private and not getattr(info, "private", True):
+            log.warning("hf://%s exists and is public: --private applies to new repositories "
+                        "only; it stays public (change it in its settings)", u.location)
         ops += [CommitOperationDelete(path_in_repo=n)
-                for n in _stale(api, u.location, revision, {op.path_in_repo for op in ops})]
+                for n in _stale(info, {op.path_in_repo for op in ops})]
         info = api.create_commit(u.location, operations=ops, commit_message=message,
                                  revision=revision, create_pr=create_pr)
     except Exception as exc:  # noqa: BLE001 - the client's errors, mapped
@@ -108,10 +112,9 @@ def _push_hub(b: Bundle, u: BundleURL, *, revision: Optional[str], private: bool
             "pr_url": getattr(info, "pr_url", None)}
 
 
-def _stale(api: Any, repo: str, revision: Optional[str], keep: set) -> List[str]:
+def _stale(info: Any, keep: set) -> List[str]:
     """Files of the branch that the new bundle does not have (an older bundle's variant...):
     deleted in the same commit, so the repository holds exactly the bundle and its card."""
-    info = api.model_info(repo, revision=revision or "main")
     names = [s.rfilename for s in (getattr(info, "siblings", None) or [])]
     return sorted(n for n in names if n not in keep and n != ".gitattributes")
 

@@ -12,7 +12,8 @@ base64 in the commit, so no LFS / Xet server is needed), ``/commit/{rev}`` (NDJS
 (RepoNotFound, RevisionNotFound, EntryNotFound), so the client raises its own classes.
 
 Test hooks: :meth:`HubServer.publish` (a commit from a dict of files), ``revisions`` (delete
-one to make it disappear), ``private`` + ``token`` (401 without ``Authorization``),
+one to make it disappear), ``private`` + ``token`` (a private repository answers 401
+without ``Authorization: Bearer <token>``; no token set: no check),
 ``cut`` (``{file: n}``: send ``n`` bytes of that file, then stop the server - a server killed
 mid-download), ``delay`` (``{file: seconds}``: a slow download), ``requests`` (every request line, to prove that no network call was made).
 """
@@ -124,7 +125,7 @@ def _handler(hub: HubServer):
                 self._error(404, "RepoNotFound", "Repository not found")
                 return False
             auth = self.headers.get("Authorization", "")
-            if hub.private.get(repo) and auth != f"Bearer {hub.token}":
+            if hub.private.get(repo) and hub.token and auth != f"Bearer {hub.token}":
                 self._error(401, "RepoNotFound", "Invalid credentials in Authorization header")
                 return False
             return True
@@ -148,7 +149,8 @@ def _handler(hub: HubServer):
             sha = hub.resolve(repo, rev)
             if sha is None:
                 return self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
-            self._json(200, {"id": repo, "modelId": repo, "sha": sha, "private": False,
+            self._json(200, {"id": repo, "modelId": repo, "sha": sha,
+                             "private": bool(hub.private.get(repo)),
                              "siblings": [{"rfilename": f} for f in sorted(hub.files(repo, sha))]})
 
         def _resolve(self, repo: str, rev: str, name: str) -> None:

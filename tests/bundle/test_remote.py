@@ -440,6 +440,9 @@ def test_push_to_hub_then_score_from_it(home, bundle, hub, tmp_path, capsys):
     res2 = push(str(bundle), "hf://org/pushed", revision="exp", quiet=True)
     assert hub.revisions["org/pushed"]["exp"] == res2["commit"]
     res3 = push(str(bundle), "hf://org/pushed", create_pr=True, quiet=True)
+    assert hub.private["org/pushed"] is False
+    push(str(bundle), "hf://org/private", private=True, quiet=True)
+    assert hub.private["org/private"] is True
     assert res3["pr_url"] and hub.prs[-1]["sha"] == res3["commit"]
     assert hub.revisions["org/pushed"]["main"] == res1["commit"]  # a PR leaves main alone
 
