@@ -240,3 +240,28 @@ def test_ladder_of_vit_b_32(vitb32_bundle):
     assert len(groups[2].names) == 24 and "MVN" in groups[2].types
     assert {"Softmax", "SoftMax"} & set(groups[2].types)
     assert not set(groups[2].names) & set(groups[1].names)
+
+
+def test_a_passing_candidate_slower_than_fp32_is_refused(conv, photos, monkeypatch):
+    """The search keeps a candidate only when it is faster than fp32: here fp32 is made to
+    time faster (the timing function wrapped so that the fp32 ONNX Runtime session reports
+    10x its images/s); the passing candidate is then refused and the bundle unchanged."""
+    from quasar.export import accuracy_control as ac
+
+    real = ac.img_per_s
+
+    def fp32_looks_faster(run, batches, min_time=ac.MIN_TIMING_S):
+        speed = real(run, batches, min_time)
+        owner = getattr(run, "__self__", None)
+        return speed * 10 if getattr(owner, "backend", "") == "onnxruntime" else speed
+
+    monkeypatch.setattr(ac, "img_per_s", fp32_looks_faster)
+    before = snapshot(conv)
+    res = build_and_measure(conv, precision="int8", backend="openvino",
+                            calibration=str(photos), gate=Gate(0.98, 0.05))
+    assert not res.passed
+    rec = res.report["accuracy_control"]
+    assert any(s["passed"] for s in rec["steps"]) and "not faster than fp32" in rec["stopped"]
+    assert "not faster than fp32" in res.report["failures"][-1]
+    res.report_path.unlink()
+    assert snapshot(conv) == before
