@@ -609,7 +609,8 @@ def bench_variants(cases: str = VARIANT_CASES, variants: str = DEFAULT_VARIANTS,
                                       batch_size=batch_size, threads=threads)
             except (VariantError, MissingDependencyError) as exc:  # e.g. fp16 without CUDA
                 _log(f"{case}: {name} not built: {exc}")
-                runs.append(VariantRun(case, f"{name} (not built: {exc})",
+                why = str(exc).split(";")[0][:90]
+                runs.append(VariantRun(case, f"{name} (not built: {why})",
                                        "fp32" if fast else prec, "-" if fast else be,
                                        [], [], [], []))
                 continue
