@@ -52,6 +52,9 @@ REEXPORT = "re-export the bundle with `quasar export <model> --out <dir>`"
 #: temporaries of a bundle's writers (edit_bundle, replace_directory, quasar optimize); all
 #: made while the bundle's lock is held, so under the lock any of them is a killed writer's
 WRITER_TEMPS = ("edit", "old", "optimize")
+#: a new bundle being written (export's write_bundle, under the lock; but a bundle fetched
+#: from a URL is written the same way without it): removed only when its process is gone
+BUILD_TEMPS = ("tmp",)
 _ANNOUNCED: set = set()  # bundles whose random-weights banner this process has printed
 
 
@@ -305,11 +308,10 @@ def sweep_bundle(path: PathLike, *, locked: bool = False) -> int:
     not that writer); otherwise only those whose writer process is gone, and only when the
     lock is free. Never this process's own. Returns how many were removed."""
     real = Path(os.path.realpath(Path(path).expanduser()))
-    temps = [(p, pid) for p, pid, _ in temp_siblings(real, WRITER_TEMPS)
-             if pid != os.getpid()]  # this process's own are in use (an optimize work folder)
-    if not locked:
-        temps = [(p, pid) for p, pid in temps if not pid_alive(pid)]
-    if not temps or not os.path.isdir(real):
+    temps = [(p, pid) for p, pid, tag in temp_siblings(real, WRITER_TEMPS + BUILD_TEMPS)
+             if pid != os.getpid()  # this process's own are in use (an optimize work folder)
+             and not ((not locked or tag in BUILD_TEMPS) and pid_alive(pid))]
+    if not temps:
         return 0
     try:
         with bundle_lock(real):
@@ -379,11 +381,18 @@ def finalise(bundle_dir: PathLike, manifest: BundleManifest) -> BundleManifest:
 def write_bundle(out_dir: PathLike, *, overwrite: bool = False) -> Iterator[Path]:
     """``with write_bundle(out) as work:`` write the files into ``work``, then call
     :func:`finalise`; the directory appears at ``out`` atomically when the block succeeds
-    (an existing one is replaced only with ``overwrite``); on failure nothing is left."""
-    with atomic_dir(out_dir, overwrite=overwrite, exists_error=BundleExistsError) as work:
-        yield work
-        if not (work / BUNDLE_JSON).is_file():
-            raise BundleError(f"{out_dir}: no {BUNDLE_JSON} was written (call finalise())")
+    (an existing one is replaced only with ``overwrite``); on failure nothing is left. The
+    bundle's writers' lock is held meanwhile (an export over a bundle that `quasar anchors`
+    or `quasar optimize` is changing is refused, naming that process), and what killed
+    writers left beside ``out`` is removed first."""
+    target = Path(out_dir).expanduser().absolute()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with bundle_lock(target):
+        sweep_bundle(target, locked=True)
+        with atomic_dir(target, overwrite=overwrite, exists_error=BundleExistsError) as work:
+            yield work
+            if not (work / BUNDLE_JSON).is_file():
+                raise BundleError(f"{out_dir}: no {BUNDLE_JSON} was written (call finalise())")
 
 
 class BundleEditor:

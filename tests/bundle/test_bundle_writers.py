@@ -214,8 +214,10 @@ def test_leftovers_of_killed_writers_are_removed_by_the_next_command(bundle, tmp
     the same (b.x), stay."""
     dead, live = dead_pid(), os.getpid()
     parent = bundle.parent
-    gone = [f".b.{dead}-aaaa1111.edit", f".b.{dead}-aaaa2222.optimize", f".b.{dead}-aaaa3333.old"]
-    kept = [f".b.x.{dead}-aaaa4444.edit", f".b.{live}-aaaa5555.optimize", ".b.notours.edit"]
+    gone = [f".b.{dead}-aaaa1111.edit", f".b.{dead}-aaaa2222.optimize", f".b.{dead}-aaaa3333.old",
+            f".b.{dead}-aaaa6666.tmp"]  # ... and a killed export's new bundle
+    kept = [f".b.x.{dead}-aaaa4444.edit", f".b.{live}-aaaa5555.optimize", ".b.notours.edit",
+            f".b.{live}-aaaa7777.tmp"]
     for name in gone + kept:
         (parent / name).mkdir()
         (parent / name / "encoder.xml").write_bytes(b"\0" * 4096)
@@ -286,3 +288,31 @@ def test_the_cached_default_bundle_is_restored_not_exported_again(tmp_path):
     assert r.returncode == 0, r.stderr
     assert {p.name: p.read_bytes() for p in cached.iterdir()} == before
     assert sorted(p.name for p in cached.parent.iterdir()) == [DEFAULT_MODEL]
+
+
+def test_export_over_a_bundle_being_edited_is_refused(bundle, tmp_path):
+    """write_bundle (quasar export --overwrite) holds the same lock: while another process
+    edits the bundle, the export is refused naming it, and the bundle is left as it is;
+    a killed export's half-written bundle beside the target goes at the next export."""
+    from quasar.bundle import write_bundle
+    from quasar.errors import OutputLockedError
+
+    before = {p.name: p.read_bytes() for p in bundle.iterdir()}
+    holder = subprocess.Popen([PY, "-c", HOLD_LOCK, str(bundle), "30"], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        with pytest.raises(OutputLockedError, match=f"process {holder.pid}"):
+            with write_bundle(bundle, overwrite=True):
+                raise AssertionError("must not get here")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert {p.name: p.read_bytes() for p in bundle.iterdir()} == before
+    stale = bundle.parent / f".b.{dead_pid()}-0000abcd.tmp"
+    stale.mkdir()
+    (stale / "encoder.onnx").write_bytes(b"half an export")
+    with pytest.raises(RuntimeError):
+        with write_bundle(bundle, overwrite=True):
+            raise RuntimeError("an export that fails")
+    assert siblings(bundle) == ["b"]
