@@ -123,21 +123,35 @@ def resolve_paths(paths: Sequence[str], score_file: str, root=None) -> List[str]
     return out
 
 
+def _file_id(p: str):
+    """What makes two names one file: (device, inode), else the real path."""
+    try:
+        st = os.stat(p)
+        return ("ino", st.st_dev, st.st_ino)
+    except OSError:
+        return ("path", os.path.realpath(p))
+
+
 def shared_files(a: Sequence[str], b: Sequence[str]) -> List[Tuple[str, str]]:
     """``(path in a, path in b)`` for every file that ``a`` and ``b`` both reach, whatever
     the names: the same (device, inode) - a symlinked folder, a hard link, ``..`` - or the
     same real path."""
-    def ident(p: str):
-        try:
-            st = os.stat(p)
-            return ("ino", st.st_dev, st.st_ino)
-        except OSError:
-            return ("path", os.path.realpath(p))
-
     first = {}
     for p in a:
-        first.setdefault(ident(p), p)
-    return [(first[ident(p)], p) for p in b if ident(p) in first]
+        first.setdefault(_file_id(p), p)
+    return [(first[_file_id(p)], p) for p in b if _file_id(p) in first]
+
+
+def _repeated_files(paths: Sequence[str]) -> List[Tuple[str, str]]:
+    """``(first name, later name)`` of every file that ``paths`` list more than once."""
+    first, out = {}, []
+    for p in paths:
+        k = _file_id(p)
+        if k in first:
+            out.append((first[k], p))
+        else:
+            first[k] = p
+    return out
 
 
 def list_sha256(labels: Sequence[str], paths: Sequence[str]) -> str:
@@ -380,9 +394,12 @@ def prepare_inputs(*, good: Optional[Spec] = None, bad: Optional[Spec] = None,
         rel = [t.paths[i] for i in np.flatnonzero(keep)]
         y = vals[keep]
         paths = resolve_paths(rel, scores, root)
-        if len(set(paths)) != len(paths):
-            raise DatasetError(f"{scores}: some images are listed more than once; keep one row "
-                               "(one score) per image")
+        twice = _repeated_files(paths)
+        if twice:
+            raise DatasetError(f"{scores}: {len(twice)} images are listed more than once (the "
+                               "same file under one name, or reached by two - a link; first: "
+                               f"{twice[0][0]} = {twice[0][1]}); keep one row (one score) per "
+                               "image")
         labels = [repr(float(v)) for v in y]
         return paths, y, labels, {"scores_file": os.path.basename(scores), "score_column": col,
                                   "split": split or "median"}

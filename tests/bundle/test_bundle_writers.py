@@ -316,3 +316,22 @@ def test_export_over_a_bundle_being_edited_is_refused(bundle, tmp_path):
         with write_bundle(bundle, overwrite=True):
             raise RuntimeError("an export that fails")
     assert siblings(bundle) == ["b"]
+
+
+def test_scores_listing_one_file_under_two_names_is_refused(bundle, sides, tmp_path):
+    """The --scores way of issue 17 #19: one picture rated twice under two names (a hard
+    link) could land on both sides of the split. Refused, naming both names."""
+    imgs = sorted((sides / "good").iterdir()) + sorted((sides / "bad").iterdir())
+    twin = tmp_path / "twin.png"
+    os.link(imgs[0], twin)
+    table = tmp_path / "ratings.csv"
+    table.write_text("path,mos\n" + "".join(f"{p},{i}\n" for i, p in enumerate(imgs))
+                     + f"{twin},9\n")
+    before = (bundle / "anchors.safetensors").read_bytes()
+    r = quasar("anchors", bundle, "--scores", table, "--name", "rated", "--holdout", "0")
+    assert r.returncode == 2, r.stdout
+    assert "listed more than once" in r.stderr and str(twin) in r.stderr, r.stderr
+    assert (bundle / "anchors.safetensors").read_bytes() == before
+    table.write_text("path,mos\n" + "".join(f"{p},{i}\n" for i, p in enumerate(imgs)))
+    r = quasar("anchors", bundle, "--scores", table, "--name", "rated", "--holdout", "0")
+    assert r.returncode == 0, r.stderr
