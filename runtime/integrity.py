@@ -17,10 +17,14 @@ from quasar.text import safe_text
 
 from .writers import RUN_SUFFIX
 
-#: Fields of the identity that must match for ``--resume`` (``quasar_version`` is recorded
-#: and a difference only warned about: an upgrade must not strand a half-done run).
-IDENTITY_KEYS = ("bundle_sha256", "model", "resolution", "anchors", "precision", "backend",
-                 "variant", "fast_decode")
+#: The fields of a run identity that must match for ``--resume`` (local outputs and Ray parts
+#: alike), each with the value an output written before the field existed is taken to have.
+#: ``quasar_version`` is recorded and a difference only warned about (an upgrade must not
+#: strand a half-done run); the bundle's URL and revision are recorded, not compared.
+IDENTITY: Dict[str, Any] = {"bundle_sha256": None, "model": None, "resolution": None,
+                            "anchors": None, "precision": "fp32", "backend": "onnxruntime",
+                            "variant": None, "fast_decode": False, "input": None}
+IDENTITY_KEYS = tuple(IDENTITY)
 
 
 # --------------------------------------------------------------------------- identity
@@ -35,20 +39,33 @@ def quasar_version() -> str:
 
 def run_identity(scorer: Any, precision: str = "fp32") -> Dict[str, Any]:
     """What decides the numbers of a run: bundle content, model, resolution, anchor sets,
-    precision, plus the quasar version that wrote it."""
-    bundle = getattr(scorer, "bundle", None)
-    sha = getattr(bundle, "sha256", "") if bundle is not None else ""
+    precision, plus the quasar version that wrote it (of a built Scorer)."""
     info = getattr(scorer, "run_info", None) or {}
+    return identity_of(getattr(scorer, "bundle", None),
+                       model=str(getattr(getattr(scorer, "manifest", None), "model", "")),
+                       resolution=getattr(scorer, "resolution", ""),
+                       anchors=getattr(scorer, "anchor_names", []),
+                       precision=getattr(scorer, "precision", precision) or precision,
+                       backend=info.get("backend"), variant=info.get("variant"),
+                       fast_decode=info.get("fast_decode", False))
+
+
+def identity_of(bundle: Any, *, model: str, resolution: Any, anchors: Sequence[str],
+                precision: str, backend: Optional[str], variant: Optional[str],
+                fast_decode: bool) -> Dict[str, Any]:
+    """The run identity from its parts: :func:`run_identity` for a built Scorer, and the Ray
+    driver, which resolves the encoder without building one (quasar.runtime.ray)."""
+    sha = getattr(bundle, "sha256", "") if bundle is not None else ""
     return {
         "bundle_sha256": str(sha),
-        "model": str(getattr(getattr(scorer, "manifest", None), "model", "")),
-        "resolution": str(getattr(scorer, "resolution", "")),
-        "anchors": list(getattr(scorer, "anchor_names", [])),
-        "precision": str(getattr(scorer, "precision", precision) or precision),
+        "model": str(model),
+        "resolution": str(resolution),
+        "anchors": list(anchors),
+        "precision": str(precision),
         # which encoder file and decoder produced the numbers (quasar optimize variants)
-        "backend": str(info.get("backend") or "onnxruntime"),
-        "variant": info.get("variant") or None,
-        "fast_decode": bool(info.get("fast_decode", False)),
+        "backend": str(backend or "onnxruntime"),
+        "variant": variant or None,
+        "fast_decode": bool(fast_decode),
         "random_init": bool(getattr(bundle, "random_init", False)),  # quasar report warns
         "quasar_version": quasar_version(),
         # a bundle fetched by URL: where from and which revision (the Hub commit); recorded,
@@ -83,8 +100,9 @@ def read_run_sidecar(path: str) -> Optional[Dict[str, Any]]:
 
 
 def identity_differences(old: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
-    return [f"{k}: {old.get(k)!r} in the file, {new.get(k)!r} now"
-            for k in IDENTITY_KEYS if old.get(k) != new.get(k)]
+    """Each compared field (:data:`IDENTITY`) that differs, in words."""
+    return [f"{k}: {old.get(k, d)!r} in the file, {new.get(k, d)!r} now"
+            for k, d in IDENTITY.items() if old.get(k, d) != new.get(k, d)]
 
 
 def check_resume_identity(what: str, old: Optional[Dict[str, Any]], new: Dict[str, Any],

@@ -54,6 +54,17 @@ class RunStats:
     def images_per_s(self) -> float:
         return self.total / self.seconds if self.seconds > 0 else 0.0
 
+    def summary(self, out=None, where: str = "") -> str:
+        """The one-line summary both engines end with: counts by status, ``where`` (what the
+        engine adds: skipped rows, parts), rate, destination."""
+        from quasar.text import safe_text
+
+        failed = ", ".join(f"{k}: {v}" for k, v in sorted(self.by_status.items()) if k != STATUS_OK)
+        return (f"quasar score: {self.scored} scored, {self.failed} failed"
+                + (f" ({failed})" if failed else "") + where
+                + f"; {self.total} images in {self.seconds:.1f} s ({self.images_per_s:.1f} "
+                  "images/s)" + (f" -> {safe_text(out)}" if out else ""))
+
 
 def item_id(item: Any) -> str:
     """The identity written in a row's ``path`` column: a path, or a sample's ``id``."""

@@ -1,4 +1,6 @@
 """``quasar score``: images -> one row per input (CSV on stdout, or --out .csv/.jsonl/.parquet)."""
+from quasar.constants import BACKENDS, ENGINES, INPUT_TYPES, RUNTIME_PRECISIONS
+
 from . import options as O
 from .base import Command, opt
 
@@ -34,21 +36,21 @@ COMMAND = Command(
             ".safetensors) plus <stem>.paths.txt; --engine ray: a directory, one "
             "<part>.npy + <part>.paths.txt per part", metavar="FILE"),
         opt("max_pixels", "refuse images with more pixels (decompression-bomb limit; 0: no "
-            "limit)", metavar="N", type=O.integer, default_text="89478485, as Pillow"),
+            "limit)", metavar="N", type=O.integer, minimum=0, default_text="89478485, as Pillow"),
         O.THREADS,
         opt("group_factor", "variable-shape resolutions: group batch-size x N inputs by shape",
-            short="-g", metavar="N", type=O.integer),
+            short="-g", metavar="N", type=O.integer, minimum=1),
         opt("precision", "encoder precision: a variant from `quasar optimize` that passed its "
             "agreement gate; auto = the fastest gated variant this hardware runs fast",
-            metavar="P", choices=("fp32", "int8", "bf16", "fp16", "auto")),
-        opt("backend", "inference backend", metavar="NAME", choices=("onnxruntime", "openvino"),
+            metavar="P", choices=RUNTIME_PRECISIONS),
+        opt("backend", "inference backend", metavar="NAME", choices=BACKENDS,
             default_text="the variant's, else onnxruntime"),
         opt("fast_decode", "DCT-scaled JPEG decoding, once `quasar optimize --fast-decode` "
             "gated it"),
         # dataset files (WebDataset .tar shards, Parquet) - docs/scale.md
         opt("input_type", "how to read input files: auto (by extension: .tar shards, .parquet "
             "files, anything else an image) or force one kind", metavar="KIND",
-            choices=("auto", "image", "webdataset", "parquet")),
+            choices=INPUT_TYPES),
         opt("image_key", "WebDataset: the image member's extension(s), first match wins",
             metavar="EXTS"),
         opt("image_column", "Parquet: the column of encoded image bytes (or image paths)",
@@ -57,15 +59,17 @@ COMMAND = Command(
             default_text="the row number"),
         # the Ray engine - docs/scale.md
         opt("engine", "local (this machine) or ray (Ray Data; --out is then a directory of "
-            "Parquet parts; needs quasar[ray])", metavar="NAME", choices=("local", "ray")),
+            "Parquet parts; needs quasar[ray])", metavar="NAME", choices=ENGINES),
         opt("address", "--engine ray: the Ray cluster (auto, HOST:PORT)", metavar="ADDR",
             default_text="start a local Ray"),
         opt("gpus_per_worker", "--engine ray: GPUs per scoring actor (> 0: ONNX Runtime on "
-            "CUDA); --workers is then the number of actors", metavar="X", type=float),
+            "CUDA); --workers is then the number of actors", metavar="X", type=O.number,
+            minimum=0),
         opt("decode_cpus", "--engine ray: CPUs reserved per actor for its decoding threads",
-            metavar="X", type=float),
+            metavar="X", type=O.number, above=0),
         opt("files_per_part", "--engine ray: loose image files per output part", metavar="N",
-            type=O.integer),
+            type=O.integer, minimum=1),
+        opt("verbose", "also show Ray's own log lines (--engine ray)"),
     ],
     examples=["quasar score photos/ 'more/**/*.jpg' @list.txt -o scores.csv",
               "find /data -name '*.png' | quasar score - -o s.jsonl --save-embeddings e.npy",

@@ -135,6 +135,7 @@ class FakeScorer:
     def __init__(self, shape=(8, 8), max_pixels: int = 10_000_000, fail_embed_shape=None):
         self.shape = shape
         self.resolution = "224" if shape else "native"
+        self.fixed_size = tuple(shape) if shape else None  # Scorer.fixed_size
         self.max_pixels = max_pixels
         self.fail_embed_shape = fail_embed_shape  # (H, W) inputs whose inference fails
         self.batches: List[tuple] = []

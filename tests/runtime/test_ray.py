@@ -477,9 +477,9 @@ def test_cli_starts_and_stops_its_own_ray(tmp_path, ray_address, tiny):
                            str(tiny), "--out", str(out), "--engine", "ray"],
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    # Ray Data's own core_worker line about actor constructor arguments (ray#53727) aside
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and "RANDOMLY" not in ln
-             and "has constructor arguments in the object store" not in ln]
+    # no Ray noise (its "E ... core_worker.cc" notice of ray#53727 is dropped unless
+    # --verbose): the summary only, beside the random-weights banner
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and "RANDOMLY" not in ln]
     assert len(lines) == 1 and lines[0].startswith("quasar score: 6 scored, 0 failed"), lines
     assert Counter(r["path"] for r in _part_rows(out)) == Counter(list(expected))
     time.sleep(1)
