@@ -357,7 +357,8 @@ def test_score_body_functions_stay_short():
     import ast
 
     root = Path(__file__).resolve().parents[2] / "runtime"
-    files = [root / "cli.py", root / "job.py"] + sorted((root / "ray").glob("*.py"))
+    files = [f for f in [root / "cli.py", root / "job.py", root / "ray.py"] if f.exists()]
+    files += sorted((root / "ray").glob("*.py"))
     long = []
     for f in files:
         for n in ast.walk(ast.parse(f.read_text())):
