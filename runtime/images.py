@@ -187,6 +187,9 @@ def _isobmff_format(fp: Any) -> Optional[Tuple[str, str]]:
     try:
         if isinstance(fp, io.BytesIO):
             head = fp.getvalue()[:64]
+        elif hasattr(fp, "read"):  # a file we opened: never reopened by name
+            fp.seek(0)
+            head = fp.read(64)
         else:
             with open(fp, "rb") as f:
                 head = f.read(64)
@@ -229,12 +232,10 @@ def open_image(src: ImageInput, *, apply_exif: bool = False,
         img = array_to_pil(src, name)
         _check_size(name, img, max_pixels)
     else:
+        path: Optional[Path] = None
         if isinstance(src, (str, os.PathLike)):
             path = Path(src)
-            if check_path(path).st_size == 0:
-                raise EmptyImageError(f"{name}: the file is empty (0 bytes); re-download or "
-                                      "re-copy it")
-            fp: Any = path
+            fp: Any = _open_path(path, name)
         elif isinstance(src, (bytes, bytearray, memoryview)):
             if len(src) == 0:
                 raise EmptyImageError(f"{name}: empty bytes input; pass the encoded image file")
@@ -246,31 +247,13 @@ def open_image(src: ImageInput, *, apply_exif: bool = False,
             )
         _raise_pillow_limit(max_pixels)
         try:
-            img = Image.open(fp)
-        except Image.DecompressionBombError as exc:
-            raise ImageTooLargeError(
-                f"{name}: {exc}. If you trust this file, raise the limit: max_pixels=... "
-                "(CLI: --max_pixels)."
-            ) from exc
-        except UnidentifiedImageError as exc:
-            fmt = _isobmff_format(fp)
-            if fmt is not None:
-                raise NotAnImageError(
-                    f"{name}: {'an' if fmt[0][0] in 'AEIOU' else 'a'} {fmt[0]} image, which "
-                    "this Pillow cannot decode without a "
-                    f"plugin; install it (pip install {fmt[1]}) or convert the file to "
-                    "JPEG/PNG"
-                ) from exc
-            raise NotAnImageError(
-                f"{name}: not an image (Pillow recognises no image format in it); check that "
-                "the file is really an image and not text, HTML or a partial download"
-            ) from exc
-        except PermissionError as exc:
-            raise PermissionDeniedError(f"{name}: permission denied ({exc.strerror}); check "
-                                        "the file's permissions") from exc
-        except OSError as exc:
-            raise ReadError(f"{name}: cannot read the file ({exc.strerror or exc}); check the "
-                            "disk and that the file is an image") from exc
+            img = _pillow_open(fp, name)
+        except BaseException:
+            if path is not None:
+                fp.close()
+            raise
+        if path is not None:  # ours to close, as when Pillow opens a path itself: after
+            img._exclusive_fp = True  # loading a single frame, or by img.close()
         try:
             _check_size(name, img, max_pixels)
             if draft and img.format == "JPEG":
@@ -291,6 +274,66 @@ def open_image(src: ImageInput, *, apply_exif: bool = False,
     if img.width == 0 or img.height == 0:
         raise EmptyImageError(f"{name}: the image has no pixels ({img.width}x{img.height})")
     return img
+
+
+def _open_path(path: Path, name: str) -> Any:
+    """The file at ``path`` opened for Pillow: :func:`check_path` first (the specific row
+    status), then opened with ``O_NONBLOCK`` and checked again with ``fstat`` - a file
+    replaced by a FIFO between the two can neither block the run nor be read."""
+    check_path(path)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) \
+        | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except PermissionError as exc:
+        raise PermissionDeniedError(f"{name}: permission denied ({exc.strerror}); check the "
+                                    "file's permissions") from None
+    except OSError as exc:
+        raise ReadError(f"{name}: cannot open the file ({exc.strerror or exc}); check the "
+                        "disk and that it still exists") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotAFileError(f"{name}: not a regular file any more (replaced after it was "
+                                "checked, e.g. by a FIFO); not read - check what changes the "
+                                "folder during the run")
+        if st.st_size == 0:
+            raise EmptyImageError(f"{name}: the file is empty (0 bytes); re-download or "
+                                  "re-copy it")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _pillow_open(fp: Any, name: str) -> Image.Image:
+    """``Image.open`` with its failures as our errors."""
+    try:
+        return Image.open(fp)
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(
+            f"{name}: {exc}. If you trust this file, raise the limit: max_pixels=... "
+            "(CLI: --max_pixels)."
+        ) from exc
+    except UnidentifiedImageError as exc:
+        fmt = _isobmff_format(fp)
+        if fmt is not None:
+            raise NotAnImageError(
+                f"{name}: {'an' if fmt[0][0] in 'AEIOU' else 'a'} {fmt[0]} image, which "
+                "this Pillow cannot decode without a "
+                f"plugin; install it (pip install {fmt[1]}) or convert the file to "
+                "JPEG/PNG"
+            ) from exc
+        raise NotAnImageError(
+            f"{name}: not an image (Pillow recognises no image format in it); check that "
+            "the file is really an image and not text, HTML or a partial download"
+        ) from exc
+    except PermissionError as exc:
+        raise PermissionDeniedError(f"{name}: permission denied ({exc.strerror}); check "
+                                    "the file's permissions") from exc
+    except OSError as exc:
+        raise ReadError(f"{name}: cannot read the file ({exc.strerror or exc}); check the "
+                        "disk and that the file is an image") from exc
 
 
 # --------------------------------------------------------------------------- preprocessing

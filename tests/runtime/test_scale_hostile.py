@@ -509,3 +509,31 @@ def test_tar_reader_agrees_with_tarfile_on_real_tar_archives(tmp_path, fmt):
                 want[f"{shard}#{split_member(m.name)[0]}"] = t.extractfile(m).read()
     got = {s.id: s.data for s in iter_tar_samples(str(shard)) if s.status == "ok"}
     assert got == want and len(got) == len(names) - 1
+
+
+SWAP = textwrap.dedent("""
+    import os, sys
+    import quasar.runtime.images as im
+    path = sys.argv[1]
+    real = im.check_path
+
+    def check_then_swap(p):            # the race: the file passes the check, then becomes
+        st = real(p)                   # a FIFO before it is opened
+        os.remove(path)
+        os.mkfifo(path)
+        return st
+    im.check_path = check_then_swap
+    try:
+        im.open_image(path)
+    except Exception as exc:
+        print(type(exc).__name__, getattr(exc, "status", ""), exc)
+""")
+
+
+def test_loose_image_swapped_for_a_fifo_after_the_check_never_blocks(tmp_path):
+    p = tmp_path / "x.jpg"
+    p.write_bytes(sh.image_bytes(1))
+    proc = subprocess.run([sys.executable, "-c", SWAP, str(p)], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.stdout.startswith("NotAFileError not_a_file"), proc.stdout + proc.stderr[-1500:]
+    assert "not a regular file any more" in proc.stdout
