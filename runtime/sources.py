@@ -12,26 +12,35 @@ key ``dir/000123`` (the path up to the first dot of the basename) and extension 
 (lower-cased); consecutive members with the same key form one sample. The image member is
 the first of the ``image_keys`` extensions present (``jpg;png;webp`` by default, like
 ``to_tuple("jpg;png;webp")``); the other members (``.json``, ``.txt``...) are skipped without
-being read. Meta members (``__key__``-style names) are ignored.
+being read. Every member is accounted for: directories and meta members (``__key__``-style
+names) hold no sample; a name without an extension or a hidden one is a sample of its own
+(it gets a row: no image member); a link / FIFO / device member in the image's place gets a
+``not_a_file`` row (links are not followed).
 
-Why the standard library's ``tarfile`` and not the ``webdataset`` package: reading a local
-shard needs only the streaming ``tarfile`` mode (``r|``: one pass, one member in memory),
-the grouping rule is ten lines, and the runtime stays lean (``webdataset`` would bring
-``braceexpand``, ``pyyaml`` and its own handler conventions). We also need what
-``webdataset`` does not give: a truncated shard or a corrupt header must become a row that
-names the shard and the last key, never a silently shorter shard (``tarfile`` treats a bad
-header after the first member as the end of the archive; :func:`iter_tar_samples` checks
-that the archive really ends with its end-of-archive blocks).
+Why our own header loop and not the ``webdataset`` package or ``tarfile``'s streaming mode:
+a local shard needs one pass over 512-byte headers (``tarfile.TarInfo.frombuf`` parses one)
+and a ten-line grouping rule, and the runtime stays lean (``webdataset`` would bring
+``braceexpand``, ``pyyaml`` and its own handler conventions). We need what neither gives: a
+truncated shard or a corrupt header must become a row that names the shard and the last key,
+never a silently shorter shard (``tarfile`` treats a bad header after the first member as the
+end of the archive); a GNU long-name or PAX header is read only up to ``MAX_HEADER_BYTES``
+(``tarfile`` reads any declared size into memory, and the member after a refused one would
+lose its name); data after the end-of-archive marker (``cat a.tar b.tar``) is read on, like
+GNU tar's ``--ignore-zeros``.
 
-Streaming, flat memory: a tar is read member by member (``tarfile`` keeps every
-``TarInfo`` it has seen unless told otherwise; the list is cleared as we go), a Parquet file
-row group by row group in small record batches (pyarrow ``iter_batches``).
+Bounded memory: a tar member over ``MAX_MEMBER_BYTES`` is never read; a Parquet page of the
+image column is checked from its header before pyarrow decompresses it, and each cell's
+length before it is copied (:func:`iter_parquet_samples`); only 8-byte digests of the row ids
+seen are kept (:class:`UniqueIds`: ids are unique within a file, so ``--resume`` never
+mistakes one sample for another). A FIFO, socket or device named like a dataset file is
+never opened (:func:`open_regular`).
 
-Failures never lose a shard: a missing or unreadable shard, a member cut short, a sample
-without an image member, an unreadable Parquet row group each become a :class:`Sample`
-that already carries its status and message (the same statuses as loose files:
-``not_found``, ``empty_file``, ``truncated``, ``read_error``, ``too_large``); corrupt image
-bytes fail later, in decoding, exactly as a corrupt loose file does.
+Failures never lose a shard: a missing, unreadable or non-regular shard, a member cut short,
+a sample without an image member, an unreadable Parquet row group, a Parquet file whose
+columns do not fit the options each become a :class:`Sample` that already carries its status
+and message (the same statuses as loose files: ``not_found``, ``not_a_file``,
+``empty_file``, ``truncated``, ``read_error``, ``too_large``; ``source_error``); corrupt
+image bytes fail later, in decoding, exactly as a corrupt loose file does.
 """
 from __future__ import annotations
 
