@@ -683,6 +683,10 @@ def _tar_samples(scan: _TarScanner, keys: Tuple[str, ...], cap: int) -> Iterator
             _read_image(scan, group, m, ext, cap)
     if group is not None:
         yield group.sample(shard, ids(group.key), keys, index)
+    elif index == 0:  # never silently nothing: an empty archive is a row too
+        yield _failed(shard, ids("@0"), "empty_file",
+                      f"{shard}: the shard holds no samples (an empty tar archive, or only "
+                      "directories and __meta__ members); check how it was written", 0)
     if ids.repeats:
         log.warning("%s: %d samples repeat a key seen before in this shard; their rows are "
                     "named <key>.dup2, .dup3... (docs/scale.md)", safe_text(shard), ids.repeats)
@@ -990,6 +994,10 @@ class _ParquetRows:
                               f"cannot be read ({type(exc).__name__}: {exc}); the file is "
                               "corrupt - re-download or re-copy it", self.index)
                 self.index += 1
+        if self.index == 0:  # never silently nothing: a file without rows is a row too
+            yield _failed(self.file, self.ids("@0"), "empty_file",
+                          f"{self.file}: the Parquet file has no rows; check how it was "
+                          "written", 0)
         if self.ids.repeats:
             log.warning("%s: %d rows repeat an id seen before in this file; they are named "
                         "<id>.dup2, .dup3... (docs/scale.md)", safe_text(self.file),

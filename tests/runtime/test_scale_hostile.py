@@ -537,3 +537,17 @@ def test_loose_image_swapped_for_a_fifo_after_the_check_never_blocks(tmp_path):
                           timeout=60)
     assert proc.stdout.startswith("NotAFileError not_a_file"), proc.stdout + proc.stderr[-1500:]
     assert "not a regular file any more" in proc.stdout
+
+
+def test_empty_archive_and_parquet_without_rows_are_rows(tmp_path):
+    """Never silently nothing: a valid tar with no sample and a Parquet file with no row."""
+    from quasar.runtime.sources import iter_parquet_samples, iter_tar_samples
+    empty = sh.write_raw_tar(tmp_path / "empty.tar", [])
+    dirs = sh.write_raw_tar(tmp_path / "dirs.tar", [(sh.header("d/", 0, tarfile.DIRTYPE), b"")])
+    for t in (empty, dirs):
+        got = list(iter_tar_samples(str(t)))
+        assert [(s.id, s.status) for s in got] == [(f"{t}#@0", "empty_file")]
+        assert "holds no samples" in got[0].error
+    f = sh.write_parquet(tmp_path / "none.parquet", {"image": pa.array([], pa.binary())})
+    got = list(iter_parquet_samples(str(f)))
+    assert [(s.id, s.status) for s in got] == [(f"{f}#@0", "empty_file")]
