@@ -425,7 +425,7 @@ def _victim(tmp_path: Path, fmt: str) -> Path:
     return v
 
 
-REACH = ["glob", "folder", "stdin", "list", "symlink", "hardlink"]
+REACH = ["glob", "folder", "stdin", "list", "symlink", "hardlink", "brace"]
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
@@ -453,7 +453,8 @@ def test_overwrite_never_replaces_an_input_however_reached(bundle, tmp_path, cap
     listed = f"{tmp_path / 'in' / 'a.png'}\n{victim}\n"
     spec = {"glob": str(tmp_path / "in" / "*"), "folder": str(tmp_path / "in"), "stdin": "-",
             "list": f"@{tmp_path / 'list.txt'}", "symlink": str(tmp_path / "ln"),
-            "hardlink": str(tmp_path / "hl" / "*")}[way]
+            "hardlink": str(tmp_path / "hl" / "*"),
+            "brace": str(victim.parent / ("{zz," + victim.stem + "}" + victim.suffix))}[way]
     (tmp_path / "list.txt").write_text(listed)
     monkeypatch.setattr(sys, "stdin", io.StringIO(listed))
     capsys.readouterr()

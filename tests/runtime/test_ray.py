@@ -506,6 +506,7 @@ def test_output_dir_holding_an_input_is_refused(tmp_path, tiny, data, monkeypatc
             "uid", "--quiet"]
     cases = [([str(x)], src, ["--overwrite"]),            # named, inside --out
              ([str(src / "*.parquet")], src, ["--overwrite"]),   # glob
+             ([str(src / "{x,zz}.parquet")], src, ["--overwrite"]),  # brace pattern
              ([str(tmp_path / "lnk.parquet")], src, ["--overwrite"]),  # symlink into --out
              ([f"@{tmp_path / 'list.txt'}"], src, ["--resume"]),     # @list
              (["-"], src, ["--overwrite"]),                        # stdin
