@@ -13,7 +13,7 @@ level stops after ``--requests`` requests or ``--seconds`` seconds, whichever co
 Reported per server and level: throughput (images/s), p50 / p99 latency, errors (any
 answer but 200 with status ok), the batch-size histogram (from ``/metrics``; LitServe has
 none); for ``quasar serve`` also its RSS over ``--rss-requests`` requests at 8 clients
-(sampled every 500). Without ``--bundle`` a random-init clip-rn50-nopos bundle is exported
+(sampled 20 times). Without ``--bundle`` a random-init clip-rn50-nopos bundle is exported
 once (needs the export extra) into ``--workdir``.
 """
 from __future__ import annotations
@@ -75,7 +75,9 @@ def offline(bundle: str, paths: List[Path], args) -> Dict[str, Any]:
     lst.write_text("".join(f"{p}\n" for _ in range(reps) for p in paths))
     r = subprocess.run([QUASAR, "score", f"@{lst}", "--bundle", bundle, "--batch-size",
                         str(args.max_batch_size), "--out", str(Path(args.workdir) / "o.csv"),
-                        "--overwrite"], capture_output=True, text=True)
+                        "--overwrite",
+                        *(["--threads", str(args.threads)] if args.threads else [])],
+                       capture_output=True, text=True)
     m = re.search(r"(\d+) images in ([\d.]+) s \(([\d.]+) images/s\)", r.stderr)
     if r.returncode != 0 or m is None:
         raise RuntimeError("quasar score failed:\n" + r.stderr)
@@ -89,9 +91,12 @@ def start(kind: str, bundle: str, args) -> Tuple[subprocess.Popen, str]:
     b, w = str(args.max_batch_size), str(args.max_batch_wait_ms)
     if kind == "quasar":
         cmd = [QUASAR, "serve", bundle, "--port", "0", "--max-batch-size", b,
-               "--max-batch-wait-ms", w, "--max-queue", "1024", "--quiet"]
+               "--max-batch-wait-ms", w, "--max-queue", "1024", "--quiet",
+               *(["--threads", str(args.threads)] if args.threads else []),
+               *args.quasar_args.split()]
     else:
-        cmd = [PY, __file__, f"--{kind}-driver", bundle, str(free_port()), b, w]
+        cmd = [PY, __file__, f"--{kind}-driver", bundle, str(free_port()), b, w,
+               str(args.threads or 0)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     url = ""
@@ -243,12 +248,14 @@ def run_server(kind: str, bundle: str, bodies: List[bytes], args) -> List[Dict[s
 
 
 def rss_run(bundle: str, bodies: List[bytes], args) -> Dict[str, Any]:
-    """RSS of ``quasar serve`` (process tree) every 500 requests at 8 clients."""
+    """RSS of ``quasar serve`` (process tree) 20 times over ``--rss-requests`` at 8 clients."""
     proc, url = start("quasar", bundle, args)
     samples: List[Tuple[int, float]] = []
 
+    every = max(50, args.rss_requests // 20)
+
     def sample(n: int) -> None:
-        if n % 500 == 0:
+        if n % every == 0:
             samples.append((n, rss_mb(proc.pid)))
 
     try:
@@ -300,11 +307,16 @@ def parse_args(argv=None):
     ap.add_argument("--offline-images", type=int, default=512)
     ap.add_argument("--max-batch-size", type=int, default=16)
     ap.add_argument("--max-batch-wait-ms", type=float, default=5.0)
+    ap.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads "
+                    "of every server and of offline quasar score (0: ONNX Runtime's choice); "
+                    "on a busy machine 1 avoids spinning threads fighting over the cores")
+    ap.add_argument("--quasar-args", default="", help="more options of quasar serve, e.g. "
+                    "'--threads 1 --workers 2'")
     ap.add_argument("--out")
-    ap.add_argument("--ray-driver", nargs=4, metavar=("BUNDLE", "PORT", "B", "WAIT_MS"),
-                    help=argparse.SUPPRESS)
-    ap.add_argument("--litserve-driver", nargs=4, metavar=("BUNDLE", "PORT", "B", "WAIT_MS"),
-                    help=argparse.SUPPRESS)
+    ap.add_argument("--ray-driver", nargs=5, help=argparse.SUPPRESS,
+                    metavar=("BUNDLE", "PORT", "B", "WAIT_MS", "THREADS"))
+    ap.add_argument("--litserve-driver", nargs=5, help=argparse.SUPPRESS,
+                    metavar=("BUNDLE", "PORT", "B", "WAIT_MS", "THREADS"))
     args = ap.parse_args(argv)
     if args.requests < 1 or args.seconds <= 0 or args.rounds < 1:
         ap.error("--requests, --seconds and --rounds must be positive")
@@ -343,7 +355,7 @@ def main(argv=None) -> int:
 
 
 # ------------------------------------------------------------------------- the other two
-def ray_driver(bundle: str, port: str, b: str, wait_ms: str) -> int:
+def ray_driver(bundle: str, port: str, b: str, wait_ms: str, threads: str) -> int:
     """The ``quasar serve`` app on a local Ray Serve (batching: ``@serve.batch``)."""
     import ray
     from ray import serve
@@ -356,7 +368,8 @@ def ray_driver(bundle: str, port: str, b: str, wait_ms: str) -> int:
         serve.start(http_options={"host": HOST, "port": int(port)})
         cfg = ServeConfig(max_batch_size=int(b), max_batch_wait_ms=float(wait_ms),
                           max_queue=1024)
-        serve.run(quasar_app(bundle, config=cfg), route_prefix="/")
+        opts = {"threads": int(threads)} if int(threads) else {}
+        serve.run(quasar_app(bundle, config=cfg, scorer_options=opts), route_prefix="/")
         print(f"listening on http://{HOST}:{port}", file=sys.stderr, flush=True)
         signal.sigwait({signal.SIGTERM, signal.SIGINT})
     finally:
@@ -382,7 +395,8 @@ class QuasarLitAPI(_LitAPI):
         from quasar.runtime.sources import sample_aware
 
         bundle, b = os.environ["QUASAR_LOAD_BUNDLE"], int(os.environ["QUASAR_LOAD_B"])
-        self.scorer = Scorer.from_bundle(bundle, batch_size=b)
+        threads = int(os.environ["QUASAR_LOAD_THREADS"]) or None
+        self.scorer = Scorer.from_bundle(bundle, batch_size=b, threads=threads)
         self.engine = self.scorer.engine_for(EngineConfig(batch_size=b, workers=2))
         self.engine.load = sample_aware(self.engine.load)
 
@@ -414,10 +428,10 @@ class QuasarLitAPI(_LitAPI):
                             for r in rows]}
 
 
-def litserve_driver(bundle: str, port: str, b: str, wait_ms: str) -> int:
+def litserve_driver(bundle: str, port: str, b: str, wait_ms: str, threads: str) -> int:
     import litserve as ls
 
-    os.environ.update(QUASAR_LOAD_BUNDLE=bundle, QUASAR_LOAD_B=b)
+    os.environ.update(QUASAR_LOAD_BUNDLE=bundle, QUASAR_LOAD_B=b, QUASAR_LOAD_THREADS=threads)
     api = QuasarLitAPI(max_batch_size=int(b), batch_timeout=float(wait_ms) / 1000,
                        api_path="/v1/score")
     server = ls.LitServer(api, accelerator="cpu", workers_per_device=1, timeout=120)
