@@ -172,32 +172,54 @@ def _cache_entry(ort: Any, model: str, model_sha256: str,
     return ort_cache_root() / f"{key['model_sha256'][:16]}-{digest}", key
 
 
+def _read_secret(path: Path) -> bytes:
+    """The secret in ``path``: a regular file (not a symlink) of this user, readable by no
+    one else, of 32 bytes; OSError otherwise (FileNotFoundError when there is none)."""
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+            raise OSError(f"{path}: the cache secret must be a private regular file of this "
+                          "user (mode 0600); remove it to get a new one")
+        data = os.read(fd, 64)
+    finally:
+        os.close(fd)
+    if len(data) != 32:
+        raise OSError(f"{path}: not a quasar cache secret ({len(data)} bytes); remove it")
+    return data
+
+
 def _secret() -> bytes:
     """The per-user secret that seals cache entries (created once, 0600, outside the cache
-    folder). OSError when it can neither be read nor created: the cache is then not used."""
+    folder; written whole to a temporary file and linked into place, so no reader sees it
+    half-written). OSError when it can neither be read nor created, or is not private: the
+    cache is then not used."""
     from quasar.home import quasar_home
 
     path = quasar_home() / ORT_CACHE_SECRET
-    for _ in range(3):
+    try:
+        return _read_secret(path)
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_name(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, os.urandom(32))
+        os.fsync(fd)
+        os.close(fd)
         try:
-            with open(path, "rb") as f:
-                data = f.read(64)
-            if len(data) == 32:
-                return data
-            raise OSError(f"{path}: not a quasar cache secret ({len(data)} bytes)")
-        except FileNotFoundError:
+            os.link(tmp, path)  # fails if another process made it first: use that one
+        except FileExistsError:
             pass
-        path.parent.mkdir(parents=True, exist_ok=True)
+    finally:
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another process made it: read that one
-            time.sleep(0.05)
-            continue
-        with os.fdopen(fd, "wb") as f:
-            f.write(os.urandom(32))
-            f.flush()
-            os.fsync(f.fileno())
-    raise OSError(f"{path}: cannot read the cache secret")
+            os.unlink(tmp)
+        except OSError:
+            pass
+    return _read_secret(path)
 
 
 def _seal(record: dict) -> str:

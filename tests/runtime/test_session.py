@@ -299,3 +299,26 @@ def test_entry_is_valid_only_for_the_encoder_that_built_it(cache_onnx, home):
     stored["model_sha256"] = other
     (target / "key.json").write_text(json.dumps(stored))
     assert sess_mod._verify_cached(target, key) is not None
+
+
+def test_a_secret_that_is_not_private_is_not_used(cache_onnx, home, caplog):
+    """The seal is only as good as its secret: one readable by others or a symlink (a file
+    someone else put there) is refused, and the cache then falls back to the bundle."""
+    import os
+
+    sha = rt_helpers.sha256(cache_onnx)
+    assert create_session(cache_onnx, _cpu(), model_sha256=sha).quasar_ort_cache == "stored"
+    secret = home / sess_mod.ORT_CACHE_SECRET
+    os.chmod(secret, 0o644)
+    x = np.random.default_rng(5).standard_normal((1, 3, 4, 4)).astype(np.float32)
+    with caplog.at_level(logging.WARNING, logger=sess_mod.__name__):
+        s = create_session(cache_onnx, _cpu(), model_sha256=sha)
+    assert s.quasar_ort_cache != "hit" and "0600" in caplog.text
+    np.testing.assert_allclose(_run(s, x), rt_helpers.tiny_reference_embedding(x, CACHE_DIM),
+                               rtol=1e-5, atol=1e-5)
+    mine = home / "mine.key"
+    mine.write_bytes(b"k" * 32)
+    os.chmod(mine, 0o600)
+    secret.unlink()
+    secret.symlink_to(mine)
+    assert create_session(cache_onnx, _cpu(), model_sha256=sha).quasar_ort_cache != "hit"
