@@ -238,6 +238,7 @@ def run_server(kind: str, bundle: str, bodies: List[bytes], args) -> List[Dict[s
             before = batch_histogram(url)
             r = asyncio.run(load(url, bodies, clients, args.requests, args.seconds))
             r["batches"] = hist_delta(batch_histogram(url), before)
+            r["rss_mb"] = rss_mb(proc.pid)  # the server's process tree (Ray: every daemon)
             levels.append(r)
             print(f"  {kind:9s} {clients:3d} clients: {r['images_per_s']:6.1f} img/s, p50 "
                   f"{r['p50_ms']:7.1f} ms, p99 {r['p99_ms']:7.1f} ms, {r['errors']} errors, "
@@ -272,8 +273,8 @@ def rss_run(bundle: str, bodies: List[bytes], args) -> Dict[str, Any]:
 def summarise(res: Dict[str, Any], args) -> str:
     off = statistics.median(o["images_per_s"] for o in res["offline"])
     lines = [f"offline quasar score: {off:.1f} images/s (median of {len(res['offline'])})", "",
-             "| server | clients | images/s | % of offline | p50 ms | p99 ms | errors |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "| server | clients | images/s | % of offline | p50 ms | p99 ms | errors | RSS MiB |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for kind, rounds in res["servers"].items():
         for i, clients in enumerate(args.clients):
             lv = [r[i] for r in rounds]
@@ -281,7 +282,8 @@ def summarise(res: Dict[str, Any], args) -> str:
             lines.append(f"| {kind} | {clients} | {ips:.1f} | {100 * ips / off:.0f} % | "
                          f"{statistics.median(x['p50_ms'] for x in lv):.1f} | "
                          f"{statistics.median(x['p99_ms'] for x in lv):.1f} | "
-                         f"{sum(x['errors'] for x in lv)} |")
+                         f"{sum(x['errors'] for x in lv)} | "
+                         f"{statistics.median(x.get('rss_mb', 0) for x in lv):.0f} |")
     if "rss" in res:
         s = res["rss"]
         lines += ["", f"RSS of quasar serve over {s['requests']} requests (8 clients): "
