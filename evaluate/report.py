@@ -506,7 +506,9 @@ def comparison_data(a: ScoreTable, b: ScoreTable, na: str, nb: str, *, key: str 
     out: Dict[str, object] = {"a": da, "b": db, "mean_diff": diff, "n_paired": len(keys),
                               "keys": keys, "pa": pa, "pb": pb}
     if len(keys) >= 2:
-        d = pb - pa
+        with np.errstate(over="ignore"):  # scores ±1.8e308 apart: beyond float64
+            d = pb - pa
+        out["d"], out["n_overflow"] = d, int((~np.isfinite(d)).sum())
         out["paired_diff"] = bootstrap_mean_ci(d, n_boot=n_boot, seed=seed + 1)
         out["paired_better"] = (int((d > 0).sum()), int((d < 0).sum()), int((d == 0).sum()))
         out["srcc"] = spearman(pa, pb)
@@ -545,8 +547,10 @@ def _comparison_section(inputs: Sequence[_Input], key: str, n_boot: int, seed: i
                 up, down, same = c["paired_better"]
                 rows.append(("mean paired difference", _ci(pe, pl, ph),
                              f"{c['n_paired']} shared images: {up} higher, {down} lower, "
-                             f"{same} equal; SRCC between the files {_f(c['srcc'])}"))
-                d = c["pb"] - c["pa"]
+                             f"{same} equal; SRCC between the files {_f(c['srcc'])}"
+                             + (f"; {c['n_overflow']} differences beyond the float64 range "
+                                "(±1.8e308) left out of the mean" if c["n_overflow"] else "")))
+                d = c["d"]
                 plots.append(_plot(_hist_svg([("paired difference", d)],
                                              f"paired differences ({other.label} − {base.label})",
                                              xlabel="score difference")))

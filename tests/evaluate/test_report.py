@@ -484,6 +484,14 @@ def test_extreme_and_non_finite_scores_are_reported(tmp_path):
         assert [p for p in ("e.png", "f.png", "g.png", "h.png") if p in listed] == \
             ["e.png", "f.png", "g.png", "h.png"]
         assert "a.png" not in listed and "x.png" not in listed
+    # paired differences beyond float64 (1.7e308 - -1.7e308): said, not a crash or a warning
+    p = _table(tmp_path / "p.csv", [["a.png", "-1.7e308", "ok", ""], ["b.png", "1e308", "ok", ""],
+                                    ["c.png", "0.5", "ok", ""]])
+    q = _table(tmp_path / "q.csv", [["a.png", "1.7e308", "ok", ""], ["b.png", "-1e308", "ok", ""],
+                                    ["c.png", "0.25", "ok", ""]])
+    r = _quasar("report", p, q, "--out", tmp_path / "pq.html", "--key", "name")
+    assert r.returncode == 0 and "Warning" not in r.stderr, r.stderr
+    assert "2 differences beyond the float64 range" in (tmp_path / "pq.html").read_text()
     from quasar.evaluate.report import describe
 
     d = describe(np.array([1e308, -1e308, 0.5, 0.2, np.inf, np.nan]))
