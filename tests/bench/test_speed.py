@@ -13,8 +13,12 @@ def test_bench_smoke(rn50_nopos_bundle, tmp_path):
                    batch_size=2, repeats=1, threads=1, out=str(out), workdir=str(tmp_path / "w"))
     text = out.read_text()
     assert report.strip() == text.strip()
-    rows = [line for line in text.splitlines() if line.startswith("| rn50-224 |")]
+    first, bound = text.split("Against the machine's bound", 1)
+    rows = [line for line in first.splitlines() if line.startswith("| rn50-224 |")]
     assert [r.split("|")[2].strip() for r in rows] == ["torch", "runtime", "**runtime / torch**"]
+    brows = {r[1]: r for r in _parse(bound[bound.index("| case |"):].split("\n\n")[0])}
+    assert set(brows) == {"torch", "runtime"} and brows["torch"][8] == "-"
+    assert float(brows["runtime"][3]) > 0 and brows["runtime"][8].endswith("%")
     for row in rows[:2]:
         cells = [c.strip() for c in row.split("|")[1:-1]]
         assert float(cells[3]) > 0 and float(cells[5]) > 0  # images/s, cold start
@@ -119,3 +123,18 @@ def test_variant_report_bound_rows_use_round_medians():
     assert float(r[4]) == pytest.approx(1e3 * i, abs=0.05)
     assert float(r[6].split()[0]) == pytest.approx(bound, abs=0.05)
     assert float(r[8].rstrip("%")) == pytest.approx(100 * 24.0 / bound, abs=0.5)
+
+
+def test_interleaved_timing_ranks_by_speed():
+    """Two runs of known cost (sleeps of 4 and 12 ms per call) timed in alternation."""
+    import time as _time
+
+    from quasar.export.accuracy_control import interleaved_img_s
+
+    import numpy as np
+    batches = [np.zeros((2, 1)), np.zeros((3, 1))]
+    fast, slow = interleaved_img_s([lambda b: _time.sleep(0.004), lambda b: _time.sleep(0.012)],
+                                   batches, min_time=0.05)
+    assert fast <= 5 / 0.008 * 1.001 and slow <= 5 / 0.024 * 1.001  # never above the cost
+    assert fast > 2 * slow
+
