@@ -509,7 +509,8 @@ def test_overwrite_result_equals_a_fresh_run(bundle, tmp_path):
         fe, ae = (o.with_name(o.stem + ext + ".npy") for o in (fresh, again))
         np.testing.assert_array_equal(np.load(fe), np.load(ae))
         assert len(np.load(ae)) == 3
-        assert fe.with_suffix(".paths.txt").read_bytes() == ae.with_suffix(".paths.txt").read_bytes()
+        fp, ap = (e.with_suffix(".paths.txt") for e in (fe, ae))
+        assert fp.read_bytes() == ap.read_bytes()
         assert not [n for n in os.listdir(again.parent) if n.startswith(".")]
         for n in os.listdir(again.parent):
             os.remove(again.parent / n)
