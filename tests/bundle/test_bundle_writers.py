@@ -335,3 +335,19 @@ def test_scores_listing_one_file_under_two_names_is_refused(bundle, sides, tmp_p
     table.write_text("path,mos\n" + "".join(f"{p},{i}\n" for i, p in enumerate(imgs)))
     r = quasar("anchors", bundle, "--scores", table, "--name", "rated", "--holdout", "0")
     assert r.returncode == 0, r.stderr
+
+
+def test_swap_without_exchange_renames_twice_and_leaves_nothing(tmp_path, monkeypatch):
+    """Where the kernel or file system cannot exchange two paths (NFS, macOS), the swap is
+    two renames through `.<name>.<pid>-<x>.old`; the result is the same."""
+    from quasar.bundle import atomic
+
+    monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)
+    target = tmp_path / "t"
+    target.mkdir()
+    (target / "v").write_text("old")
+    new = atomic.temp_dir(target, "edit")
+    (new / "v").write_text("new")
+    replace_directory(new, target)
+    assert (target / "v").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t"]
