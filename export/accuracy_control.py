@@ -11,7 +11,8 @@ sink a model whose other layers quantise harmlessly. When plain int8 is refused,
    pooling, projection) or after the last LayerNorm of a ViT (``ln_post``, projection);
 3. ViTs: LayerNorm (MVN), GELU and softmax inputs and the activation x activation
    (attention) MatMuls;
-4. the deepest quarter, then the deepest half, of the convolutions / MatMuls still quantised.
+4. the deepest quarter, then half, then three quarters of the convolutions / MatMuls still
+   quantised.
 
 Each candidate is measured with the gate's own metric (:func:`agreement_report`: SRCC and
 p99 |dscore| vs the fp32 scores, per anchor set) on the same held-out images as the plain
@@ -108,6 +109,8 @@ def sensitive_groups(model, transformer: bool) -> List[Group]:
         q = len(rest) // 4
         groups.append(Group("deepest quarter of the remaining layers", rest[-q:]))
         groups.append(Group("deepest half of the remaining layers", rest[-2 * q:-q]))
+        groups.append(Group("deepest three quarters of the remaining layers",
+                            rest[-3 * q:-2 * q]))
     out, seen = [], set()
     for g in groups:
         g.names = [n for n in dict.fromkeys(g.names) if n not in seen]
