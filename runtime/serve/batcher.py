@@ -7,11 +7,13 @@ every core itself; two concurrent runs would only fight over them), while the ev
 keeps accepting and decoding the next requests - so under load the next batch fills while
 this one runs, and batches grow with the load without any extra wait.
 
-Why a batcher of our own (docs/serve.md, "Which batcher"): LitServe's batching and Ray
-Serve's ``@serve.batch`` were measured against it on the same engine. ``@serve.batch``
-runs only inside a Ray Serve replica (Ray 2.60 asks the replica context when its queue is
-made), so it serves the cluster deployment (:mod:`.ray_serve`) and this one the local server.
-Both take the same ``run_batch(jobs) -> results`` function.
+Why a batcher of our own, and whether it stays (docs/serve.md, "Which batcher"): the
+interleaved measurement against LitServe's batching and Ray Serve's ``@serve.batch`` on
+the same engine (scripts/load_serve.py) found no winner on a busy machine - the quiet run
+decides. ``@serve.batch`` runs only inside a Ray Serve replica (Ray 2.60 asks the replica
+context when its queue is made), so it batches the cluster deployment
+(:mod:`.ray_serve`), and this class the local server; both take the same
+``run_batch(jobs) -> results``, and :class:`~.service.ScoringService` takes either.
 """
 from __future__ import annotations
 
