@@ -93,7 +93,8 @@ def test_page_uploads_and_shows_the_apis_scores(server, images, tmp_path):
         page.call("DOM.setFileInputFiles", nodeId=node, files=[str(p) for p in files])
         page.wait("document.body.dataset.done === '1'")
         page.wait("Array.from(document.images).every(i => i.complete)")
-        cards = {c["name"]: c for c in json.loads(page.eval(CARDS_JS))}
+        shown_cards = json.loads(page.eval(CARDS_JS))
+        cards = {c["name"]: c for c in shown_cards}
         external = page.eval("Array.from(document.querySelectorAll('[src],[href]')).map(e => "
                              "e.getAttribute('src') || e.getAttribute('href'))"
                              ".filter(a => !a.startsWith('blob:'))")
@@ -103,7 +104,7 @@ def test_page_uploads_and_shows_the_apis_scores(server, images, tmp_path):
     assert not page.errors, page.errors
     assert external == []
     assert status == "5 scored, 1 failed"
-    assert set(cards) == {p.name for p in files}
+    assert [c["name"] for c in shown_cards] == [p.name for p in files]  # in upload order
     for e in api:
         c = cards[e["name"]]
         assert c["status"] == e["status"]
