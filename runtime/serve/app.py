@@ -7,7 +7,8 @@ Answers, and why:
   statuses), optionally its embedding. A bad image is an error entry in a 200 answer; the
   request fails as a whole only when the request itself is wrong: 400 (unreadable JSON or
   multipart), 415 (another content type), 422 (schema), 413 (body over ``max_body_mb``, or
-  more than ``max_images`` images), 429 + Retry-After (queue full), 504 (deadline).
+  more than ``max_images`` images), 408 (the body did not arrive before the deadline),
+  429 + Retry-After (queue full), 504 (deadline).
   Strings that look like URLs are refused per image: the server never fetches anything
   (server-side request forgery).
 * ``GET /v1/model`` - the run identity (what decides the numbers) and the serving config.
@@ -118,7 +119,7 @@ def parse_json(body: bytes, cfg: ServeConfig, model: Any) -> Tuple[List[Sample],
 
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # [[[[... too deep
         raise RequestProblem(400, f"the body is not valid JSON ({exc}); send "
                              '{"images": ["<base64>", ...]}') from None
     try:
@@ -239,8 +240,8 @@ def _score_route(app: Any, service: ScoringService, identity: Dict[str, Any]) ->
         """Score images: multipart files (any field name) or JSON {"images": [base64]}."""
         t0 = time.monotonic()
         try:
-            samples, want = await _parse(request, cfg, model)
             timeout = deadline_of(request, cfg)
+            samples, want = await _read_in_time(_parse(request, cfg, model), timeout)
             service.admit(len(samples))
         except RequestProblem as p:
             return _problem(p)
@@ -296,6 +297,16 @@ def _other_routes(app: Any, service: ScoringService, identity: Dict[str, Any]) -
         return Response(page, media_type="text/html; charset=utf-8", headers={
             "Content-Security-Policy": csp, "X-Content-Type-Options": "nosniff",
             "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"})
+
+
+async def _read_in_time(parse: Any, timeout: float) -> Tuple[List[Sample], bool]:
+    """The parsed request, or 408 when its body does not arrive within the deadline (a
+    client trickling its upload must not hold a connection and its memory forever)."""
+    try:
+        return await asyncio.wait_for(parse, timeout)
+    except asyncio.TimeoutError:
+        raise RequestProblem(408, f"the request body did not arrive within {timeout:g} s "
+                             "(--timeout / X-Request-Timeout); send it at once") from None
 
 
 async def _parse(request: Any, cfg: ServeConfig, model: Any) -> Tuple[List[Sample], bool]:

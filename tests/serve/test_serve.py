@@ -161,6 +161,7 @@ def test_concurrent_requests_with_bad_neighbours(server, images):
 # ---------------------------------------------------------------- malformed requests
 @pytest.mark.parametrize("case,code,needle", [
     ("not json", 400, "not valid JSON"),
+    ("too deep", 400, "not valid JSON"),
     ("text/plain", 415, "content type"),
     ("no content type", 415, "content type"),
     ('{"images": []}', 422, "too_short"),
@@ -180,6 +181,8 @@ def test_malformed_requests(server, case, code, needle):
         r = httpx.post(url, content=b"x", headers={"content-type": "text/plain"})
     elif case == "no content type":
         r = httpx.post(url, content=b"x")
+    elif case == "too deep":
+        r = httpx.post(url, content=b"[" * 100_000, headers=json_h)
     elif case == "too many":
         r = post_json(server.url, {"images": ["aGk="] * 65})
     elif case == "bad timeout":
@@ -292,6 +295,17 @@ def test_full_queue_is_429_with_retry_after(tight, images):
         else:
             assert [e["status"] for e in a.json()["results"]] == ["ok", "ok"]
     assert metrics(tight.url)["quasar_queue_depth"] == 0
+
+
+def test_a_trickling_body_is_408(server):
+    def slow():
+        yield b'{"images": ['
+        time.sleep(1.0)
+        yield b'"aGk="]}'
+
+    r = httpx.post(server.url + "/v1/score", content=slow(), timeout=30, headers={
+        "content-type": "application/json", "X-Request-Timeout": "0.3"})
+    assert r.status_code == 408 and "did not arrive within 0.3 s" in r.text
 
 
 def test_deadline_is_504_and_the_server_goes_on(tight, images):
