@@ -345,7 +345,12 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(serve_bundle, images, se
 
 
 def test_command_line_errors(serve_bundle, tmp_path):
-    cases = [([str(tmp_path / "missing")], "bundle"),
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    cases = [([str(serve_bundle), "--port", str(taken.getsockname()[1])], "cannot listen"),([str(tmp_path / "missing")], "bundle"),
              ([str(serve_bundle), "--max-images", "500", "--max-queue", "10"], "--max-images"),
              ([str(serve_bundle), "--max-batch-wait-ms", "-1"], "max-batch-wait-ms"),
              ([str(serve_bundle), "--port", "70000"], "--port"),
@@ -355,6 +360,7 @@ def test_command_line_errors(serve_bundle, tmp_path):
                            timeout=60)
         assert r.returncode == 2, (args, r.stderr)
         assert needle in r.stderr and "Traceback" not in r.stderr, r.stderr
+    taken.close()
     assert re.search(r"--max-batch-size N", subprocess.run(
         [str(QUASAR), "serve", "--help"], capture_output=True, text=True).stdout)
 
