@@ -399,10 +399,11 @@ def tamper_section(bundle: Path, work: Path):
 # exhaust memory or drop samples. Each case is its own `quasar score` run (a hang is then
 # one case's timeout), in a child that prints its peak RSS.
 SCORE_RSS = r"""
-import resource, sys
+import sys
 from quasar.cli import run
 code = run(["score", *sys.argv[1:]])
-print("MAXRSS_MB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, file=sys.stderr)
+from quasar.timing import peak_rss_mb  # VmHWM: ru_maxrss carries the parent's peak
+print("MAXRSS_MB", int(peak_rss_mb()), file=sys.stderr)
 sys.exit(code)
 """
 MB = 1 << 20
@@ -609,15 +610,16 @@ def scale_section(bundle: Path, work: Path):
 
 
 BRACE_LAZY = r"""
-import itertools, resource, sys, time
+import itertools, sys, time
 from quasar.runtime.inputs import iter_inputs
+from quasar.timing import peak_rss_mb
 t0 = time.perf_counter()
 it = iter_inputs([sys.argv[1]])
 first = next(it)
 t1 = time.perf_counter() - t0
 n = 1 + sum(1 for _ in itertools.islice(it, 999_999))
 print(f"first name after {t1 * 1000:.1f} ms, {n:,} names in {time.perf_counter() - t0:.1f} s, "
-      f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MB")
+      f"peak RSS {int(peak_rss_mb())} MB")
 """
 
 

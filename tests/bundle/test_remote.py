@@ -31,6 +31,11 @@ def home(tmp_path, monkeypatch):
     monkeypatch.setenv("QUASAR_HOME", str(tmp_path / "home"))
     for v in ("QUASAR_OFFLINE", "HF_HUB_OFFLINE", "HF_TOKEN", "QUASAR_DEFAULT_BUNDLE"):
         monkeypatch.delenv(v, raising=False)
+    # huggingface_hub reads HF_HUB_OFFLINE once, when its constants module is first imported;
+    # tests/conftest.py sets it for the whole suite, so an earlier test may have frozen it on.
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
     return tmp_path / "home"
 
 

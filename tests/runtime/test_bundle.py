@@ -109,7 +109,10 @@ def test_anchor_listed_but_absent(tiny):
         load_bundle(tiny)
 
 
-def test_random_init_warns(tmp_path, caplog):
+def test_random_init_warns(tmp_path, caplog, monkeypatch):
+    import quasar.bundle.io as bundle_io
+
+    monkeypatch.setattr(bundle_io, "_ANNOUNCED", set())  # said once per bundle per process
     b = rt_helpers.write_tiny_bundle(tmp_path / "b", random_init=True)
     with caplog.at_level(logging.WARNING, logger="quasar.bundle.io"):
         load_bundle(b)

@@ -3,7 +3,7 @@ that used to hang a run, exhaust memory, drop samples silently or lose rows on -
 
 Every hostile file is generated here (sparse files: gigabytes declared, nothing on disk).
 The runs that could hang or exhaust memory run ``quasar score`` (or the reader) in a
-subprocess with a timeout and report their own peak RSS (``ru_maxrss``); the readers that
+subprocess with a timeout and report their own peak RSS (``VmHWM``: ``ru_maxrss`` would carry the parent's); the readers that
 used to allocate a declared size run under an address-space cap (``RLIMIT_AS``).
 """
 from __future__ import annotations
@@ -30,10 +30,11 @@ MB = 1 << 20
 
 # `quasar score` in a child process that prints its own peak RSS (MiB) on its last line
 SCORE = textwrap.dedent("""
-    import resource, sys
+    import sys
     from quasar.cli import run
     code = run(["score", *sys.argv[1:]])
-    print("MAXRSS_MB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+    from quasar.timing import peak_rss_mb  # VmHWM: ru_maxrss carries the parent's peak
+    print("MAXRSS_MB", int(peak_rss_mb()))
     sys.exit(code)
 """)
 

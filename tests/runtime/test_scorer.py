@@ -274,7 +274,7 @@ def test_cuda_on_cpu_machine(tiny):
 
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         pytest.skip("this machine has the CUDA provider")
-    with pytest.raises(DeviceError, match=r'pip install "quasar\[gpu\]"'):
+    with pytest.raises(DeviceError, match=r'pip install "quasar-iqa\[gpu\]"'):
         Scorer.from_bundle(tiny, device="cuda")
 
 
