@@ -444,14 +444,14 @@ def bench(rn50_bundle: Optional[str] = None, vit_bundle: Optional[str] = None,
           min_srcc: Optional[float] = None, max_p99_dscore: Optional[float] = None,
           device: str = "cpu") -> str:
     """Runtime vs PyTorch reference: images/s, latency per batch, cold start, peak RSS, and
-    installed sizes. Bundles: --rn50_bundle / --vit_bundle, else random-init ones are
+    installed sizes. Bundles: --rn50-bundle / --vit-bundle, else random-init ones are
     exported into the work dir (random weights are fine for speed). Prints a markdown table
     (also written to --out).
 
     With --variants (e.g. "int8-openvino,int8-onnxruntime,bf16-openvino,fast-decode"): the
     precision-variant table instead (see :func:`bench_variants`; rn50-native runs on
-    --native_images images in batches of --native_batch_size; --n_images >= 64 recommended, --rounds interleaved rounds, gate thresholds --min_srcc /
-    --max_p99_dscore).
+    --native-images images in batches of --native-batch-size; --n-images >= 64 recommended, --rounds interleaved rounds, gate thresholds --min-srcc /
+    --max-p99-dscore).
 
     ``device``: where the runtime paths run (cpu | cuda: ONNX Runtime's CUDA provider, IO
     binding on; the torch path stays the CPU reference)."""

@@ -508,7 +508,7 @@ def optimize(bundle: str, precision: str = "int8", calibration: Optional[str] = 
     images (a seeded split of --calibration, or a separate --holdout): min / median embedding
     cosine, max and p99 |dscore| per anchor set, SRCC and KRCC of fp32 vs variant scores. It
     is written into the bundle (variants/<precision>-<backend>/, recorded in bundle.json)
-    only when every anchor set has SRCC >= --min_srcc and p99 |dscore| <= --max_p99_dscore;
+    only when every anchor set has SRCC >= --min-srcc and p99 |dscore| <= --max-p99-dscore;
     otherwise the bundle is left unchanged. The report is printed and stored either way.
     Use the variant with `quasar score --precision int8|bf16|fp16|auto`.
 

@@ -122,7 +122,7 @@ def _too_large(name: str, w: int, h: int, max_pixels: int) -> ImageTooLargeError
     return ImageTooLargeError(
         f"{name}: {w}x{h} = {w * h:,} pixels is over the limit of {max_pixels:,} pixels "
         "(decompression-bomb guard). If you trust this file, raise the limit: "
-        "max_pixels=... (CLI: --max_pixels)."
+        "max_pixels=... (CLI: --max-pixels)."
     )
 
 
@@ -285,12 +285,8 @@ def _open_path(path: Path, name: str) -> Any:
         | getattr(os, "O_BINARY", 0)
     try:
         fd = os.open(path, flags)
-    except PermissionError as exc:
-        raise PermissionDeniedError(f"{name}: permission denied ({exc.strerror}); check the "
-                                    "file's permissions") from None
     except OSError as exc:
-        raise ReadError(f"{name}: cannot open the file ({exc.strerror or exc}); check the "
-                        "disk and that it still exists") from None
+        raise _os_error(name, exc, "open the file", "that it still exists") from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -313,7 +309,7 @@ def _pillow_open(fp: Any, name: str) -> Image.Image:
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(
             f"{name}: {exc}. If you trust this file, raise the limit: max_pixels=... "
-            "(CLI: --max_pixels)."
+            "(CLI: --max-pixels)."
         ) from exc
     except UnidentifiedImageError as exc:
         fmt = _isobmff_format(fp)
@@ -328,12 +324,17 @@ def _pillow_open(fp: Any, name: str) -> Image.Image:
             f"{name}: not an image (Pillow recognises no image format in it); check that "
             "the file is really an image and not text, HTML or a partial download"
         ) from exc
-    except PermissionError as exc:
-        raise PermissionDeniedError(f"{name}: permission denied ({exc.strerror}); check "
-                                    "the file's permissions") from exc
     except OSError as exc:
-        raise ReadError(f"{name}: cannot read the file ({exc.strerror or exc}); check the "
-                        "disk and that the file is an image") from exc
+        raise _os_error(name, exc, "read the file", "that the file is an image") from exc
+
+
+def _os_error(name: str, exc: OSError, doing: str, check: str) -> Exception:
+    """An OSError met while opening or reading an input, as its row error."""
+    if isinstance(exc, PermissionError):
+        return PermissionDeniedError(f"{name}: permission denied ({exc.strerror}); check the "
+                                     "file's permissions")
+    return ReadError(f"{name}: cannot {doing} ({exc.strerror or exc}); check the disk and "
+                     f"{check}")
 
 
 # --------------------------------------------------------------------------- preprocessing
