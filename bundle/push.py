@@ -1,6 +1,6 @@
 """``quasar push BUNDLE URL``: publish a verified bundle with its model card.
 
-Export once on one machine, push, and every other machine scores with ``quasar[cpu]`` and
+Export once on one machine, push, and every other machine scores with ``quasar-iqa[cpu]`` and
 the URL (no torch). The bundle is verified first (``load_bundle(verify=True)``: a tampered or
 incomplete bundle is never published) and a randomly initialised one is refused unless asked
 for. Uploads go through the stores' own clients:

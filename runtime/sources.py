@@ -713,17 +713,11 @@ def _read_image(scan: _TarScanner, group: _Group, m: _Member, ext: str, cap: int
 
 # --------------------------------------------------------------------------- Parquet
 def _require_pyarrow():
-    try:
-        import pyarrow
-        import pyarrow.compute  # noqa: F401
-        import pyarrow.parquet  # noqa: F401
-    except ImportError as exc:
-        from quasar.errors import MissingDependencyError
+    from quasar.errors import optional_import
 
-        raise MissingDependencyError(
-            'Parquet inputs need pyarrow: pip install "quasar-iqa[parquet]" (or pip install pyarrow)'
-        ) from exc
-    return pyarrow
+    optional_import("pyarrow.compute", "parquet", "Parquet inputs")
+    optional_import("pyarrow.parquet", "parquet", "Parquet inputs")
+    return optional_import("pyarrow", "parquet", "Parquet inputs")
 
 
 def _column_kind(pa, field, column: str, file: str) -> str:

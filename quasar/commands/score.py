@@ -59,7 +59,7 @@ COMMAND = Command(
             default_text="the row number"),
         # the Ray engine - docs/scale.md
         opt("engine", "local (this machine) or ray (Ray Data; --out is then a directory of "
-            "Parquet parts; needs quasar[ray])", metavar="NAME", choices=ENGINES),
+            "Parquet parts; needs quasar-iqa[ray])", metavar="NAME", choices=ENGINES),
         opt("address", "--engine ray: the Ray cluster (auto, HOST:PORT)", metavar="ADDR",
             default_text="start a local Ray"),
         opt("gpus_per_worker", "--engine ray: GPUs per scoring actor (> 0: ONNX Runtime on "

@@ -1,6 +1,6 @@
 """Score on a Ray cluster: ``quasar score ... --engine ray`` and :func:`score_dataset`.
 
-Needs the optional extra ``quasar[ray]``; nothing on the local path imports this module or
+Needs the optional extra ``quasar-iqa[ray]``; nothing on the local path imports this module or
 ``ray``.
 
 Pipeline (Ray Data, streaming)::
@@ -42,7 +42,7 @@ from __future__ import annotations
 from ..job import ScorerSpec  # noqa: F401
 from .actors import (_DatasetScorer, _part_items, _PartRunner, _ScoringActor,  # noqa: F401
                      resolve_spec, run_identity, score_parts, score_streams, spec_of)
-from .cluster import (_PART_DELAY_ENV, MAX_PARTS_PER_CALL, RAY_HINT, RayOptions,  # noqa: F401
+from .cluster import (_PART_DELAY_ENV, MAX_PARTS_PER_CALL, RayOptions,  # noqa: F401
                       RunReport, connect, parts_per_call, require_ray, run, run_ray)
 from .dataset import score_dataset  # noqa: F401
 from .parts import (PART_SUFFIX, RUN_META_KEY, TMP_SUFFIX, Part, plan_parts,  # noqa: F401

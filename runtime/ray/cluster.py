@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
-from quasar.errors import MissingDependencyError, QuasarError, RayRunError, UsageError
+from quasar.errors import QuasarError, RayRunError, UsageError, optional_import
 
 from ..job import ScoreJob, ScorerSpec
 from ..pipeline import RunStats
@@ -24,8 +24,6 @@ from .parts import Part, _finished, plan_parts, prepare_output, write_part
 
 log = logging.getLogger(__name__)
 
-RAY_HINT = ('the Ray engine needs Ray Data: pip install "quasar-iqa[ray]" (or pip install '
-            '"ray[data]")')
 # Test seam: seconds the driver waits after writing each part (lets a test kill it between
 # parts); unset in normal use.
 _PART_DELAY_ENV = "QUASAR_RAY_PART_DELAY"
@@ -37,12 +35,8 @@ _RAY_NOISE = re.compile(rb"core_worker\.cc:\d+: Actor with class name: .* has co
 
 
 def require_ray():
-    try:
-        import ray
-        import ray.data  # noqa: F401
-    except ImportError as exc:
-        raise MissingDependencyError(RAY_HINT) from exc
-    return ray
+    optional_import("ray.data", "ray", "the Ray engine (Ray Data)")
+    return optional_import("ray", "ray", "the Ray engine (Ray Data)")
 
 
 @dataclass(frozen=True)

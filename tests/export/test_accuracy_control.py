@@ -79,16 +79,6 @@ def write_conv_onnx(path: Path, dim: int = rt_helpers.TINY_DIM, outlier: float =
 
 
 @pytest.fixture(scope="module")
-def photos(tmp_path_factory):
-    pytest.importorskip("skimage")
-    from quasar.bench.speed import make_images
-
-    root = tmp_path_factory.mktemp("ac_photos")
-    make_images(root, 40, size=(320, 240), varied=True)
-    return root
-
-
-@pytest.fixture(scope="module")
 def conv_master(tmp_path_factory):
     out = rt_helpers.write_tiny_bundle(tmp_path_factory.mktemp("conv") / "master", fixed=224)
     write_conv_onnx(out / "encoder.onnx")

@@ -29,17 +29,6 @@ scipy_stats = pytest.importorskip("scipy.stats")
 # ------------------------------------------------------------------ fixtures
 
 @pytest.fixture(scope="module")
-def photos(tmp_path_factory):
-    """40 distinct small JPEG photos (crops of skimage samples with random distortions)."""
-    pytest.importorskip("skimage")
-    from quasar.bench.speed import make_images
-
-    root = tmp_path_factory.mktemp("photos")
-    make_images(root, 40, size=(320, 240), varied=True)
-    return root
-
-
-@pytest.fixture(scope="module")
 def tiny_master(tmp_path_factory):
     return rt_helpers.write_tiny_bundle(tmp_path_factory.mktemp("tiny") / "master")
 
