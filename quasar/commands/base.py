@@ -520,6 +520,8 @@ def run_command(cmd: Command, argv: Sequence[str]) -> int:
     for p in cmd.params():
         if p.layer and kwargs.pop(p.name) and p.name == "quiet":
             _quiet_down()
+    if kwargs.get("quiet") is True:
+        quiet_progress_bars()
     varargs = [p.name for p in cmd.params() if p.kind == "varargs"]
     args = kwargs.pop(varargs[0]) if varargs else []
     try:
@@ -559,6 +561,19 @@ def run_command(cmd: Command, argv: Sequence[str]) -> int:
         return EXIT_ERROR
 
 
+def quiet_progress_bars() -> None:
+    """No progress bars from the libraries a command drives (huggingface_hub's downloads
+    and uploads of ``hf://`` bundles, tqdm's): ``-q`` of every command."""
+    os.environ["TQDM_DISABLE"] = "1"
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    if "huggingface_hub" in sys.modules:  # the flag is read at its import; set it directly
+        try:
+            from huggingface_hub.utils import disable_progress_bars
+            disable_progress_bars()
+        except ImportError:  # pragma: no cover - a version without it
+            pass
+
+
 def _quiet_down() -> None:
     """``-q`` of a command whose function has no ``quiet`` parameter: no progress bars
     (tqdm reads ``TQDM_DISABLE``), no log records below ERROR, no Python warnings (from
@@ -566,7 +581,7 @@ def _quiet_down() -> None:
     import logging
     import warnings
 
-    os.environ["TQDM_DISABLE"] = "1"
+    quiet_progress_bars()
     logging.disable(logging.WARNING)
     warnings.simplefilter("ignore")
 
