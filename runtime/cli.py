@@ -249,8 +249,11 @@ def _guard(job: ScoreJob):
     """The outputs of the run checked against its named inputs, before anything is loaded,
     written or deleted; the guard then checks every input the stream reaches."""
     from .integrity import OutputGuard
+    from .remote_out import check_writable
     from .writers import EmbeddingsWriter, ScoreTable, output_format, require_pyarrow
 
+    check_writable(job.out, "--out")
+    check_writable(job.save_embeddings, "--save-embeddings")
     if job.out is not None:
         if output_format(job.out) == "parquet":
             require_pyarrow()
@@ -286,11 +289,65 @@ def _writers(job: ScoreJob, scorer, identity):
 
 def _run_local(job: ScoreJob, show) -> Tuple[Optional[object], str]:
     """The local engine: (RunStats, the summary's middle part); (None, "") when
-    interrupted (the message is printed)."""
+    interrupted (the message is printed). Outputs on object storage are written in a
+    staging folder and uploaded (quasar.runtime.remote_out)."""
+    guard = _guard(job)
+    remote = _remote_outputs(job)
+    if remote is None:
+        return _run_local_files(job, job, show, guard)
+    remote.begin()  # the store's locks first: no credentials / no access stop here
+    try:
+        if remote.existing and not job.resume and not job.overwrite:
+            raise UsageError(f"{', '.join(_safe(u) for u in remote.existing)} already exists: "
+                             "add --resume to continue it, --overwrite to replace it, or "
+                             "choose another file")
+        if job.overwrite:  # replaced at the end only: met as an input before, it stops the run
+            guard.replaced |= set(remote.existing)
+        import dataclasses
+
+        local = dataclasses.replace(job, out=remote.local_path(job.out),
+                                    save_embeddings=remote.local_path(job.save_embeddings),
+                                    overwrite=False)
+        stats, where = _run_local_files(job, local, show, guard, remote)
+        if stats is None:
+            remote.interrupted()
+        return stats, where
+    except BaseException:
+        remote.interrupted()
+        raise
+    finally:
+        remote.end()
+
+
+def _remote_outputs(job: ScoreJob):
+    """The outputs of ``job`` on object storage (quasar.runtime.remote_out.RemoteOutputs), or
+    None when every output is local. Each is tracked with the files a local run leaves
+    beside it (identity sidecar, journals, paths file), sidecars first, the output last."""
+    from .integrity import run_sidecar
+    from .storage import is_url
+    from .writers import paths_sidecar
+
+    targets = {}
+    if job.out is not None and is_url(job.out):
+        targets[job.out] = [run_sidecar(job.out), job.out + ".partial.jsonl", job.out]
+    emb = job.save_embeddings
+    if emb is not None and is_url(emb):
+        targets[emb] = [run_sidecar(emb), emb + ".partial", paths_sidecar(emb), emb]
+    if not targets:
+        return None
+    from .remote_out import RemoteOutputs
+
+    return RemoteOutputs({u: [n.rsplit("/", 1)[1] for n in names]
+                          for u, names in targets.items()},
+                         resume=job.resume, overwrite=job.overwrite)
+
+
+def _run_local_files(job: ScoreJob, local: ScoreJob, show, guard, remote=None):
+    """The local engine on local files: ``local`` is ``job`` with its remote outputs
+    replaced by their staging paths (the same job when every output is local)."""
     from .integrity import OutputLock, run_identity
     from .pipeline import default_workers
 
-    guard = _guard(job)
     scorer = load_scorer(**job.scorer_kwargs())
     info = getattr(scorer, "run_info", None)
     if info and job.variant_asked and not job.quiet:
@@ -299,17 +356,22 @@ def _run_local(job: ScoreJob, show) -> Tuple[Optional[object], str]:
               f"{', fast decode' if info['fast_decode'] else ''}): "
               f"{info['precision_reason']}", file=sys.stderr)
     identity = run_identity(scorer)
-    table, emb_writer = _writers(job, scorer, identity)
-    run = _LocalRun(job, scorer, identity, table, emb_writer, guard,
+    table, emb_writer = _writers(local, scorer, identity)
+    run = _LocalRun(local, scorer, identity, table, emb_writer, guard,
                     job.workers or default_workers(), show)
+    if remote is not None:
+        run.after_write = remote.maybe_checkpoint
+        run.shown = {local.out: job.out, local.save_embeddings: job.save_embeddings}
     locks: List[OutputLock] = []
     try:
-        for target in [t for t in (job.out, job.save_embeddings) if t is not None]:
+        for target in [t for t in (local.out, local.save_embeddings) if t is not None]:
             locks.append(OutputLock(target).acquire())
         stats = run.run()
     finally:
         for lk in reversed(locks):
             lk.release()
+    if stats is not None and remote is not None:
+        remote.finish()  # uploaded whole; journals removed from the store
     where = (f", {run.skipped} skipped (already ok in {_safe(job.out)})" if job.resume else "")
     return stats, where
 
@@ -331,6 +393,8 @@ class _LocalRun:
         self.done: set = set()
         self.staged: list = []
         self.seen = self.skipped = 0
+        self.after_write = None  # called after each batch of rows (remote checkpoints)
+        self.shown: dict = {}    # staging path -> the URL it is uploaded to (messages)
 
     def run(self):
         from .pipeline import PipelineConfig
@@ -374,7 +438,8 @@ class _LocalRun:
         if job.resume:  # check every identity before anything is rewritten
             for w in existing:
                 old = _stored_identity(w) if w is table else read_run_sidecar(w.path)
-                check_resume_identity(w.path, old, self.identity, job.force_resume)
+                check_resume_identity(self.shown.get(w.path, w.path), old, self.identity,
+                                      job.force_resume)
         self.staged = [w for w in existing if job.overwrite]
         for w in self.staged:  # replaced when the run completes, not now (OutputGuard)
             w.stage()
@@ -426,6 +491,8 @@ class _LocalRun:
             for r in rows:
                 if r.status != STATUS_OK:
                     self.show(r.status, r.error, bar)
+            if self.after_write is not None:
+                self.after_write()
 
         return write
 

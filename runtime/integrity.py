@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
@@ -179,10 +180,21 @@ class OutputGuard:
       (:class:`~quasar.errors.OutputIsInputError`). That is safe because ``--overwrite``
       replaces an existing output only when the run ends (the new rows go to a staged file
       meanwhile): an input met late is still intact when it is met.
+
+    Outputs on object storage (URLs) follow the same rule, compared as normalised URLs
+    (``gcs://`` is ``gs://``, no duplicate or trailing slashes): a named input equal to an
+    output is refused; an input the stream reaches (a prefix, a glob, a list) that is an
+    output gets its ``output_file`` row, or stops the run when ``--overwrite`` is to
+    replace it.
     """
 
     def __init__(self, outputs: Iterable[str], replaced: Iterable[str] = ()) -> None:
-        self.outputs = [str(p) for p in outputs]
+        from .remote_out import normalize_url
+        from .storage import is_url
+
+        outputs = [str(p) for p in outputs]
+        self._urls: Dict[str, str] = {normalize_url(p): p for p in outputs if is_url(p)}
+        self.outputs = [p for p in outputs if not is_url(p)]
         keys = [_key(p) for p in self.outputs]
         self._real: Dict[str, str] = {r: p for (r, _), p in zip(keys, self.outputs)}
         self._ids: Dict[Tuple[int, int], str] = {i: p for (_, i), p in zip(keys, self.outputs)
@@ -190,7 +202,16 @@ class OutputGuard:
         self._names: Set[str] = {os.path.basename(p) for p in self.outputs}
         self.replaced: Set[str] = {str(p) for p in replaced}
 
+    def _url(self, path: str) -> Optional[str]:
+        from .remote_out import normalize_url
+
+        return self._urls.get(normalize_url(path))
+
     def which(self, path: str) -> Optional[str]:
+        from .storage import is_url
+
+        if is_url(path):
+            return self._url(path)
         real, ident = _key(path)
         if real in self._real:
             return self._real[real]
@@ -205,8 +226,18 @@ class OutputGuard:
                 if ident is not None and ident in self._ids:
                     raise _refuse(self._ids[ident], "read as the list of inputs on stdin", "-")
                 continue
+            from .storage import is_url
+
+            if is_url(spec):
+                if self._url(spec) is not None:
+                    raise _refuse(self._url(spec), "the input", spec)
+                continue
             if spec.startswith("@") and len(spec) > 1 and not os.path.exists(spec):
                 name, kind = spec[1:], "the list of inputs"
+                if is_url(name):
+                    if self._url(name) is not None:
+                        raise _refuse(self._url(name), kind, spec)
+                    continue
             elif os.path.isdir(spec) or not os.path.lexists(spec):
                 continue
             else:
@@ -220,6 +251,8 @@ class OutputGuard:
         resolved; any other name costs one ``stat``, and only while an output existed
         before the run (a ``--resume`` appends to it in place, so a hard link to it under
         another name is that output too)."""
+        if self._urls and "://" in path:
+            return self.which(path)
         if os.path.basename(path) in self._names:
             return self.which(path)
         if not self._ids:
@@ -236,7 +269,7 @@ class OutputGuard:
         run is to replace (nothing has been replaced yet: the run stops, the file stays)."""
         own = self.is_output(path)
         if own is not None and own in self.replaced:
-            alias = "" if os.path.abspath(own) == os.path.abspath(path) else \
+            alias = "" if own == path or os.path.abspath(own) == os.path.abspath(path) else \
                 f" (the same file as {safe_text(own)})"
             raise OutputIsInputError(
                 f"{safe_text(path)}{alias} is an existing output that --overwrite would replace, "
@@ -250,7 +283,12 @@ def check_output_dir(d: str, flag: str, specs: Sequence[str], inputs: Iterable[s
     """The rule for an output *directory* (``--engine ray``'s parts and embeddings): it may
     not be, contain or lie inside an input, nor hold a file that is an input under another
     name (a hard link). ``inputs`` are every input file of the run (the Ray driver plans all
-    parts before anything is written, so the whole list is known here)."""
+    parts before anything is written, so the whole list is known here). A directory on
+    object storage (a URL): :func:`check_output_url_dir`."""
+    from .storage import is_url
+
+    if is_url(d):
+        return check_output_url_dir(d, flag, specs, inputs)
     real = os.path.realpath(d).rstrip(os.sep) + os.sep
     for s in specs:
         if s != "-" and not s.startswith("@") and os.path.isdir(s):
@@ -283,6 +321,39 @@ def check_output_dir(d: str, flag: str, specs: Sequence[str], inputs: Iterable[s
                 continue
             if (st.st_dev, st.st_ino) in ids:
                 raise _dir_refusal(flag, d, p, ids[(st.st_dev, st.st_ino)])
+
+
+def _url_prefix(spec: str) -> str:
+    """The fixed part of an input URL: the whole URL, or a glob's (brace pattern's) part
+    up to the folder of its first wildcard."""
+    from .remote_out import normalize_url
+
+    m = re.search(r"[*?\[{]", spec)
+    if m:
+        spec = spec[: m.start()].rsplit("/", 1)[0]
+    return normalize_url(spec)
+
+
+def check_output_url_dir(d: str, flag: str, specs: Sequence[str], inputs: Iterable[str]) -> None:
+    """:func:`check_output_dir` for a directory on object storage: it may not be, hold or
+    lie inside an input prefix (a named URL, or a glob's fixed part), nor hold any input
+    the run planned."""
+    from .remote_out import normalize_url
+    from .storage import is_url
+
+    top = normalize_url(d)
+    for s in specs:
+        if not is_url(s):
+            continue
+        pre = _url_prefix(s)
+        if pre == top or pre.startswith(top + "/") or top.startswith(pre + "/"):
+            raise OutputIsInputError(
+                f"{flag} {safe_text(d)} is the input {safe_text(s)}, lies inside it or holds "
+                "it: a rerun would read this run's files as inputs and --overwrite would "
+                "replace inputs; choose a prefix outside the inputs")
+    for p in inputs:
+        if is_url(p) and normalize_url(p).startswith(top + "/"):
+            raise _dir_refusal(flag, d, p, p)
 
 
 def _real_path_cache():

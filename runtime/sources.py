@@ -35,6 +35,10 @@ seen are kept (:class:`UniqueIds`: ids are unique within a file, so ``--resume``
 mistakes one sample for another). A FIFO, socket or device named like a dataset file is
 never opened (:func:`open_regular`).
 
+Dataset files on object storage are streamed whole into a local spool file and read by the
+same readers (:func:`spooled_samples`; the ids name the URL), the next one downloading while
+one is read: the checks above need a local file descriptor (docs/remote.md).
+
 Failures never lose a shard: a missing, unreadable or non-regular shard, a member cut short,
 a sample without an image member, an unreadable Parquet row group, a Parquet file whose
 columns do not fit the options each become a :class:`Sample` that already carries its status
@@ -44,6 +48,7 @@ image bytes fail later, in decoding, exactly as a corrupt loose file does.
 """
 from __future__ import annotations
 
+import atexit
 import errno
 import hashlib
 import logging
@@ -52,8 +57,9 @@ import posixpath
 import re
 import stat
 import tarfile
+import threading
 from dataclasses import dataclass, replace
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -66,6 +72,7 @@ from quasar.errors import (BrokenLinkError, EmptyImageError, ImageDecodeError,
 from quasar.text import safe_text
 
 from .images import describe_source
+from .storage import Spooled, is_url, read_object, url_join
 
 log = logging.getLogger(__name__)
 
@@ -144,12 +151,21 @@ def sample_aware(load: Callable[[object], np.ndarray]) -> Callable[[object], np.
             err.status = item.status
             raise err
         src: object = item.data if item.data is not None else item.path
+        fetched = isinstance(src, str) and is_url(src)
+        if fetched:  # a loose image / a path cell at a URL: read now, in a decode thread
+            got = read_object(src, MAX_MEMBER_BYTES)
+            if isinstance(got, tuple):
+                msg = got[1] if item.id in got[1] else f"{item.id}: {got[1]}"
+                err = _STATUS_ERRORS.get(got[0], ImageDecodeError)(msg)
+                err.status = got[0]
+                raise err
+            src = got
         try:
             return load(src)
         except Exception as exc:  # noqa: BLE001 - renamed, then the engine isolates it
             msg = str(exc) if isinstance(exc, ImageDecodeError) else f"{type(exc).__name__}: {exc}"
             name = describe_source(src)
-            if item.data is not None and msg.startswith(name):
+            if (item.data is not None or fetched) and msg.startswith(name):
                 msg = item.id + msg[len(name):]
             elif item.id not in msg:
                 msg = f"{item.id}: {msg}"
@@ -283,15 +299,24 @@ class SourceOptions:
     def kind(self, path: str) -> str:
         return input_kind(path, self.input_type)
 
-    def samples(self, path: str) -> Iterator[Sample]:
-        """Samples of one dataset file (``webdataset`` or ``parquet`` kind)."""
+    def samples(self, path: str, then: Optional[str] = None) -> Iterator[Sample]:
+        """Samples of one dataset file (``webdataset`` or ``parquet`` kind). A URL is
+        spooled to a local file first (:func:`spooled_samples`); ``then``, the dataset file
+        that will be read next, starts downloading in the background once ``path`` is
+        downloaded (Ray actors: their next part)."""
         kind = self.kind(path)
-        if kind == "webdataset":
-            return iter_tar_samples(path, self.image_keys)
-        if kind == "parquet":
-            return iter_parquet_samples(path, self.image_column, self.id_column,
-                                        self.parquet_batch_rows)
-        raise SourceError(f"{path}: not a dataset file (input type {kind})")
+        if kind not in ("webdataset", "parquet"):
+            raise SourceError(f"{path}: not a dataset file (input type {kind})")
+        if is_url(path):
+            return spooled_samples(self, path, _PREFETCH, then)
+        return self.local_samples(path)
+
+    def local_samples(self, path: str, name: Optional[str] = None) -> Iterator[Sample]:
+        """Samples of a local dataset file (``name``: its URL when it is a spool copy)."""
+        if self.kind(name or path) == "webdataset":
+            return iter_tar_samples(path, self.image_keys, name=name)
+        return iter_parquet_samples(path, self.image_column, self.id_column,
+                                    self.parquet_batch_rows, name=name)
 
     def describe(self) -> dict:
         return {"input_type": self.input_type, "image_keys": ";".join(self.image_keys),
@@ -308,14 +333,121 @@ def parse_image_keys(keys: Union[str, Sequence[str]]) -> Tuple[str, ...]:
     return out
 
 
-def iter_items(paths: Iterator[str], opts: SourceOptions) -> Iterator[Union[str, Sample]]:
+_END = object()
+
+
+def iter_items(paths: Iterable[Any], opts: SourceOptions) -> Iterator[Union[str, Sample]]:
     """Loose image paths as they are, dataset files expanded into their samples (inputs that
-    already failed, e.g. an unlistable folder, pass through)."""
-    for p in paths:
-        if not isinstance(p, str) or opts.kind(p) == "image":
-            yield p
-        else:
-            yield from opts.samples(p)
+    already failed, e.g. an unlistable folder, pass through). A loose image at a URL becomes
+    a :class:`Sample` read when it is decoded (:func:`remote_image`); a dataset file at a URL
+    is spooled, and the next one downloads while it is read (:func:`spooled_samples`)."""
+    it = iter(paths)
+    prefetch = _Prefetch()
+    try:
+        nxt = next(it, _END)
+        while nxt is not _END:
+            p = nxt
+            if _is_remote_dataset(p, opts):
+                nxt = next(it, _END)   # known before this file is read: it downloads meanwhile
+                then = nxt if _is_remote_dataset(nxt, opts) else None
+                yield from spooled_samples(opts, p, prefetch, then)
+                continue
+            if not isinstance(p, str):
+                yield p
+            elif opts.kind(p) == "image":
+                yield remote_image(p) if is_url(p) else p
+            else:
+                yield from opts.local_samples(p)
+            nxt = next(it, _END)
+    finally:
+        prefetch.close()
+
+
+# --------------------------------------------------------------------------- remote inputs
+def _is_remote_dataset(p: Any, opts: SourceOptions) -> bool:
+    return isinstance(p, str) and is_url(p) and opts.kind(p) != "image"
+
+
+def remote_image(url: str) -> Sample:
+    """A loose image at a URL: a :class:`Sample` whose bytes are read when it is decoded (in
+    the engine's decode threads, several at a time), size checked first
+    (:func:`sample_aware`)."""
+    return Sample(id=url, path=url)
+
+
+class _Prefetch:
+    """At most one remote dataset file downloading ahead of the one being read (one
+    background thread), so that spool disk use stays at about two files."""
+
+    def __init__(self) -> None:
+        self.pending: Optional[Spooled] = None
+        self.lock = threading.Lock()
+
+    def take(self, url: str, what: str) -> Spooled:
+        """The download of ``url``: the one running ahead, or a new one (not started)."""
+        with self.lock:
+            p, self.pending = self.pending, None
+        if p is not None and p.url == url:
+            return p
+        if p is not None:
+            p.close()
+        return Spooled(url, what)
+
+    def ahead(self, url: str, what: str) -> None:
+        with self.lock:
+            p = self.pending
+            if p is not None and p.url == url:
+                return
+            self.pending = None
+        if p is not None:
+            p.close()
+        sp = Spooled(url, what)   # created here: a failure to create it is the row's later
+        with self.lock:
+            self.pending = sp.start()
+
+    def close(self) -> None:
+        with self.lock:
+            p, self.pending = self.pending, None
+        if p is not None:
+            p.close()
+
+
+_PREFETCH = _Prefetch()   # SourceOptions.samples(url, then=...) of this process (Ray actors)
+atexit.register(_PREFETCH.close)
+
+
+def _what(opts: SourceOptions, url: str) -> str:
+    return "shard" if opts.kind(url) == "webdataset" else "Parquet file"
+
+
+def spooled_samples(opts: SourceOptions, url: str, prefetch: _Prefetch,
+                    then: Optional[str] = None) -> Iterator[Sample]:
+    """Samples of a remote dataset file: streamed whole into a local spool file
+    (:class:`quasar.runtime.storage.Spooled`), then read by the local, hardened reader; ids
+    and messages name the URL. The spool file is deleted when the file is done (also on an
+    error or Ctrl-C). ``then`` (the next remote dataset file) starts downloading once this
+    one is down: at most one file ahead. A download that fails is one row ``<url>#@0``."""
+    try:
+        sp = prefetch.take(url, _what(opts, url))
+    except OSError as exc:  # the spool folder cannot be written
+        yield _failed(url, f"{url}#@0", "read_error",
+                      f"{safe_text(url)}: cannot create a spool file ({exc}); set "
+                      "QUASAR_SPOOL_DIR to a writable local folder", 0)
+        return
+    try:
+        sp.wait()
+        if then is not None:
+            try:
+                prefetch.ahead(then, _what(opts, then))
+            except OSError:
+                pass   # it is downloaded when its turn comes, and fails with its own row
+        if sp.failure is not None:
+            yield _failed(url, f"{url}#@0", sp.failure[0], sp.failure[1], 0)
+            return
+        log.debug("%s: %d bytes spooled in %.2f s", safe_text(url), sp.bytes, sp.seconds)
+        yield from opts.local_samples(sp.path, name=url)
+    finally:
+        sp.close()
 
 
 # --------------------------------------------------------------------------- one input file
@@ -620,8 +752,11 @@ class _Group:
 
 def iter_tar_samples(shard: str, image_keys: Sequence[str] = DEFAULT_IMAGE_KEYS,
                      max_member_bytes: int = MAX_MEMBER_BYTES,
-                     max_header_bytes: int = MAX_HEADER_BYTES) -> Iterator[Sample]:
+                     max_header_bytes: int = MAX_HEADER_BYTES,
+                     name: Optional[str] = None) -> Iterator[Sample]:
     """Samples of a WebDataset tar shard, in archive order, one pass (see module docstring).
+    ``name`` is what the ids and messages call the shard when it is not ``shard`` (the URL
+    of a remote shard read from its local spool copy).
 
     Never raises for a bad shard: a missing / unreadable / non-regular / non-tar file is one
     failed sample ``<shard>#@0``; a member cut short fails its sample (``truncated``); a shard
@@ -631,17 +766,18 @@ def iter_tar_samples(shard: str, image_keys: Sequence[str] = DEFAULT_IMAGE_KEYS,
     skipped (they hold no sample), every other member belongs to a sample that gets a row.
     """
     keys = parse_image_keys(image_keys)
+    label = shard if name is None else name
     opened = open_regular(shard, "shard")
     if not isinstance(opened, int):
-        yield _failed(shard, f"{shard}#@0", opened[0], opened[1], 0)
+        yield _failed(label, f"{label}#@0", opened[0], opened[1].replace(shard, label), 0)
         return
     try:
         size = os.fstat(opened).st_size
         if size == 0:
-            yield _failed(shard, f"{shard}#@0", "empty_file",
-                          f"{shard}: the shard is empty (0 bytes); re-download or re-copy it", 0)
+            yield _failed(label, f"{label}#@0", "empty_file",
+                          f"{label}: the shard is empty (0 bytes); re-download or re-copy it", 0)
             return
-        yield from _tar_samples(_TarScanner(opened, shard, size, max_header_bytes), keys,
+        yield from _tar_samples(_TarScanner(opened, label, size, max_header_bytes), keys,
                                 max_member_bytes)
     finally:
         os.close(opened)
@@ -763,6 +899,8 @@ def resolve_image_column(pa, schema, file: str, image_column: Optional[str],
 def check_parquet_columns(file: str, image_column: Optional[str], id_column: Optional[str]) -> None:
     """Fail early (before a cluster run) on a Parquet file whose columns do not fit; an
     unreadable file is left to the reader (it becomes an error row)."""
+    if is_url(file):  # a remote file's columns are checked when it is read (a row)
+        return
     pa = _require_pyarrow()
     opened = open_regular(file, "Parquet file")  # a FIFO must not block the planner either
     if not isinstance(opened, int):
@@ -920,8 +1058,12 @@ def _open_parquet(pa, file: str):
 def iter_parquet_samples(file: str, image_column: Optional[str] = None,
                          id_column: Optional[str] = None, batch_rows: int = 64,
                          max_cell_bytes: int = MAX_MEMBER_BYTES,
-                         max_page_bytes: Optional[int] = None) -> Iterator[Sample]:
+                         max_page_bytes: Optional[int] = None,
+                         name: Optional[str] = None) -> Iterator[Sample]:
     """Samples of a Parquet file, row by row, read in small record batches per row group.
+    ``name``: what ids and messages call the file when it is not ``file`` (the URL of a
+    remote file read from its spool copy; relative paths in a path column are then relative
+    to that URL).
 
     The id is ``<file>#<id column value>`` (``<file>#<row number>`` without ``id_column``;
     ``<file>#@row<N>`` for a null id; repeats get ``.dup2``... - :class:`UniqueIds`). Never
@@ -935,6 +1077,10 @@ def iter_parquet_samples(file: str, image_column: Optional[str] = None,
     """
     pa = _require_pyarrow()
     opened = _open_parquet(pa, file)
+    if name is not None:
+        if not isinstance(opened[0], pa.parquet.ParquetFile):
+            opened = (opened[0], opened[1].replace(file, name))
+        file = name
     if not isinstance(opened[0], pa.parquet.ParquetFile):
         yield _failed(file, f"{file}#@0", opened[0], opened[1], 0)
         return
@@ -970,7 +1116,7 @@ class _ParquetRows:
         self.leaf = next((i for i in range(md.num_columns)
                           if md.schema.column(i).path == leaf), None)
         self.ids = UniqueIds(file)
-        self.base_dir = os.path.dirname(file)
+        self.base_dir = None if is_url(file) else os.path.dirname(file)
         self.index = 0
         self.row = 0
 
@@ -1077,8 +1223,14 @@ class _ParquetRows:
             return _failed(file, sid, "not_found",
                            f"{sid}: the path in column {col!r} contains a NUL byte, which no "
                            "file name can hold; fix the path in the Parquet file", index)
-        # relative paths are relative to the Parquet file's folder, never the working dir
-        p = path if os.path.isabs(path) else os.path.join(self.base_dir, path)
+        # relative paths are relative to the Parquet file's folder (or URL), never the
+        # working dir; absolute paths and URLs are taken as they are
+        if is_url(path) or os.path.isabs(path):
+            p = path
+        elif self.base_dir is None:
+            p = url_join(file, path)
+        else:
+            p = os.path.join(self.base_dir, path)
         return Sample(id=sid, path=p, shard=file, index=index)
 
     def _refused(self, rg: int, n: int, bad: Tuple[int, int, int, int]) -> Iterator[Sample]:

@@ -271,6 +271,20 @@ def rss_run(bundle: str, bodies: List[bytes], args) -> Dict[str, Any]:
 
 
 def summarise(res: Dict[str, Any], args) -> str:
+    if not res["offline"]:  # --rss-only
+        lines: List[str] = []
+    else:
+        lines = _level_table(res, args)
+    if "rss" in res:
+        s = res["rss"]
+        lines += ["", f"RSS of quasar serve over {s['requests']} requests (8 clients): "
+                  + ", ".join(f"{n}: {v:.0f} MiB" for n, v in s["samples"])
+                  + f"; largest change after warm-up {s['max_change_pct']:.1f} %; "
+                  f"{s['errors']} errors"]
+    return "\n".join(lines)
+
+
+def _level_table(res: Dict[str, Any], args) -> List[str]:
     off = statistics.median(o["images_per_s"] for o in res["offline"])
     lines = [f"offline quasar score: {off:.1f} images/s (median of {len(res['offline'])})", "",
              "| server | clients | images/s | % of offline | p50 ms | p99 ms | errors | RSS MiB |",
@@ -284,13 +298,7 @@ def summarise(res: Dict[str, Any], args) -> str:
                          f"{statistics.median(x['p99_ms'] for x in lv):.1f} | "
                          f"{sum(x['errors'] for x in lv)} | "
                          f"{statistics.median(x.get('rss_mb', 0) for x in lv):.0f} |")
-    if "rss" in res:
-        s = res["rss"]
-        lines += ["", f"RSS of quasar serve over {s['requests']} requests (8 clients): "
-                  + ", ".join(f"{n}: {v:.0f} MiB" for n, v in s["samples"])
-                  + f"; largest change after warm-up {s['max_change_pct']:.1f} %; "
-                  f"{s['errors']} errors"]
-    return "\n".join(lines)
+    return lines
 
 
 def parse_args(argv=None):
@@ -305,6 +313,8 @@ def parse_args(argv=None):
     ap.add_argument("--rss-requests", type=int, default=10000)
     ap.add_argument("--rss-seconds", type=float, default=1800.0)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rss-only", action="store_true",
+                    help="only the RSS run of quasar serve (no rounds, no other servers)")
     ap.add_argument("--images", type=int, default=64)
     ap.add_argument("--offline-images", type=int, default=512)
     ap.add_argument("--max-batch-size", type=int, default=16)
@@ -341,7 +351,7 @@ def main(argv=None) -> int:
                                     if not k.endswith("driver")},
                            "cpus": os.cpu_count(), "offline": [],
                            "servers": {k: [] for k in kinds}}
-    for rnd in range(args.rounds):  # interleaved: every server once per round
+    for rnd in range(0 if args.rss_only else args.rounds):  # interleaved: every server once per round
         print(f"round {rnd + 1}/{args.rounds}", file=sys.stderr, flush=True)
         res["offline"].append(offline(bundle, paths, args))
         print(f"  offline   {res['offline'][-1]['images_per_s']:.1f} img/s", file=sys.stderr)

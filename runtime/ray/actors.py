@@ -7,7 +7,8 @@ import math
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from ..job import ScoreJob, ScorerSpec
-from ..sources import STATUS_OK, Sample, SourceOptions
+from ..sources import STATUS_OK, Sample, SourceOptions, iter_items
+from ..storage import is_url
 
 
 # --------------------------------------------------------------------------- the spec
@@ -62,11 +63,16 @@ def run_identity(bundle, spec: ScorerSpec, sources: SourceOptions) -> Dict[str, 
 
 
 # --------------------------------------------------------------------------- streams
-def _part_items(part: dict, sources: SourceOptions) -> Iterator[Any]:
-    """The engine items of a part, streamed: loose paths, or a shard's samples."""
+def _part_items(part: dict, sources: SourceOptions, then: Optional[dict] = None
+                ) -> Iterator[Any]:
+    """The engine items of a part, streamed: loose paths (a URL read by the decode threads),
+    or a shard's samples (a remote shard spooled by this actor; ``then``, the next part of
+    the call, starts downloading once this one is down - runtime/sources.spooled_samples)."""
     if part["kind"] == "files":
-        return iter(part["paths"])
-    return sources.samples(part["shard"])
+        return iter_items(iter(part["paths"]), sources)
+    nxt = then.get("shard") if then is not None and then["kind"] != "files" else None
+    nxt = nxt if is_url(nxt) else None
+    return sources.samples(part["shard"], then=nxt)
 
 
 def score_streams(scorer, streams: Iterable[Iterable[Any]], batch_size: int, workers: int,
@@ -122,7 +128,9 @@ def score_parts(scorer, parts: Sequence[dict], sources: SourceOptions, batch_siz
                 ) -> Iterator[Tuple[dict, list, Optional[list]]]:
     """``(part, rows, embeddings)`` for each of ``parts``, in order, as each completes, all
     through one engine stream (:func:`score_streams`)."""
-    for j, rows, embs in score_streams(scorer, (_part_items(d, sources) for d in parts),
+    streams = (_part_items(d, sources, parts[i + 1] if i + 1 < len(parts) else None)
+               for i, d in enumerate(parts))
+    for j, rows, embs in score_streams(scorer, streams,
                                        batch_size, workers, variable_shapes, embeddings):
         yield parts[j], rows, embs
 

@@ -190,13 +190,21 @@ def run(specs: Sequence[str], out_dir: str, spec: ScorerSpec, bundle, *,
         sources: SourceOptions = SourceOptions(), opts: RayOptions = RayOptions(),
         resume: bool = False, overwrite: bool = False, on_rows=None,
         show_progress: bool = False, emb_dir: Optional[str] = None,
-        verbose: bool = False) -> RunReport:
+        verbose: bool = False, remote_locks: Sequence[Any] = ()) -> RunReport:
     """Score ``specs`` into ``out_dir`` (one Parquet part per shard) on Ray; with
     ``emb_dir``, also each part's embeddings (``<part>.npy`` + ``<part>.paths.txt``).
-    ``on_rows`` receives the rows of each part once it is written."""
+    ``on_rows`` receives the rows of each part once it is written. Either directory may be
+    a URL (``s3://b/scores/``): each part is then written in a staging folder and put to
+    the store whole (quasar.runtime.remote_out.RayRemoteOutput); ``remote_locks`` are the
+    lock objects the caller holds there (checked before each upload)."""
     from ..integrity import check_output_dir
+    from ..storage import is_url
+
+    from ..remote_out import normalize_url
 
     ray = require_ray()
+    out_dir, emb_dir = (normalize_url(d) if d is not None and is_url(d) else d
+                        for d in (out_dir, emb_dir))
     t0 = time.perf_counter()
     report = RunReport()
     identity = run_identity(bundle, spec, sources)
@@ -214,22 +222,30 @@ def run(specs: Sequence[str], out_dir: str, spec: ScorerSpec, bundle, *,
     if not todo:
         report.seconds = time.perf_counter() - t0
         return report
+    remote = None
+    if is_url(out_dir) or (emb_dir is not None and is_url(emb_dir)):
+        from ..remote_out import RayRemoteOutput
+
+        remote = RayRemoteOutput(out_dir, emb_dir, remote_locks)
+        remote.begin()
     with _quiet_stderr(not verbose):
         _score_todo(ray, todo, spec, sources, opts, out_dir, identity, emb_dir, dim, report,
-                    on_rows, show_progress)
+                    on_rows, show_progress, remote)
+    if remote is not None:
+        remote.end()
     report.seconds = time.perf_counter() - t0
     return report
 
 
 def _score_todo(ray, todo, spec, sources, opts, out_dir, identity, emb_dir, dim, report,
-                on_rows, show_progress) -> None:
+                on_rows, show_progress, remote=None) -> None:
     """Score the parts still to do on Ray, writing each as it completes."""
     started = connect(opts.address)
     try:
         _quiet_data_context(show_progress)
         ds = _scored_parts(ray, todo, spec, sources, opts, emb_dir is not None)
         writer = _PartWriter(out_dir, todo, spec.anchors, identity, emb_dir, dim, report,
-                             on_rows)
+                             on_rows, remote)
         for batch in _unwrapped(ds.iter_batches(batch_size=None, batch_format="pyarrow")):
             writer.add(batch)
         unfinished = sorted({p.name for p in todo} - set(_finished(out_dir, todo)))
@@ -305,9 +321,11 @@ class _PartWriter:
     written is never written again when Ray retries a call whose actor died) and writes a
     part once it has all its rows."""
 
-    def __init__(self, out_dir, todo, anchors, identity, emb_dir, dim, report, on_rows):
+    def __init__(self, out_dir, todo, anchors, identity, emb_dir, dim, report, on_rows,
+                 remote=None):
         self.out_dir, self.anchors, self.identity = out_dir, anchors, identity
         self.emb_dir, self.dim, self.report, self.on_rows = emb_dir, dim, report, on_rows
+        self.remote = remote  # RayRemoteOutput: parts staged locally, then put whole
         self.by_name = {p.name: p for p in todo}
         self.pending: Dict[str, Dict[int, dict]] = {}
         self.counts: Dict[str, int] = {}
@@ -335,8 +353,11 @@ class _PartWriter:
                 self._write(name, rows)
 
     def _write(self, name: str, rows: Dict[int, dict]) -> None:
-        write_part(self.out_dir, self.by_name[name], rows, self.anchors, self.identity,
-                   self.emb_dir, self.dim)
+        if self.remote is None:
+            write_part(self.out_dir, self.by_name[name], rows, self.anchors, self.identity,
+                       self.emb_dir, self.dim)
+        else:  # written whole in the staging folder, then one put per file, the part last
+            self.remote.write(self.by_name[name], rows, self.anchors, self.identity, self.dim)
         self.report.parts_written += 1
         self.report.by_status.update(x["status"] for x in rows.values())
         if self.on_rows is not None:
@@ -350,9 +371,14 @@ class _PartWriter:
 # --------------------------------------------------------------------------- quasar score
 def _options(job: ScoreJob):
     """(RayOptions, device) of a job: the output directory and the Ray settings checked."""
+    from ..remote_out import check_writable
+    from ..storage import is_url
+
     if job.out is None:
         raise UsageError("--engine ray writes a directory of Parquet parts: give --out DIR")
-    if os.path.exists(job.out) and not os.path.isdir(job.out):
+    check_writable(job.out, "--out")
+    check_writable(job.save_embeddings, "--save-embeddings")
+    if not is_url(job.out) and os.path.exists(job.out) and not os.path.isdir(job.out):
         raise UsageError(f"--out {job.out} is a file; --engine ray writes a directory of "
                          "Parquet parts: give a directory")
     gpus = float(job.gpus_per_worker or 0)
@@ -392,7 +418,8 @@ def run_ray(job: ScoreJob, on_failure=None) -> RunReport:
         return run(list(job.inputs), job.out, spec, b, sources=job.sources, opts=opts,
                    resume=job.resume, overwrite=job.overwrite, on_rows=on_rows,
                    show_progress=not job.quiet and sys.stderr.isatty(), emb_dir=emb_dir,
-                   verbose=job.verbose)
+                   verbose=job.verbose,
+                   remote_locks=[lk for lk in locks if hasattr(lk, "check")])
     except KeyboardInterrupt:
         print(f"quasar score: error: interrupted; finished parts are in {job.out}: run the "
               "same command with --resume to continue", file=sys.stderr)
@@ -405,13 +432,20 @@ def run_ray(job: ScoreJob, on_failure=None) -> RunReport:
 def _lock_dirs(out: str, emb_dir: Optional[str]) -> list:
     """The output directory (and a separate embeddings directory) locked for the whole run
     (``<dir>.lock`` beside it, the lock a local run on the same name takes too): a second
-    writer, local or Ray, is refused with the holder's process id."""
+    writer, local or Ray, is refused with the holder's process id. A directory on object
+    storage: the lock object ``<dir>/_quasar.lock`` (quasar.runtime.remote_out.RemoteLock;
+    the first call to the store, so missing credentials stop the run here)."""
     from quasar.bundle.lock import OutputLock
+
+    from ..remote_out import DIR_LOCK, RemoteLock, normalize_url
+    from ..storage import is_url
 
     locks: list = []
     try:
-        for d in dict.fromkeys(os.path.normpath(x) for x in (out, emb_dir) if x is not None):
-            locks.append(OutputLock(d).acquire())
+        for d in dict.fromkeys(normalize_url(x) if is_url(x) else os.path.normpath(x)
+                               for x in (out, emb_dir) if x is not None):
+            locks.append(RemoteLock(d + "/" + DIR_LOCK, d).acquire() if is_url(d)
+                         else OutputLock(d).acquire())
     except BaseException:
         for lk in locks:
             lk.release()

@@ -23,8 +23,60 @@ from quasar.errors import RayRunError
 
 from ..integrity import IDENTITY
 from ..sources import STATUS_OK, SourceOptions, check_parquet_columns
+from ..storage import is_url
 
 log = logging.getLogger(__name__)
+
+
+class LocalStore:
+    """The file operations the parts code needs, on a local folder; an output directory on
+    object storage has the same interface (quasar.runtime.remote_out.RemoteStore)."""
+
+    remote = False
+    join = staticmethod(os.path.join)
+    listdir = staticmethod(os.listdir)
+    exists = staticmethod(os.path.exists)
+    size = staticmethod(os.path.getsize)
+    remove = staticmethod(os.remove)
+
+    @staticmethod
+    def open(p: str, mode: str = "rb"):
+        return open(p, mode)
+
+    @staticmethod
+    def makedirs(d: str) -> None:
+        os.makedirs(d, exist_ok=True)
+
+
+LOCAL = LocalStore()
+
+
+def store_of(d: Optional[str]):
+    """The store of an output directory: :data:`LOCAL`, or object storage for a URL."""
+
+    if d is not None and is_url(d):
+        from ..remote_out import RemoteStore
+
+        return RemoteStore()
+    return LOCAL
+
+
+def _read_table(store, path: str, columns=None):
+    import pyarrow.parquet as pq
+
+    if not store.remote:
+        return pq.read_table(path, columns=columns)
+    with store.open(path) as f:
+        return pq.read_table(f, columns=columns)
+
+
+def _read_schema(store, path: str):
+    import pyarrow.parquet as pq
+
+    if not store.remote:
+        return pq.read_schema(path)
+    with store.open(path) as f:
+        return pq.read_schema(f)
 
 RUN_META_KEY = b"quasar.run"
 PART_SUFFIX = ".parquet"
@@ -96,7 +148,8 @@ def plan_parts(specs: Sequence[str], sources: SourceOptions,
             continue
         stem = _stem(p.shard)
         if stems[stem] > 1 or stem in taken:
-            where = os.path.abspath(p.shard).encode("utf-8", "surrogateescape")
+            where = (p.shard if is_url(p.shard) else os.path.abspath(p.shard)
+                     ).encode("utf-8", "surrogateescape")
             stem += "-" + hashlib.sha1(where).hexdigest()[:8]
         p.name = stem
         taken.add(stem)
@@ -113,13 +166,12 @@ def rows_digest(rows: Iterable[dict], anchors: Sequence[str]) -> str:
     return h.hexdigest()
 
 
-def part_problem(path: str, meta: Dict[str, Any], anchors: Sequence[str]) -> Optional[str]:
+def part_problem(path: str, meta: Dict[str, Any], anchors: Sequence[str],
+                 store=LOCAL) -> Optional[str]:
     """Why a finished part cannot be trusted, or None: its rows against the count and the
     checksum in its metadata, ids unique, ok rows with finite scores in [0, 1]."""
-    import pyarrow.parquet as pq
-
     try:
-        rows = pq.read_table(path).to_pylist()
+        rows = _read_table(store, path).to_pylist()
     except Exception as exc:  # noqa: BLE001 - any pyarrow failure means "unreadable"
         return f"unreadable ({exc})"
     cols = ["path"] + [f"score_{a}" for a in anchors] + ["status", "error"]
@@ -141,24 +193,43 @@ def part_problem(path: str, meta: Dict[str, Any], anchors: Sequence[str]) -> Opt
     return None
 
 
-def _embeddings_problem(emb_dir: str, part: "Part", path: str, dim: int) -> Optional[str]:
-    """Why a finished part's embedding files cannot be trusted, or None."""
+def _npy_shape(store, npy: str) -> Tuple[int, ...]:
+    """The shape of a float32 C-order ``.npy`` file from its header, checked against the
+    file's size (a cut file is refused) - without reading the array."""
     import numpy as np
-    import pyarrow.parquet as pq
 
-    npy, paths = _embedding_files(emb_dir, part)
-    if not (os.path.exists(npy) and os.path.exists(paths)):
+    with store.open(npy) as f:
+        version = np.lib.format.read_magic(f)
+        read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                else np.lib.format.read_array_header_2_0)
+        shape, fortran, dtype = read(f)
+        offset = f.tell()
+    if fortran or dtype != np.dtype("<f4"):
+        raise ValueError("not a float32 C-order array")
+    n = 1
+    for x in shape:
+        n *= int(x)
+    if store.size(npy) != offset + 4 * n:
+        raise ValueError(f"{store.size(npy)} bytes for shape {tuple(shape)}")
+    return tuple(shape)
+
+
+def _embeddings_problem(emb_dir: str, part: "Part", path: str, dim: int,
+                        store=LOCAL) -> Optional[str]:
+    """Why a finished part's embedding files cannot be trusted, or None."""
+    npy, paths = _embedding_files(emb_dir, part, store)
+    if not (store.exists(npy) and store.exists(paths)):
         return "its embeddings are missing"
     try:
-        t = pq.read_table(path, columns=["path", "status"]).to_pylist()
+        t = _read_table(store, path, columns=["path", "status"]).to_pylist()
         ok = [r["path"] for r in t if r["status"] == STATUS_OK]
-        arr = np.load(npy, mmap_mode="r")
-        with open(paths, encoding="utf-8") as f:
-            listed = f.read().split("\n")[:-1]
+        shape = _npy_shape(store, npy)
+        with store.open(paths, "rb") as f:
+            listed = f.read().decode("utf-8").split("\n")[:-1]
     except (OSError, ValueError) as exc:
         return f"unreadable embeddings ({exc})"
-    if arr.shape != (len(ok), dim) or listed != ok:
-        return f"embeddings of shape {arr.shape} for {len(ok)} ok rows"
+    if shape != (len(ok), dim) or listed != ok:
+        return f"embeddings of shape {shape} for {len(ok)} ok rows"
     return None
 
 
@@ -204,11 +275,11 @@ def write_part(out_dir: str, part: Part, rows: Dict[int, dict], anchors: Sequenc
         pq.write_table(table, str(tmp))
 
 
-def _embedding_files(emb_dir: str, part: Part) -> Tuple[str, str]:
+def _embedding_files(emb_dir: str, part: Part, store=LOCAL) -> Tuple[str, str]:
     """``<emb_dir>/<part>.npy`` (float32 [n_ok, D], the part's ok rows in order) and
     ``<emb_dir>/<part>.paths.txt`` (their ``path`` cells, one per line)."""
-    return (os.path.join(emb_dir, part.name + ".npy"),
-            os.path.join(emb_dir, part.name + ".paths.txt"))
+    return (store.join(emb_dir, part.name + ".npy"),
+            store.join(emb_dir, part.name + ".paths.txt"))
 
 
 def _clean_temps(d: str) -> None:
@@ -217,13 +288,11 @@ def _clean_temps(d: str) -> None:
             os.remove(os.path.join(d, n))
 
 
-def _foreign_meta(path: str) -> Optional[Dict[str, Any]]:
+def _foreign_meta(path: str, store=LOCAL) -> Optional[Dict[str, Any]]:
     """The part's ``quasar.run`` metadata; raises for a readable Parquet file that is not a
     quasar part (someone else's file: never replaced); None for an unreadable one."""
-    import pyarrow.parquet as pq
-
     try:
-        md = pq.read_schema(path).metadata or {}
+        md = _read_schema(store, path).metadata or {}
     except Exception:  # noqa: BLE001 - a cut or garbled part: redone
         return None
     if RUN_META_KEY not in md:
@@ -251,17 +320,19 @@ def _check_same_run(path: str, meta: Dict[str, Any], part: Part,
 
 
 def verify_part(out_dir: str, part: Part, identity: Dict[str, Any],
-                emb_dir: Optional[str] = None, dim: int = 0) -> Optional[str]:
+                emb_dir: Optional[str] = None, dim: int = 0, store=None) -> Optional[str]:
     """Why the finished ``part`` must be redone (None: it verifies). Raises for a part of
-    another run (other settings, other source) or a file that is not a quasar part."""
-    path = os.path.join(out_dir, part.file)
-    meta = _foreign_meta(path)
+    another run (other settings, other source) or a file that is not a quasar part. On
+    object storage (``out_dir`` a URL) the part is read from the store."""
+    store = store_of(out_dir) if store is None else store
+    path = store.join(out_dir, part.file)
+    meta = _foreign_meta(path, store)
     if meta is None:
         return "unreadable, or no readable run identity"
     _check_same_run(path, meta, part, identity)
-    why = part_problem(path, meta, list(identity.get("anchors") or []))
+    why = part_problem(path, meta, list(identity.get("anchors") or []), store)
     if why is None and emb_dir is not None:
-        why = _embeddings_problem(emb_dir, part, path, dim)
+        why = _embeddings_problem(emb_dir, part, path, dim, store_of(emb_dir))
     return why
 
 
@@ -270,13 +341,14 @@ def prepare_output(out_dir: str, parts: List[Part], identity: Dict[str, Any], *,
                    dim: int = 0, report: Any = None) -> List[Part]:
     """Check / clean the output directory; return the parts still to compute: those not
     finished, and (``--resume``) those whose part or embedding files do not verify
-    (:func:`verify_part`: logged, redone whole)."""
-    os.makedirs(out_dir, exist_ok=True)
-    _clean_temps(out_dir)
-    if emb_dir is not None:
-        os.makedirs(emb_dir, exist_ok=True)
-        _clean_temps(emb_dir)
-    names = os.listdir(out_dir)
+    (:func:`verify_part`: logged, redone whole). ``out_dir`` / ``emb_dir`` may be URLs
+    (object storage: nothing there is ever half written, so there are no temp files)."""
+    store = store_of(out_dir)
+    for d in (out_dir, emb_dir):
+        if d is not None and not store_of(d).remote:
+            os.makedirs(d, exist_ok=True)
+            _clean_temps(d)
+    names = store.listdir(out_dir)
     done = {n for n in names if n.endswith(PART_SUFFIX) and not n.startswith(".")}
     if done and not resume and not overwrite:
         raise RayRunError(f"{out_dir} already holds {len(done)} scored parts: add --resume to "
@@ -288,9 +360,9 @@ def prepare_output(out_dir: str, parts: List[Part], identity: Dict[str, Any], *,
         if p.file not in done:
             todo.append(p)
             continue
-        why = verify_part(out_dir, p, identity, emb_dir, dim)
+        why = verify_part(out_dir, p, identity, emb_dir, dim, store)
         if why is not None:
-            log.warning("%s does not verify (%s): redoing it", os.path.join(out_dir, p.file), why)
+            log.warning("%s does not verify (%s): redoing it", store.join(out_dir, p.file), why)
             if report is not None:
                 report.parts_redone += 1
             todo.append(p)
@@ -298,15 +370,17 @@ def prepare_output(out_dir: str, parts: List[Part], identity: Dict[str, Any], *,
 
 
 def _finished(out_dir: str, parts: List[Part]) -> List[str]:
-    return [p.name for p in parts if os.path.exists(os.path.join(out_dir, p.file))]
+    store = store_of(out_dir)
+    names = set(store.listdir(out_dir))
+    return [p.name for p in parts if p.file in names]
 
 
 def read_parts(out_dir: str) -> List[dict]:
-    """Every row of a Ray run's output directory (parts in name order). For tools and tests."""
-    import pyarrow.parquet as pq
-
+    """Every row of a Ray run's output directory (parts in name order; a local folder or a
+    URL). For tools and tests."""
+    store = store_of(out_dir)
     rows: List[dict] = []
-    for n in sorted(os.listdir(out_dir)):
+    for n in sorted(store.listdir(out_dir)):
         if n.endswith(PART_SUFFIX) and not n.startswith("."):
-            rows.extend(pq.read_table(os.path.join(out_dir, n)).to_pylist())
+            rows.extend(_read_table(store, store.join(out_dir, n)).to_pylist())
     return rows
