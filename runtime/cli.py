@@ -513,7 +513,10 @@ class _LocalRun:
                 _err(f"interrupted: nothing replaced (--overwrite replaces {_safe(self.job.out)} "
                      "only when the run completes); run the same command again")
                 return None
-            _err(f"interrupted: {table.rows_written} rows written to {table.journal or 'stdout'}"
+            where = table.journal or "stdout"
+            if self.shown.get(self.job.out):  # a remote --out: its last upload is what counts
+                where = f"{_safe(self.shown[self.job.out])} (uploading them now)"
+            _err(f"interrupted: {table.rows_written} rows written to {where}"
                  "; run the same command with --resume to continue")
             return None
         except BaseException:
