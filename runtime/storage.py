@@ -355,18 +355,14 @@ class Spooled:
         url, what, cap = self.url, self.what, self.cap
         fs, path = filesystem(url)
         try:
-            info = fs.info(path)
+            size = _object_size(fs, path, url, what, cap,
+                                "limit for one remote file (spooled to local disk before "
+                                "reading); not downloaded - split it, or raise "
+                                "QUASAR_SPOOL_MAX_BYTES")
         except Exception as exc:  # noqa: BLE001 - any client failure is this input's row
             return failure(url, exc, what)
-        if info.get("type") == "directory":
-            return "not_a_file", (f"{safe_text(url)}: a folder (prefix), not a {what}; give "
-                                  "the object itself, or end the URL with / to scan the folder")
-        size = info.get("size")
-        if size is not None and size > cap:
-            return "too_large", (f"{safe_text(url)}: the {what} is {size:,} bytes, over the "
-                                 f"{cap:,}-byte limit for one remote file (spooled to local "
-                                 "disk before reading); not downloaded - split it, or raise "
-                                 "QUASAR_SPOOL_MAX_BYTES")
+        if isinstance(size, tuple):
+            return size
         d = os.path.dirname(self.path)
         if size:
             free = shutil.disk_usage(d).free
@@ -423,21 +419,32 @@ class Spooled:
         self.close()
 
 
+def _object_size(fs: Any, path: str, url: str, what: str, cap: int, over: str
+                 ) -> Union[Optional[int], Tuple[str, str]]:
+    """The size of the object at ``url`` (None when the store does not say), or the row's
+    ``(status, message)`` for a prefix (``not_a_file``) or an object over ``cap``
+    (``too_large``; ``over`` ends the message). Client errors propagate."""
+    info = fs.info(path)
+    if info.get("type") == "directory":
+        return "not_a_file", (f"{safe_text(url)}: a folder (prefix), not a {what}; give the "
+                              "object itself, or end the URL with / to scan the folder")
+    size = info.get("size")
+    if size is not None and size > cap:
+        return "too_large", (f"{safe_text(url)}: the {what} is {size:,} bytes, over the "
+                             f"{cap:,}-byte {over}")
+    return size
+
+
 def read_object(url: str, cap: int, what: str = "image") -> Union[bytes, Tuple[str, str]]:
     """The bytes of a (small) object, its size checked first against ``cap``; or the row's
     ``(status, message)`` (``not_found``, ``permission_denied``, ``read_error``,
     ``too_large``, ``not_a_file``, ``empty_file``)."""
     try:
         fs, path = filesystem(url)
-        info = fs.info(path)
-        if info.get("type") == "directory":
-            return "not_a_file", (f"{safe_text(url)}: a folder (prefix), not an {what} file; "
-                                  "end the URL with / to scan the folder")
-        size = info.get("size")
-        if size is not None and size > cap:
-            return "too_large", (f"{safe_text(url)}: the {what} is {size:,} bytes, over the "
-                                 f"{cap:,}-byte limit for one image; not read - re-encode or "
-                                 "drop it")
+        size = _object_size(fs, path, url, what, cap,
+                            "limit for one image; not read - re-encode or drop it")
+        if isinstance(size, tuple):
+            return size
         if size == 0:
             return "empty_file", (f"{safe_text(url)}: the object is empty (0 bytes); "
                                   "re-upload it")

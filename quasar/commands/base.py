@@ -517,11 +517,23 @@ def run_command(cmd: Command, argv: Sequence[str]) -> int:
     if extra:
         print(extra_hint(cmd.name, extra), file=sys.stderr)
         return EXIT_USAGE
+    restore = None
     for p in cmd.params():
         if p.layer and kwargs.pop(p.name) and p.name == "quiet":
-            _quiet_down()
+            restore = _quiet_down()
     if kwargs.get("quiet") is True:
-        quiet_progress_bars()
+        restore = quiet_progress_bars()
+    try:
+        return _call(cmd, kwargs, err)
+    finally:
+        if restore is not None:
+            restore()
+
+
+def _call(cmd: "Command", kwargs: Dict[str, Any], err: Callable[[str], None]) -> int:
+    """The command's function with its parsed options; its result or error as the exit code."""
+    from quasar.errors import QuasarError
+
     varargs = [p.name for p in cmd.params() if p.kind == "varargs"]
     args = kwargs.pop(varargs[0]) if varargs else []
     try:
@@ -561,29 +573,50 @@ def run_command(cmd: Command, argv: Sequence[str]) -> int:
         return EXIT_ERROR
 
 
-def quiet_progress_bars() -> None:
+_BAR_ENV = ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS")
+
+
+def quiet_progress_bars() -> Callable[[], None]:
     """No progress bars from the libraries a command drives (huggingface_hub's downloads
-    and uploads of ``hf://`` bundles, tqdm's): ``-q`` of every command."""
-    os.environ["TQDM_DISABLE"] = "1"
-    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    and uploads of ``hf://`` bundles, tqdm's): ``-q`` of every command. Returns the function
+    that puts the settings back (a command run inside a longer-lived process: tests, a
+    notebook calling ``quasar.cli.run``)."""
+    before = {k: os.environ.get(k) for k in _BAR_ENV}
+    for k in _BAR_ENV:
+        os.environ[k] = "1"
+    hub_was_on = False
     if "huggingface_hub" in sys.modules:  # the flag is read at its import; set it directly
         try:
-            from huggingface_hub.utils import disable_progress_bars
+            from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars
+            hub_was_on = not are_progress_bars_disabled()
             disable_progress_bars()
-        except ImportError:  # pragma: no cover - a version without it
+        except ImportError:  # pragma: no cover - a version without them
             pass
 
+    def restore() -> None:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        if hub_was_on:
+            from huggingface_hub.utils import enable_progress_bars
+            enable_progress_bars()
 
-def _quiet_down() -> None:
+    return restore
+
+
+def _quiet_down() -> Callable[[], None]:
     """``-q`` of a command whose function has no ``quiet`` parameter: no progress bars
     (tqdm reads ``TQDM_DISABLE``), no log records below ERROR, no Python warnings (from
     libraries such as NNCF). What the command prints as its result, and errors, still show."""
     import logging
     import warnings
 
-    quiet_progress_bars()
+    restore = quiet_progress_bars()
     logging.disable(logging.WARNING)
     warnings.simplefilter("ignore")
+    return restore
 
 
 def _before_dashdash(argv: Sequence[str]) -> List[str]:

@@ -496,18 +496,9 @@ def test_model_card_content(bundle):
 
 def test_gs_bundle_fetch_and_push(home, bundle, monkeypatch):
     """gcsfs against gcp-storage-emulator (STORAGE_EMULATOR_HOST, gcsfs's own setting)."""
-    monkeypatch.setenv("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")  # no gRPC bucket probe
-    monkeypatch.setenv("NO_GCE_CHECK", "true")
-    gcsfs = pytest.importorskip("gcsfs")
-    emulator = pytest.importorskip("gcp_storage_emulator.server")
     from quasar.bundle.push import push
 
-    server = emulator.create_server("127.0.0.1", 0, in_memory=True, default_bucket="models")
-    server.start()
-    try:
-        port = server._api._httpd.server_address[1]
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
-        fs = gcsfs.GCSFileSystem(token="anon", skip_instance_cache=True)
+    with rt_helpers.gcs_emulator(monkeypatch, "models") as fs:
         for name, data in _files(_nested(bundle)).items():
             fs.pipe(f"models/q/tiny/{name}", data)
         d = _fetch("gs://models/q/tiny")
@@ -515,8 +506,6 @@ def test_gs_bundle_fetch_and_push(home, bundle, monkeypatch):
         push(str(bundle), "gs://models/p/t", quiet=True)
         assert _files(_fetch("gs://models/p/t")) == _files(bundle)
         assert b"quasar-iqa[cpu,gcs]" in fs.cat("models/p/t/README.md")
-    finally:
-        server.stop()
 
 
 def test_model_card_reports_parity_provenance_and_gated_variants(bundle):

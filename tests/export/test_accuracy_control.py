@@ -254,3 +254,115 @@ def test_a_passing_candidate_slower_than_fp32_is_refused(conv, photos, monkeypat
     assert "not faster than fp32" in res.report["failures"][-1]
     res.report_path.unlink()
     assert snapshot(conv) == before
+
+
+DEEP = tuple(f"/visual/conv{i}/Conv" for i in range(1, 18))  # 17 convolutions
+SENSITIVE = DEEP[10]  # in the ladder's "deepest half" group (rest[-8:-4] of 16)
+
+
+def write_deep_onnx(path: Path, dim: int = rt_helpers.TINY_DIM, width: int = 64):
+    """conv 4x4/4 -> conv 3x3/2 -> 15 convs 3x3 at 28x28, each followed by relu -> global
+    average pool -> projection. One deep layer only is sensitive: the convolution before
+    ``SENSITIVE`` writes a constant 300 in its channel 0 (weights 0, bias 300) which
+    ``SENSITIVE`` ignores (its weights from channel 0 are 0), so in fp32 nothing changes, but
+    the per-tensor int8 quantiser on ``SENSITIVE``'s input spends its range on the outlier and
+    wipes out the other channels; every other layer quantises harmlessly."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(1)
+
+    def he(o, i, k):
+        return (rng.standard_normal((o, i, k, k)) * np.sqrt(2.0 / (i * k * k))).astype(np.float32)
+
+    ws = [he(width, 3, 4), he(width, width, 3)] + [he(width, width, 3) for _ in DEEP[2:]]
+    k = DEEP.index(SENSITIVE)
+    ws[k - 1][0] = 0
+    ws[k][:, 0] = 0
+    bias = np.zeros(width, np.float32)
+    bias[0] = 300.0
+    wp = (rng.standard_normal((width, dim)) / 6).astype(np.float32)
+    inits = [numpy_helper.from_array(w, f"w{i}") for i, w in enumerate(ws)]
+    inits += [numpy_helper.from_array(bias, "b_out"), numpy_helper.from_array(wp, "wp"),
+              numpy_helper.from_array(np.full(dim, 0.01, np.float32), "bp")]
+    node = helper.make_node
+    nodes, x = [], "pixels"
+    for i, name in enumerate(DEEP):
+        attrs = ({"strides": [4, 4]} if i == 0 else
+                 {"strides": [2, 2], "pads": [1, 1, 1, 1]} if i == 1 else
+                 {"pads": [1, 1, 1, 1]})
+        ins = [x, f"w{i}"] + (["b_out"] if i == k - 1 else [])
+        nodes += [node("Conv", ins, [f"c{i}"], name=name, **attrs),
+                  node("Relu", [f"c{i}"], [f"r{i}"], name=f"/visual/relu{i + 1}/Relu")]
+        x = f"r{i}"
+    nodes += [node("GlobalAveragePool", [x], ["g"], name=HEAD[0]),
+              node("Flatten", ["g"], ["f"], name="/visual/Flatten", axis=1),
+              node("MatMul", ["f", "wp"], ["m"], name=HEAD[1]),
+              node("Add", ["m", "bp"], ["embedding"], name="/visual/proj/Add")]
+    graph = helper.make_graph(
+        nodes, "deepnet",
+        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["N", 3, 224, 224])],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", dim])],
+        initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+@pytest.fixture
+def deep(tmp_path):
+    out = rt_helpers.write_tiny_bundle(tmp_path / "deep", fixed=224)
+    write_deep_onnx(out / "encoder.onnx")
+    d = json.loads((out / "bundle.json").read_text())
+    d["files"]["encoder.onnx"] = rt_helpers.sha256(out / "encoder.onnx")
+    (out / "bundle.json").write_text(json.dumps(d))
+    return out
+
+
+def test_refinement_keeps_only_the_sensitive_deep_layer(deep, photos, monkeypatch):
+    """The group ladder can only keep the whole quarter of layers ``SENSITIVE`` is in; the
+    per-op ranking puts ``SENSITIVE`` first and the bisection keeps it (and few others) in
+    fp32: more convolutions left in int8 than the ladder leaves, and the gate passes
+    (recomputed here with scipy on the two Scorers' scores)."""
+    import openvino as ov
+
+    from quasar.runtime.scorer import Scorer
+
+    from quasar.export import accuracy_control
+
+    # refined whatever the group result's speed on this small encoder (REFINE_BELOW)
+    monkeypatch.setattr(accuracy_control, "REFINE_BELOW", float("inf"))
+    gate = Gate(0.98, 0.05)
+    model = ov.Core().read_model(str(deep / "encoder.onnx"))
+    convs = [op.get_friendly_name() for op in model.get_ordered_ops()
+             if op.get_type_name() == "Convolution"]
+    assert [c.replace("/WithoutBiases", "") for c in convs] == list(DEEP)  # biased: + Add
+    ladder = sensitive_groups(model, transformer=False)
+    group = next(g for g in ladder if SENSITIVE in g.names)
+    assert group.label == "deepest half of the remaining layers" and len(group.names) == 4
+    ladder_int8 = len(convs) + 1 - len(group.names)  # + the projection MatMul, at best
+
+    res = build_and_measure(deep, precision="int8", backend="openvino",
+                            calibration=str(photos), gate=gate)
+    ac = res.report["accuracy_control"]
+    assert res.passed, res.report["failures"]
+    assert not ac["steps"][0]["passed"]
+    assert "deepest half" in " ".join(s["action"] for s in ac["steps"])  # the ladder ran
+    assert ac["refinement"]["chosen"] and ac["refinement"]["most_sensitive"][0][0] == SENSITIVE
+    kept = set(ac["kept_higher_precision"])
+    assert SENSITIVE in kept and len(kept & set(convs)) <= 2
+    assert ac["int8_ops"] > ladder_int8
+    # the IR: the sensitive convolution reads no quantiser, (nearly) every other one does
+    rec = load_bundle(deep).manifest.variants["int8-openvino"]
+    consumers = fq_consumers(deep / rec.files[0])
+    assert SENSITIVE not in consumers
+    assert set(convs) - kept <= consumers and len(set(convs) & consumers) > ladder_int8 - 1
+    hold = split_images(sorted(str(p) for p in photos.iterdir()), 0.5, 0)[1]
+    s32 = Scorer.from_bundle(deep, device="cpu", anchors="all").score_all(hold)
+    s8 = Scorer.from_bundle(deep, device="cpu", anchors="all",
+                             precision="int8").score_all(hold)
+    for name in res.report["anchor_sets"]:
+        a, b = np.asarray(s32[name]), np.asarray(s8[name])
+        assert scipy_stats.spearmanr(a, b)[0] >= gate.min_srcc
+        assert np.percentile(np.abs(a - b), 99) <= gate.max_p99_dscore

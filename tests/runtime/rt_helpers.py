@@ -2,6 +2,7 @@
 is simple enough to recompute in numpy, and small image files of many kinds."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import struct
@@ -107,3 +108,30 @@ def huge_png_header(width: int, height: int) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
             + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b""))
+
+
+@contextlib.contextmanager
+def gcs_emulator(monkeypatch, bucket: str):
+    """gcp-storage-emulator on 127.0.0.1 with ``bucket``, gcsfs pointed at it through its own
+    setting (STORAGE_EMULATOR_HOST); yields a fresh ``GCSFileSystem``. Skips the test when
+    gcsfs or the emulator is not installed."""
+    import pytest
+
+    monkeypatch.setenv("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")  # no gRPC bucket probe
+    monkeypatch.setenv("NO_GCE_CHECK", "true")
+    gcsfs = pytest.importorskip("gcsfs")
+    emulator = pytest.importorskip("gcp_storage_emulator.server")
+    from quasar.runtime import storage
+
+    server = emulator.create_server("127.0.0.1", 0, in_memory=True, default_bucket=bucket)
+    server.start()
+    try:
+        port = server._api._httpd.server_address[1]
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+        storage.reset_filesystems()
+        gcsfs.GCSFileSystem.clear_instance_cache()
+        yield gcsfs.GCSFileSystem(token="anon", skip_instance_cache=True)
+    finally:
+        storage.reset_filesystems()
+        gcsfs.GCSFileSystem.clear_instance_cache()
+        server.stop()

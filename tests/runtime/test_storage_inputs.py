@@ -405,21 +405,11 @@ def test_ray_reads_s3_inputs_into_a_local_out(tmp_path, tiny, s3, s3server):
 # ------------------------------------------------------------------ gs://
 def test_gs_shards_folder_and_glob_equal_the_local_run(tmp_path, tiny, monkeypatch):
     """gcsfs against gcp-storage-emulator (STORAGE_EMULATOR_HOST, gcsfs's own setting)."""
-    monkeypatch.setenv("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")  # no gRPC bucket probe
-    monkeypatch.setenv("NO_GCE_CHECK", "true")
     monkeypatch.setenv("QUASAR_SPOOL_DIR", str(tmp_path / "spool"))
-    gcsfs = pytest.importorskip("gcsfs")
-    emulator = pytest.importorskip("gcp_storage_emulator.server")
     local = write_tree(tmp_path / "tree")
     want = run_rows(tmp_path, tiny, [local / "wds" / "shard-{00000..00002}.tar",
                                      local / "photos"], name="local", code=3)
-    server = emulator.create_server("127.0.0.1", 0, in_memory=True, default_bucket="data")
-    server.start()
-    try:
-        port = server._api._httpd.server_address[1]
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
-        storage.reset_filesystems()
-        fs = gcsfs.GCSFileSystem(token="anon", skip_instance_cache=True)
+    with rt_helpers.gcs_emulator(monkeypatch, "data") as fs:
         for p in sorted(local.rglob("*")):
             if p.is_file():
                 fs.pipe(f"data/g/{p.relative_to(local).as_posix()}", p.read_bytes())
@@ -429,9 +419,6 @@ def test_gs_shards_folder_and_glob_equal_the_local_run(tmp_path, tiny, monkeypat
         assert_same(got, want, local, url)
         got = run_rows(tmp_path, tiny, [f"{url}/wds/*.tar", f"{url}/photos"], code=3)
         assert_same(got, want, local, url)
-    finally:
-        server.stop()
-        storage.reset_filesystems()
     assert spool_files(tmp_path) == []
 
 

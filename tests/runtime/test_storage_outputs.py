@@ -413,14 +413,19 @@ def test_ray_parts_on_s3_equal_local_and_resume_redoes_only_bad_parts(s3, tiny, 
     assert seen_keys <= set(parts) | {"ray/scores/_quasar.lock"}   # never a temp key
     assert _keys(s3) == sorted(parts)                               # lock released
     local = read_parts(str(tmp_path / "local"))
-    remote = read_parts(out)
-    assert [r["path"] for r in remote] == [r["path"] for r in local] == list(expected)
-    np.testing.assert_allclose([r["score_text"] for r in remote],
-                               [r["score_text"] for r in local], rtol=1e-9)
-    for i in range(4):
-        a = np.load(_get(s3, f"ray/scores/shard-{i:05d}.npy", tmp_path / "a.npy"))
-        np.testing.assert_allclose(a, np.load(tmp_path / "local" / f"shard-{i:05d}.npy"),
-                                   rtol=1e-6)
+    assert [r["path"] for r in local] == list(expected)
+
+    def same_as_local():  # the parts and embeddings on S3 equal the local Ray run's
+        remote = read_parts(out)
+        assert [r["path"] for r in remote] == list(expected)
+        np.testing.assert_allclose([r["score_text"] for r in remote],
+                                   [r["score_text"] for r in local], rtol=1e-9)
+        for i in range(4):
+            a = np.load(_get(s3, f"ray/scores/shard-{i:05d}.npy", tmp_path / "a.npy"))
+            np.testing.assert_allclose(a, np.load(tmp_path / "local" / f"shard-{i:05d}.npy"),
+                                       rtol=1e-6)
+
+    same_as_local()
     assert _staging_empty()
 
     def stamps():  # when each key was last written (a redone part is written again)
@@ -444,33 +449,16 @@ def test_ray_parts_on_s3_equal_local_and_resume_redoes_only_bad_parts(s3, tiny, 
             assert after[k] == before[k], k                      # verified, not redone
         else:
             assert after[k] > cut.get(k, before[k]), k           # redone whole
-    remote = read_parts(out)
-    assert [r["path"] for r in remote] == list(expected)         # every input once
-    np.testing.assert_allclose([r["score_text"] for r in remote],
-                               [r["score_text"] for r in local], rtol=1e-9)
-    for i in range(4):
-        a = np.load(_get(s3, f"ray/scores/shard-{i:05d}.npy", tmp_path / "a.npy"))
-        np.testing.assert_allclose(a, np.load(tmp_path / "local" / f"shard-{i:05d}.npy"),
-                                   rtol=1e-6)
+    same_as_local()                                              # every input once
 
 
 def test_gcs_table_and_lock(tiny, images, tmp_path, monkeypatch):
     """The same on GCS (gcsfs against gcp-storage-emulator): the table equals a local run,
     the lock object is exclusive (``ifGenerationMatch=0``) and removed at the end."""
-    monkeypatch.setenv("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
-    monkeypatch.setenv("NO_GCE_CHECK", "true")
-    gcsfs = pytest.importorskip("gcsfs")
-    emulator = pytest.importorskip("gcp_storage_emulator.server")
     from quasar.errors import OutputLockedError
     from quasar.runtime.remote_out import RemoteLock
 
-    server = emulator.create_server("127.0.0.1", 0, in_memory=True, default_bucket="outs")
-    server.start()
-    try:
-        port = server._api._httpd.server_address[1]
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
-        storage.reset_filesystems()
-        gcsfs.GCSFileSystem.clear_instance_cache()
+    with rt_helpers.gcs_emulator(monkeypatch, "outs") as fs:
         out = "gs://outs/g/scores.csv"
         held = RemoteLock(out + ".lock", out).acquire()
         with pytest.raises(OutputLockedError):
@@ -478,12 +466,7 @@ def test_gcs_table_and_lock(tiny, images, tmp_path, monkeypatch):
         held.release()
         assert main([images, "--bundle", tiny, "--quiet", "--out", tmp_path / "l.csv"]) == 3
         assert main([images, "--bundle", tiny, "--quiet", "--out", out]) == 3
-        fs = gcsfs.GCSFileSystem(token="anon", skip_instance_cache=True)
         assert sorted(fs.ls("outs/g", detail=False)) == ["outs/g/scores.csv",
                                                         "outs/g/scores.csv.run.json"]
         (tmp_path / "r.csv").write_bytes(fs.cat_file("outs/g/scores.csv"))
         _same_rows(_rows(tmp_path / "r.csv"), _rows(tmp_path / "l.csv"), images)
-    finally:
-        storage.reset_filesystems()
-        gcsfs.GCSFileSystem.clear_instance_cache()
-        server.stop()
