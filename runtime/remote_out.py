@@ -144,11 +144,12 @@ def remove(url: str) -> None:
 
 
 # --------------------------------------------------------------------------- the lock
-def _lease() -> float:
+def _env_seconds(name: str, default: float) -> float:
+    """Seconds from the environment variable ``name`` (a test seam), else ``default``."""
     try:
-        return float(os.environ.get(_LEASE_ENV) or LEASE_S)
+        return float(os.environ.get(name) or default)
     except ValueError:
-        return LEASE_S
+        return default
 
 
 class RemoteLock:
@@ -170,7 +171,7 @@ class RemoteLock:
     def __init__(self, url: str, what: str) -> None:
         self.url, self.what = normalize_url(url), what
         self.fs, self.path = filesystem(self.url)
-        self.lease_s = _lease()
+        self.lease_s = _env_seconds(_LEASE_ENV, LEASE_S)
         self.run = uuid.uuid4().hex
         self.etag: Optional[str] = None
         self.lost: Optional[str] = None
@@ -428,13 +429,6 @@ class Mirror:
         self._write_marker()
 
 
-def checkpoint_interval() -> float:
-    try:
-        return float(os.environ.get(_CHECKPOINT_ENV) or CHECKPOINT_S)
-    except ValueError:
-        return CHECKPOINT_S
-
-
 class RemoteOutputs:
     """The remote outputs of one local run: locks, mirrors, checkpoints (see the module's
     docstring). ``local_paths`` maps each remote URL to its staging path, which the local
@@ -444,7 +438,7 @@ class RemoteOutputs:
         self.mirrors = {url: Mirror(url, names) for url, names in targets.items()}
         self.resume, self.overwrite = resume, overwrite
         self.locks: List[RemoteLock] = []
-        self.interval = checkpoint_interval()
+        self.interval = _env_seconds(_CHECKPOINT_ENV, CHECKPOINT_S)
         self._last = time.monotonic()
         self.existing: List[str] = []
 
