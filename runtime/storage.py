@@ -22,6 +22,7 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple, Union
 
+from quasar.bundle.atomic import pid_alive
 from quasar.errors import InputError, MissingDependencyError, install_hint
 from quasar.text import safe_text
 
@@ -265,16 +266,6 @@ def spool_dir() -> str:
     return base
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True   # another user's process (EPERM): alive
-    return True
-
-
 def sweep_spool(d: str) -> int:
     """Remove the spool files of processes that are gone (a killed run's leftovers: every
     spool file's name starts with its process id). Returns how many were removed."""
@@ -287,7 +278,7 @@ def sweep_spool(d: str) -> int:
         return 0
     for n in names:
         m = re.match(r"^(\d+)-", n)
-        if not m or int(m.group(1)) == os.getpid() or _pid_alive(int(m.group(1))):
+        if not m or pid_alive(int(m.group(1))):
             continue
         try:
             os.remove(os.path.join(d, n))
