@@ -49,6 +49,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Dict, Optional
 from urllib.parse import quote
 
+from quasar.access import denied_message, first_line, is_auth_error
 from quasar.constants import BUNDLE_JSON
 from quasar.errors import (BundleError, MissingDependencyError, OutputLockedError,
                            RemoteBundleError, install_hint)
@@ -349,22 +350,11 @@ def _missing(u: BundleURL, module: str, exc: Exception) -> MissingDependencyErro
 
 
 def _network_error(u: BundleURL, what: str, exc: BaseException) -> RemoteBundleError:
-    name = type(exc).__name__
-    text = safe_text(str(exc).strip().splitlines()[0] if str(exc).strip() else name)[:300]
-    auth = ("Credential" in name or "Unauthorized" in text or "401" in text
-            or "403" in text or isinstance(exc, PermissionError) or "AccessDenied" in text)
-    if auth:
-        hint = {"hf": "set HF_TOKEN (or run `hf auth login`) with access to the repository",
-                "s3": "set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE (and "
-                      "AWS_ENDPOINT_URL for MinIO / Ceph)",
-                "gs": "set GOOGLE_APPLICATION_CREDENTIALS or run `gcloud auth "
-                      "application-default login`"}.get("gs" if u.scheme == "gcs" else u.scheme,
-                                                        "check the URL's access rights")
-        return RemoteBundleError(f"{safe_text(u.url)}: {what}: access denied or no credentials "
-                                 f"({name}: {text}); {hint}")
+    if is_auth_error(exc):
+        return RemoteBundleError(denied_message(u.url, u.scheme, what, exc))
     err = RemoteBundleError(
-        f"{safe_text(u.url)}: {what} failed ({name}: {text}); nothing was cached - check the "
-        "network (proxies: HTTPS_PROXY) and the URL, then run again")
+        f"{safe_text(u.url)}: {what} failed ({type(exc).__name__}: {first_line(exc)}); nothing "
+        "was cached - check the network (proxies: HTTPS_PROXY) and the URL, then run again")
     err.network = True  # a cached copy may stand in (resolve_bundle)
     return err
 

@@ -22,6 +22,7 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple, Union
 
+from quasar.access import denied_message, first_line, is_auth_error
 from quasar.bundle.atomic import pid_alive
 from quasar.errors import InputError, MissingDependencyError, install_hint
 from quasar.text import safe_text
@@ -128,36 +129,15 @@ def reset_filesystems() -> None:
         _fs_cache.clear()
 
 
-def is_auth_error(exc: BaseException) -> bool:
-    name = type(exc).__name__
-    text = str(exc)
-    return ("Credential" in name or "Unauthorized" in text or "401" in text or "403" in text
-            or isinstance(exc, PermissionError) or "AccessDenied" in text
-            or "InvalidAccessKeyId" in text or "SignatureDoesNotMatch" in text)
-
-
-def credentials_hint(scheme: str) -> str:
-    return {"s3": "set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE (and "
-                  "AWS_ENDPOINT_URL for MinIO / Ceph)",
-            "gs": "set GOOGLE_APPLICATION_CREDENTIALS or run `gcloud auth "
-                  "application-default login`",
-            "hf": "set HF_TOKEN (or run `hf auth login`) with access to the repository",
-            }.get("gs" if scheme == "gcs" else scheme, "check the URL's access rights")
-
-
 def storage_error(url: str, what: str, exc: BaseException, cls: type = InputError) -> Exception:
     """One message for a failed storage call: access denied (with the credentials hint of
     the scheme) or a network / service failure (with the proxy hint)."""
-    name = type(exc).__name__
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else name
-    text = safe_text(first)[:300]
     scheme = url_scheme(url) or ""
     if is_auth_error(exc):
-        return cls(f"{safe_text(url)}: {what}: access denied or no credentials ({name}: "
-                   f"{text}); {credentials_hint(scheme)}")
-    return cls(f"{safe_text(url)}: {what} failed ({name}: {text}); check the network "
-               "(proxies: HTTPS_PROXY), the endpoint (AWS_ENDPOINT_URL) and the URL, then "
-               "run again")
+        return cls(denied_message(url, scheme, what, exc))
+    return cls(f"{safe_text(url)}: {what} failed ({type(exc).__name__}: {first_line(exc)}); "
+               "check the network (proxies: HTTPS_PROXY), the endpoint (AWS_ENDPOINT_URL) "
+               "and the URL, then run again")
 
 
 def check_client(url: str) -> None:

@@ -299,21 +299,9 @@ def test_default_bundle_env_and_cli(home, bundle, hub, tmp_path, monkeypatch):
 
 @pytest.fixture
 def s3(monkeypatch):
-    pytest.importorskip("s3fs")
-    moto_server = pytest.importorskip("moto.server")
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server._server.server_address
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    import boto3
-
-    client = boto3.client("s3", endpoint_url=f"http://{host}:{port}")
-    client.create_bucket(Bucket="models")
-    yield client
-    server.stop()
+    with rt_helpers.moto_server() as endpoint, \
+            rt_helpers.s3_bucket(monkeypatch, endpoint, "models") as client:
+        yield client
 
 
 def _upload(client, b: Path, prefix: str, files=None):

@@ -35,11 +35,47 @@ CONVS = ("/visual/conv1/Conv", "/visual/conv2/Conv", "/visual/conv3/Conv")
 HEAD = ("/visual/pool/GlobalAveragePool", "/visual/proj/MatMul")
 
 
+def save_with_head(path: Path, nodes: list, last: str, inits: list, wp: np.ndarray,
+                   name: str) -> None:
+    """``nodes`` (pixels -> ``last``) + the head every test encoder shares: global average
+    pool -> flatten -> projection ``wp`` (+ 0.01 bias) -> ``embedding``; checked and saved."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    node = helper.make_node
+    dim = wp.shape[1]
+    nodes = nodes + [node("GlobalAveragePool", [last], ["g"], name=HEAD[0]),
+                     node("Flatten", ["g"], ["f"], name="/visual/Flatten", axis=1),
+                     node("MatMul", ["f", "wp"], ["m"], name=HEAD[1]),
+                     node("Add", ["m", "bp"], ["embedding"], name="/visual/proj/Add")]
+    inits = inits + [numpy_helper.from_array(wp, "wp"),
+                     numpy_helper.from_array(np.full(dim, 0.01, np.float32), "bp")]
+    graph = helper.make_graph(
+        nodes, name,
+        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["N", 3, 224, 224])],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", dim])],
+        initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def bundle_with(out: Path, write) -> Path:
+    """The tiny bundle at ``out`` (224 fixed) with its encoder replaced by ``write(path)``'s
+    graph, the manifest's checksum updated."""
+    out = rt_helpers.write_tiny_bundle(out, fixed=224)
+    write(out / "encoder.onnx")
+    d = json.loads((out / "bundle.json").read_text())
+    d["files"]["encoder.onnx"] = rt_helpers.sha256(out / "encoder.onnx")
+    (out / "bundle.json").write_text(json.dumps(d))
+    return out
+
+
 def write_conv_onnx(path: Path, dim: int = rt_helpers.TINY_DIM, outlier: float = 300.0):
     """conv 4x4/4 -> relu -> conv 3x3 -> relu -> conv 3x3/2 (+ outlier channel 0) -> relu ->
     global average pool -> projection (channel 0 weighted 0): fp32 ignores the outlier."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     rng = np.random.default_rng(0)
 
@@ -53,8 +89,7 @@ def write_conv_onnx(path: Path, dim: int = rt_helpers.TINY_DIM, outlier: float =
     wp = (rng.standard_normal((64, dim)) / 8).astype(np.float32)
     wp[0] = 0
     inits = [numpy_helper.from_array(a, n) for a, n in
-             [(w1, "w1"), (w2, "w2"), (w3, "w3"), (b3, "b3"), (wp, "wp"),
-              (np.full(dim, 0.01, np.float32), "bp")]]
+             [(w1, "w1"), (w2, "w2"), (w3, "w3"), (b3, "b3")]]
     node = helper.make_node
     nodes = [node("Conv", ["pixels", "w1"], ["c1"], name=CONVS[0], strides=[4, 4]),
              node("Relu", ["c1"], ["r1"], name="/visual/relu1/Relu"),
@@ -62,30 +97,13 @@ def write_conv_onnx(path: Path, dim: int = rt_helpers.TINY_DIM, outlier: float =
              node("Relu", ["c2"], ["r2"], name="/visual/relu2/Relu"),
              node("Conv", ["r2", "w3", "b3"], ["c3"], name=CONVS[2], pads=[1, 1, 1, 1],
                   strides=[2, 2]),
-             node("Relu", ["c3"], ["r3"], name="/visual/relu3/Relu"),
-             node("GlobalAveragePool", ["r3"], ["g"], name=HEAD[0]),
-             node("Flatten", ["g"], ["f"], name="/visual/Flatten", axis=1),
-             node("MatMul", ["f", "wp"], ["m"], name=HEAD[1]),
-             node("Add", ["m", "bp"], ["embedding"], name="/visual/proj/Add")]
-    graph = helper.make_graph(
-        nodes, "convnet",
-        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["N", 3, 224, 224])],
-        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", dim])],
-        initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
+             node("Relu", ["c3"], ["r3"], name="/visual/relu3/Relu")]
+    save_with_head(path, nodes, "r3", inits, wp, "convnet")
 
 
 @pytest.fixture(scope="module")
 def conv_master(tmp_path_factory):
-    out = rt_helpers.write_tiny_bundle(tmp_path_factory.mktemp("conv") / "master", fixed=224)
-    write_conv_onnx(out / "encoder.onnx")
-    d = json.loads((out / "bundle.json").read_text())
-    d["files"]["encoder.onnx"] = rt_helpers.sha256(out / "encoder.onnx")
-    (out / "bundle.json").write_text(json.dumps(d))
-    return out
+    return bundle_with(tmp_path_factory.mktemp("conv") / "master", write_conv_onnx)
 
 
 @pytest.fixture
@@ -285,8 +303,7 @@ def write_deep_onnx(path: Path, dim: int = rt_helpers.TINY_DIM, width: int = 64)
     ``SENSITIVE`` ignores (its weights from channel 0 are 0), so in fp32 nothing changes, but
     the per-tensor int8 quantiser on ``SENSITIVE``'s input spends its range on the outlier and
     wipes out the other channels; every other layer quantises harmlessly."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     rng = np.random.default_rng(1)
 
@@ -301,8 +318,7 @@ def write_deep_onnx(path: Path, dim: int = rt_helpers.TINY_DIM, width: int = 64)
     bias[0] = 300.0
     wp = (rng.standard_normal((width, dim)) / 6).astype(np.float32)
     inits = [numpy_helper.from_array(w, f"w{i}") for i, w in enumerate(ws)]
-    inits += [numpy_helper.from_array(bias, "b_out"), numpy_helper.from_array(wp, "wp"),
-              numpy_helper.from_array(np.full(dim, 0.01, np.float32), "bp")]
+    inits.append(numpy_helper.from_array(bias, "b_out"))
     node = helper.make_node
     nodes, x = [], "pixels"
     for i, name in enumerate(DEEP):
@@ -313,29 +329,12 @@ def write_deep_onnx(path: Path, dim: int = rt_helpers.TINY_DIM, width: int = 64)
         nodes += [node("Conv", ins, [f"c{i}"], name=name, **attrs),
                   node("Relu", [f"c{i}"], [f"r{i}"], name=f"/visual/relu{i + 1}/Relu")]
         x = f"r{i}"
-    nodes += [node("GlobalAveragePool", [x], ["g"], name=HEAD[0]),
-              node("Flatten", ["g"], ["f"], name="/visual/Flatten", axis=1),
-              node("MatMul", ["f", "wp"], ["m"], name=HEAD[1]),
-              node("Add", ["m", "bp"], ["embedding"], name="/visual/proj/Add")]
-    graph = helper.make_graph(
-        nodes, "deepnet",
-        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["N", 3, 224, 224])],
-        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", dim])],
-        initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
+    save_with_head(path, nodes, x, inits, wp, "deepnet")
 
 
 @pytest.fixture
 def deep(tmp_path):
-    out = rt_helpers.write_tiny_bundle(tmp_path / "deep", fixed=224)
-    write_deep_onnx(out / "encoder.onnx")
-    d = json.loads((out / "bundle.json").read_text())
-    d["files"]["encoder.onnx"] = rt_helpers.sha256(out / "encoder.onnx")
-    (out / "bundle.json").write_text(json.dumps(d))
-    return out
+    return bundle_with(tmp_path / "deep", write_deep_onnx)
 
 
 def test_refinement_keeps_only_the_sensitive_deep_layer(deep, photos, monkeypatch):

@@ -111,6 +111,69 @@ def huge_png_header(width: int, height: int) -> bytes:
 
 
 @contextlib.contextmanager
+def moto_server():
+    """moto's S3 server on 127.0.0.1 (a free port); yields its endpoint URL. Skips the test
+    when s3fs or moto is not installed."""
+    import logging
+
+    import pytest
+
+    pytest.importorskip("s3fs")
+    server_mod = pytest.importorskip("moto.server")
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server._server.server_address
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+def forget_s3_filesystems() -> None:
+    """A new endpoint / credentials: our per-process filesystems and fsspec's instance cache
+    (which keys on arguments, not on the environment) both forgotten."""
+    import s3fs
+
+    _forget(s3fs.S3FileSystem)
+
+
+def _forget(fs_class) -> None:
+    from quasar.runtime import storage
+
+    storage.reset_filesystems()
+    fs_class.clear_instance_cache()
+
+
+@contextlib.contextmanager
+def s3_bucket(monkeypatch, endpoint: str, bucket: str):
+    """An empty store on the moto server at ``endpoint`` (moto's backends are global to the
+    process: reset before and after) holding only ``bucket``, the standard AWS settings
+    pointing at it; yields a boto3 client."""
+    import urllib.request
+
+    import boto3
+    from s3fs import S3FileSystem  # held: a test may hide the module before the teardown
+
+    def reset():
+        urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset",
+                                                      method="POST")).read()
+
+    for name, value in (("AWS_ENDPOINT_URL", endpoint), ("AWS_ACCESS_KEY_ID", "testing"),
+                        ("AWS_SECRET_ACCESS_KEY", "testing"), ("AWS_DEFAULT_REGION", "us-east-1")):
+        monkeypatch.setenv(name, value)
+    reset()
+    _forget(S3FileSystem)
+    client = boto3.client("s3", endpoint_url=endpoint)
+    client.create_bucket(Bucket=bucket)
+    try:
+        yield client
+    finally:
+        _forget(S3FileSystem)
+        reset()
+
+
+@contextlib.contextmanager
 def gcs_emulator(monkeypatch, bucket: str):
     """gcp-storage-emulator on 127.0.0.1 with ``bucket``, gcsfs pointed at it through its own
     setting (STORAGE_EMULATOR_HOST); yields a fresh ``GCSFileSystem``. Skips the test when

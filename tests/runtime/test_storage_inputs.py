@@ -26,7 +26,7 @@ from quasar.runtime import storage
 
 pytest.importorskip("s3fs")
 pytest.importorskip("pyarrow")
-moto_server = pytest.importorskip("moto.server")
+pytest.importorskip("moto.server")
 
 BUCKET = "data"
 
@@ -44,37 +44,17 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def s3server():
-    import logging
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)   # one line per request otherwise
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server._server.server_address
-    yield f"http://{host}:{port}"
-    server.stop()
+    with rt_helpers.moto_server() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture
 def s3(s3server, monkeypatch, tmp_path):
     """A fresh bucket on the module's moto server, the standard AWS settings pointing at it,
     and a private spool folder."""
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3server)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.setenv("QUASAR_SPOOL_DIR", str(tmp_path / "spool"))
-    storage.reset_filesystems()
-    import boto3
-
-    client = boto3.client("s3", endpoint_url=s3server)
-    for b in client.list_buckets().get("Buckets", []):  # a fresh bucket per test
-        objs = client.list_objects_v2(Bucket=b["Name"]).get("Contents", [])
-        for o in objs:
-            client.delete_object(Bucket=b["Name"], Key=o["Key"])
-        client.delete_bucket(Bucket=b["Name"])
-    client.create_bucket(Bucket=BUCKET)
-    yield client
-    storage.reset_filesystems()
+    with rt_helpers.s3_bucket(monkeypatch, s3server, BUCKET) as client:
+        yield client
 
 
 def upload(client, root: Path, prefix: str) -> str:

@@ -25,7 +25,7 @@ import rt_helpers
 import shard_helpers as sh
 
 pytest.importorskip("s3fs")
-moto_server = pytest.importorskip("moto.server")
+pytest.importorskip("moto.server")
 pytest.importorskip("onnx")
 
 from quasar.cli import run as _cli  # noqa: E402
@@ -41,38 +41,9 @@ def main(argv):
 
 @pytest.fixture
 def s3(monkeypatch):
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server._server.server_address
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    _forget_filesystems()
-    import boto3
-
-    import urllib.request
-
-    def reset():  # moto's backends are global to the process: each test starts empty
-        urllib.request.urlopen(urllib.request.Request(
-            f"http://{host}:{port}/moto-api/reset", method="POST")).read()
-
-    reset()
-    client = boto3.client("s3", endpoint_url=f"http://{host}:{port}")
-    client.create_bucket(Bucket=BUCKET)
-    yield client
-    _forget_filesystems()
-    reset()
-    server.stop()
-
-
-def _forget_filesystems():
-    """A new endpoint / credentials: our per-process filesystems and fsspec's instance
-    cache (which keys on arguments, not on the environment) both forgotten."""
-    import s3fs
-
-    storage.reset_filesystems()
-    s3fs.S3FileSystem.clear_instance_cache()
+    with rt_helpers.moto_server() as endpoint, \
+            rt_helpers.s3_bucket(monkeypatch, endpoint, BUCKET) as client:
+        yield client
 
 
 def _keys(client, prefix=""):
@@ -355,7 +326,7 @@ def test_missing_credentials_and_read_only_url(s3, tiny, images, monkeypatch, ca
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    _forget_filesystems()
+    rt_helpers.forget_s3_filesystems()
     capsys.readouterr()
     assert main([images, "--bundle", tiny, "--quiet", "--out",
                  f"s3://{BUCKET}/c/scores.csv"]) == 2
