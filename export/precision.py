@@ -58,6 +58,10 @@ log = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
 MIN_HOLDOUT = 8
+# Below this many held-out images the gate's SRCC is coarse (one swapped neighbour pair of
+# n images costs 12 / (n^3 - n): 0.00037 at n = 32) and biased low (the expected sample SRCC
+# of n images grows towards the population value with n; docs/precision.md measures it).
+RECOMMENDED_HOLDOUT = 100
 VARIANTS_DIR = "variants"
 # precision -> default backend (the faster one on the build machine, see docs/precision.md)
 DEFAULT_BACKENDS = {"int8": "openvino", "bf16": "openvino", "fp16": "onnxruntime"}
@@ -543,6 +547,12 @@ def optimize(bundle: str, precision: str = "int8", calibration: Optional[str] = 
                                 max_calibration=int(max_calibration),
                                 verbose=bool(verbose))
     print(format_report(res.name, res.report))
+    n_hold = int(res.report.get("holdout_images") or 0)
+    if n_hold < RECOMMENDED_HOLDOUT:
+        print(f"note: the gate measured SRCC on {n_hold} held-out images; below "
+              f"{RECOMMENDED_HOLDOUT} it is coarse and biased low (a variant can be refused by "
+              "one swapped pair of near-equal scores) - pass more images (--calibration, "
+              "half held out, or --holdout)")
     if res.report.get("random_init_weights"):
         print("note: random-init weights - the agreement says nothing about real weights")
     if res.passed:

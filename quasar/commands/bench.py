@@ -43,8 +43,10 @@ COMMAND = Command(
             default_text="none: runtime fp32 vs torch"),
         opt("rounds", "--variants: interleaved rounds (medians reported)", metavar="N",
             type=O.integer, minimum=1),
-        opt("calibration_images", "--variants: calibration photos for quasar optimize",
-            metavar="N", type=O.integer, minimum=1),
+        opt("calibration_images", "--variants: calibration photos for quasar optimize (half "
+            "held out for its gate)", metavar="N", type=O.integer, minimum=2),
+        opt("native_calibration_images", "--variants: of those, how many the rn50-native "
+            "case calibrates and gates on", metavar="N", type=O.integer, minimum=2),
         opt("min_srcc", "--variants: gate threshold, minimum SRCC vs fp32", metavar="X",
             type=float, default_text="0.999"),
         opt("max_p99_dscore", "--variants: gate threshold, maximum p99 |score difference|",
