@@ -18,8 +18,10 @@ How a stream of inputs is processed:
   pin the bytes in a reference cycle until the cyclic GC runs).
 * **Windows.** Inputs are handed out in *windows* of consecutive inputs (``batch_size``
   when every input has one shape; ``batch_size * group_factor`` when shapes vary, e.g. at
-  ``native`` resolution, so that equal shapes can meet), closed early when the decoded
-  pixels exceed ``max_window_bytes``.
+  ``native`` resolution, so that equal shapes can meet; the first window closes after one
+  batch when that batch already has one shape, so that inference starts after one batch of
+  decodes rather than a whole window), closed early when the decoded pixels exceed
+  ``max_window_bytes``.
 * **Batches by shape.** Inside a window, inputs are grouped by H×W and each group is run in
   batches of at most ``batch_size``: nothing is padded or resized behind the user's back.
 * **Failure isolation.** A decode failure is that input's error. A batch that fails in
@@ -126,6 +128,12 @@ def _released(item: Any) -> Any:
     """The input as kept for its row once decoded (a sample without its bytes)."""
     release = getattr(item, "released", None) if not isinstance(item, str) else None
     return release() if release is not None else item
+
+
+def _one_shape(decoded: List["Decoded"]) -> bool:
+    """Did every input decode, to one H×W?"""
+    shapes = {None if d[0] is None else d[0].shape for d in decoded}
+    return len(shapes) == 1 and None not in shapes
 
 
 def drop_tracebacks(exc: BaseException) -> BaseException:
@@ -273,6 +281,7 @@ class Engine:
                 held += n
                 pending.append((item, pool.submit(self.decode, item), n))
 
+        first = cfg.window > cfg.batch_size  # see the first-batch check below
         try:
             while True:
                 top_up()
@@ -291,6 +300,9 @@ class Engine:
                     if dec[0] is not None:
                         nbytes += dec[0].nbytes
                     top_up()  # keep the workers busy while this window is built
+                    if first and len(items_w) == cfg.batch_size and _one_shape(decoded):
+                        break  # a full batch of one shape already: start inference now
+                first = False
                 emb, errs = self.embed_decoded(items_w, decoded)
                 yield Window(items_w, emb, errs)
         finally:

@@ -76,6 +76,31 @@ def test_variable_shapes_are_grouped_into_full_batches(tmp_path):
     assert max(b[0] for b in ungrouped.batches) <= 2  # without a window, shapes fragment batches
 
 
+def test_first_window_is_one_batch_when_that_batch_has_one_shape(tmp_path):
+    """Inference starts after one batch of decodes when the batch is already of one shape
+    (a folder of equal-sized photos at native resolution), instead of after a whole grouping
+    window; mixed shapes still fill the window so that equal shapes can meet."""
+    from PIL import Image
+
+    from quasar.runtime.engine import Engine
+
+    same, mixed = [], []
+    for i in range(12):
+        p = tmp_path / f"s{i:02d}.png"
+        Image.fromarray(hostile._noise(48, 40, i)).save(p)
+        same.append(str(p))
+        q = tmp_path / f"m{i:02d}.png"
+        Image.fromarray(hostile._noise(32 if i % 2 else 48, 40, i)).save(q)
+        mixed.append(str(q))
+    cfg = PipelineConfig(batch_size=4, workers=2, variable_shapes=True, group_factor=2)
+    scorer = hostile.FakeScorer(shape=None)
+    assert [len(w) for w in Engine.for_scorer(scorer, cfg).windows(same)] == [4, 8]
+    assert [b[0] for b in scorer.batches] == [4, 4, 4]
+    scorer = hostile.FakeScorer(shape=None)
+    assert [len(w) for w in Engine.for_scorer(scorer, cfg).windows(mixed)] == [8, 4]
+    assert sorted(b[0] for b in scorer.batches) == [2, 2, 4, 4]
+
+
 def test_inference_failure_is_isolated(tmp_path):
     from PIL import Image
     paths = []
