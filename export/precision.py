@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
 MIN_HOLDOUT = 8
+CALIBRATION_BATCH = 8  # images per NNCF calibration sample (see build_int8_openvino)
 # Below this many held-out images the gate's SRCC is coarse (one swapped neighbour pair of
 # n images costs 12 / (n^3 - n): 0.00037 at n = 32) and biased low (the expected sample SRCC
 # of n images grows towards the population value with n; docs/precision.md measures it).
@@ -239,7 +240,11 @@ def build_int8_openvino(bundle, cal: Sequence[np.ndarray], work: Path,
     ov = _require("openvino", ("int8", "openvino"))
     nncf = _require("nncf", ("int8", "openvino"))
     model = ov.Core().read_model(str(bundle.encoder_path))
-    batches = _batches(cal, 1 if bundle.manifest.encoder.dynamic_hw else 8)
+    # Batches of 8 (same-shape runs; at native resolution sizes may differ): NNCF's default
+    # activation ranges average the per-batch extremes, and one image per batch clips every
+    # image above the average - on the bench's RN50 with the head and the first convolution
+    # in fp32 the score error was 4.5x larger fed one at a time (docs/precision.md).
+    batches = _batches(cal, CALIBRATION_BATCH)
     kw: Dict[str, Any] = {}
     mode = "default"
     if _is_transformer(bundle):

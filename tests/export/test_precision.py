@@ -499,3 +499,34 @@ def test_optimize_prints_each_message_once_and_only_ours(tmp_path, photos):
     v = subprocess.run(cmd + ["--verbose"], capture_output=True, text=True, timeout=600)
     assert v.returncode == 0, v.stderr
     assert "Statistics collection" in v.stdout + v.stderr  # NNCF's own output, when asked
+
+
+# ------------------------------------------------------------------ calibration batching
+
+def test_int8_ranges_come_from_batches_not_from_single_images(tiny, tmp_path):
+    """NNCF's default activation range is the mean over calibration samples of each sample's
+    extreme: fed one image at a time (as dynamic-size bundles were), every image above the
+    average is clipped. Calibration arrays go in batches of 8, so the input quantiser of six
+    same-size arrays of growing contrast spans the largest of them (numpy), not their mean."""
+    pytest.importorskip("nncf")
+    ov = pytest.importorskip("openvino")
+    from quasar.export.precision import CALIBRATION_BATCH, build_int8_openvino
+
+    bundle = load_bundle(tiny)
+    assert bundle.manifest.encoder.dynamic_hw and CALIBRATION_BATCH >= 6
+    rng = np.random.default_rng(0)
+    cal = [(rng.standard_normal((3, 64, 64)) * s).astype(np.float32) for s in range(1, 7)]
+    work = tmp_path / "w"
+    work.mkdir()
+    files, _, _ = build_int8_openvino(bundle, cal, work)
+    model = ov.Core().read_model(str(files["encoder.xml"]))
+    fq = [op for op in model.get_ordered_ops() if op.get_type_name() == "FakeQuantize"
+          and op.input(0).get_source_output().get_node().get_type_name() == "Parameter"]
+    assert len(fq) == 1, [op.get_type_name() for op in model.get_ordered_ops()][:12]
+    lo, hi = (float(np.max(np.abs(fq[0].input(i).get_source_output().get_node().get_data())))
+              for i in (1, 2))
+    span = max(lo, hi)
+    largest = max(float(np.abs(a).max()) for a in cal)
+    mean_of_each = float(np.mean([np.abs(a).max() for a in cal]))
+    assert span == pytest.approx(largest, rel=0.02), (span, largest, mean_of_each)
+    assert span > 1.5 * mean_of_each
