@@ -416,7 +416,7 @@ def _build_and_measure(bundle_dir: PathLike, *, precision: str, calibration, hol
     cal_paths = cal_paths[:int(max_calibration)]
     if len(hold_paths) < MIN_HOLDOUT or (not fast_decode and len(cal_paths) < 1):
         raise VariantError(f"{len(cal_paths)} calibration and {len(hold_paths)} held-out images: "
-                           f"need >= 1 and >= {MIN_HOLDOUT} (>= 100 held out recommended); "
+                           f"need >= 1 and >= {MIN_HOLDOUT} (>= {RECOMMENDED_HOLDOUT} held out recommended); "
                            "pass more images")
     name = variant_name(precision, backend, fast_decode, res)
     exact = ImageLoader(cfg)

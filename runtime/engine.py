@@ -130,7 +130,7 @@ def _released(item: Any) -> Any:
     return release() if release is not None else item
 
 
-def _one_shape(decoded: List["Decoded"]) -> bool:
+def _one_shape(decoded: List[Decoded]) -> bool:
     """Did every input decode, to one H×W?"""
     shapes = {None if d[0] is None else d[0].shape for d in decoded}
     return len(shapes) == 1 and None not in shapes

@@ -139,6 +139,7 @@ def forget_s3_filesystems() -> None:
 
 
 def _forget(fs_class) -> None:
+    """Our per-process filesystems and ``fs_class``'s fsspec instance cache forgotten."""
     from quasar.runtime import storage
 
     storage.reset_filesystems()
@@ -184,17 +185,14 @@ def gcs_emulator(monkeypatch, bucket: str):
     monkeypatch.setenv("NO_GCE_CHECK", "true")
     gcsfs = pytest.importorskip("gcsfs")
     emulator = pytest.importorskip("gcp_storage_emulator.server")
-    from quasar.runtime import storage
 
     server = emulator.create_server("127.0.0.1", 0, in_memory=True, default_bucket=bucket)
     server.start()
     try:
         port = server._api._httpd.server_address[1]
         monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
-        storage.reset_filesystems()
-        gcsfs.GCSFileSystem.clear_instance_cache()
+        _forget(gcsfs.GCSFileSystem)
         yield gcsfs.GCSFileSystem(token="anon", skip_instance_cache=True)
     finally:
-        storage.reset_filesystems()
-        gcsfs.GCSFileSystem.clear_instance_cache()
+        _forget(gcsfs.GCSFileSystem)
         server.stop()
