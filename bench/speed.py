@@ -18,6 +18,7 @@ import math
 import os
 import platform
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -66,38 +67,69 @@ def _worker_runtime(job: Dict[str, Any]) -> Dict[str, Any]:
     s.score(files[:1])
     first = time.time()
     if job.get("whole_list"):
-        out = _timed_whole(s, files, job, first)
-    else:
-        out = timed(lambda batch: s.score(batch), files, job["batch_size"], first,
-                    job["repeats"])
+        return _timed_whole(s, files, job, first)
+    out = timed(lambda batch: s.score(batch), files, job["batch_size"], first, job["repeats"])
     out["core"] = core_times(s, files, int(job["batch_size"]))
     return out
 
 
-def core_times(s, files: Sequence[str], batch_size: int, rounds: int = 3) -> Dict[str, float]:
-    """What one image costs this machine's cores on the runtime path, each stage alone:
-    decode + preprocess CPU seconds per image (``s.load_image`` on this thread: Pillow and
-    numpy run here, so the thread's CPU clock is the cost, whatever else the machine does),
-    inference CPU seconds per image (the process's CPU clock over ``rounds`` model-only
-    batches: every intra-op thread, spinning included, since a spinning thread holds its
-    core), the model-only images/s (wall) and the cores this process may use."""
+def _decoded_batches(s, files: Sequence[str], batch_size: int) -> Tuple[float, List[Any]]:
+    """Decode + preprocess CPU seconds per image (``s.load_image`` of every file on this
+    thread: Pillow and numpy run here, so the thread's CPU clock is the cost, whatever else
+    the machine does), and the pass's inputs as the engine batches them (consecutive inputs
+    of one shape, at most ``batch_size``)."""
     import numpy as np
 
-    sample = list(files[:max(1, min(len(files), 2 * batch_size))])
     t0 = time.thread_time()
-    arrays = [s.load_image(f) for f in sample]
-    decode = (time.thread_time() - t0) / len(sample)
-    x = np.stack((arrays * batch_size)[:batch_size]) if arrays[0].ndim == 3 and all(
-        a.shape == arrays[0].shape for a in arrays) else arrays[0][None]
-    s.encoder.run(x)
-    c0, w0 = time.process_time(), time.perf_counter()
-    for _ in range(max(1, int(rounds))):
+    arrays = [s.load_image(f) for f in files]
+    decode = (time.thread_time() - t0) / max(1, len(arrays))
+    batches: List[np.ndarray] = []
+    by_shape: Dict[Tuple[int, ...], List[np.ndarray]] = {}
+    for a in arrays:
+        group = by_shape.setdefault(a.shape, [])
+        group.append(a)
+        if len(group) == batch_size:
+            batches.append(np.stack(group))
+            group.clear()
+    batches += [np.stack(g) for g in by_shape.values() if g]
+    return decode, batches
+
+
+def _model_only(s, batches: Sequence[Any], min_images: int) -> Dict[str, float]:
+    """The encoder alone over ``batches`` (distinct arrays, as in a real run: one input
+    repeated stays in the CPU's caches and ran 4 % faster at native size), cycled until at
+    least ``min_images`` images and every batch ran: inference CPU seconds per image (the
+    process's CPU clock: every intra-op thread, spinning included, since a spinning thread
+    holds its core), images/s and median batch seconds (wall)."""
+    times: List[float] = []
+    n = 0
+    c0 = time.process_time()
+    while n < max(1, int(min_images)) or len(times) < len(batches):
+        x = batches[len(times) % len(batches)]
+        w = time.perf_counter()
         s.encoder.run(x)
-    n = max(1, int(rounds)) * len(x)
-    infer, wall = (time.process_time() - c0) / n, (time.perf_counter() - w0) / n
+        times.append(time.perf_counter() - w)
+        n += len(x)
+    wall = sum(times) / n
+    return {"infer_core_s": (time.process_time() - c0) / n,
+            "model_img_s": 1.0 / wall if wall > 0 else float("nan"),
+            "batch_s": statistics.median(times)}
+
+
+def _cores() -> float:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cores": float(cores or 1), "decode_core_s": decode, "infer_core_s": infer,
-            "model_img_s": 1.0 / wall if wall > 0 else float("nan")}
+    return float(cores or 1)
+
+
+def core_times(s, files: Sequence[str], batch_size: int, min_images: int = 48
+               ) -> Dict[str, float]:
+    """What one image costs this machine's cores on the runtime path, each stage alone, on
+    the very inputs of a pass (:func:`_decoded_batches`, :func:`_model_only`), and the cores
+    this process may use."""
+    decode, batches = _decoded_batches(s, files, batch_size)
+    s.encoder.run(batches[0])
+    return {"cores": _cores(), "decode_core_s": decode,
+            **_model_only(s, batches, min_images)}
 
 
 def speed_bound(cores: float, decode_core_s: float, infer_core_s: float,
@@ -113,15 +145,16 @@ def speed_bound(cores: float, decode_core_s: float, infer_core_s: float,
     return shared, "cores"
 
 
-def format_bound_table(rows: Sequence[Tuple[str, str, Dict[str, float], float]]) -> str:
-    """Markdown: per (case, path, core times, e2e images/s), the decode + preprocess and
-    inference core-ms per image, the bound they imply (:func:`speed_bound`) and e2e as a %
-    of it."""
+def format_bound_table(rows: Sequence[Tuple[Any, ...]]) -> str:
+    """Markdown: per (case, path, core times, e2e images/s[, e2e / bound]), the decode +
+    preprocess and inference core-ms per image, the bound they imply (:func:`speed_bound`)
+    and e2e as a % of it: the given fraction where there is one (measured pass by pass in
+    one process: a drifting machine moves both alike), else e2e / the bound above."""
     lines = ["| case | path | cores | decode + preprocess core-ms / image | inference core-ms "
              "/ image | model-only images/s | bound images/s (limit) | e2e images/s | "
              "e2e % of bound |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for case, path, c, e2e in rows:
+    for case, path, c, e2e, *given in rows:
         if not c:
             lines.append(f"| {case} | {path} | - | - | - | - | - | {e2e:.1f} | - |")
             continue
@@ -129,7 +162,8 @@ def format_bound_table(rows: Sequence[Tuple[str, str, Dict[str, float], float]])
                                    c.get("model_img_s"))
         lines.append(f"| {case} | {path} | {c['cores']:.0f} | {1e3 * c['decode_core_s']:.1f} | "
                      f"{1e3 * c['infer_core_s']:.1f} | {c.get('model_img_s', float('nan')):.1f}"
-                     f" | {bound:.1f} ({limit}) | {e2e:.1f} | {e2e / bound:.0%} |")
+                     f" | {bound:.1f} ({limit}) | {e2e:.1f} | "
+                     f"{given[0] if given and given[0] is not None else e2e / bound:.0%} |")
     return "\n".join(lines) + "\n"
 
 
@@ -141,30 +175,37 @@ BOUND_NOTE = ("Against the machine's bound: decode + preprocess and inference me
 
 def _timed_whole(s, files: Sequence[str], job: Dict[str, Any], first: float) -> Dict[str, Any]:
     """Variant runs: each pass scores the whole list in one call (decode overlapped with
-    inference, as `quasar score` does); then the encoder alone on preprocessed batches."""
+    inference, as `quasar score` does), after one untimed pass (the steady state of a long
+    run: at native size the first pass after a one-batch warm-up was the slowest in 2 of 3
+    probes, by 6-12 %). Each timed pass is followed by the encoder alone over the same
+    inputs (:func:`_model_only`), so that a pass and the bound it is compared with are
+    measured seconds apart (this VM's speed drifts by several % within a minute).
+    Returns medians over passes (of an even count: the mean of the middle two), ``core``
+    (:func:`core_times`' keys) and ``bound_pct``, the median over passes of e2e / bound."""
     import numpy as np
 
     bs = int(job["batch_size"])
-    s.score(files[:bs])  # warm-up at full batch size
-    passes = []
-    emb = None
-    for _ in range(max(1, int(job["repeats"]))):
+    s.embed(files)  # warm-up: one whole pass
+    passes: List[float] = []
+    models: List[Dict[str, float]] = []
+    emb = rss = None
+    decode, batches = 0.0, []
+    cores = _cores()
+    for k in range(max(1, int(job["repeats"]))):
         t = time.perf_counter()
         emb = s.embed(files)
         passes.append(time.perf_counter() - t)
-    x = np.stack([s.load_image(f) for f in files[:bs]])
-    s.encoder.run(x)
-    model = []
-    for _ in range(max(3, int(job["repeats"]) * 2)):
-        t = time.perf_counter()
-        s.encoder.run(x)
-        model.append(time.perf_counter() - t)
-    passes.sort()
-    model.sort()
-    out = {"first_score_at": first, "images_per_s": len(files) / passes[len(passes) // 2],
-           "batch_latency_s": model[len(model) // 2],
-           "model_images_per_s": bs / model[len(model) // 2], "peak_rss_mb": peak_rss_mb(),
-           "run_info": s.run_info}
+        if k == 0:  # the pass's own peak, before the inputs below are held
+            rss = peak_rss_mb()
+            decode, batches = _decoded_batches(s, files, bs)
+        models.append(_model_only(s, batches, len(files)))
+    core = {"cores": cores, "decode_core_s": decode, **median_core(models)}
+    pct = [len(files) / p / speed_bound(cores, decode, m["infer_core_s"], m["model_img_s"])[0]
+           for p, m in zip(passes, models)]
+    out = {"first_score_at": first, "images_per_s": len(files) / statistics.median(passes),
+           "peak_rss_mb": rss, "run_info": s.run_info, "core": core,
+           "bound_pct": statistics.median(pct), "model_images_per_s": core["model_img_s"],
+           "batch_latency_s": core["batch_s"]}
     if job.get("embeddings_out"):
         np.save(job["embeddings_out"], np.asarray(emb, dtype=np.float32))
     return out
@@ -528,10 +569,10 @@ class VariantRun:
     agreement: Optional[Dict[str, Any]] = None   # vs runtime fp32 on the bench photos
     gate: Optional[Dict[str, Any]] = None        # quasar optimize's held-out report
     core: List[Dict[str, float]] = field(default_factory=list)  # core_times() per round
+    pct: List[float] = field(default_factory=list)  # e2e / bound per round (same process)
 
 
 def _median(v: Sequence[float]) -> float:
-    import statistics
     return float(statistics.median(v)) if v else float("nan")
 
 
@@ -665,6 +706,8 @@ def bench_variants(cases: str = VARIANT_CASES, variants: str = DEFAULT_VARIANTS,
                 vr.rss.append(r["peak_rss_mb"])
                 if r.get("core"):
                     vr.core.append(r["core"])
+                if r.get("bound_pct") is not None:
+                    vr.pct.append(r["bound_pct"])
                 if "model_images_per_s" in r:
                     vr.model.append(r["model_images_per_s"])
                     vr.precision = r["run_info"]["precision"]
@@ -726,7 +769,7 @@ def format_variant_report(runs: List[VariantRun], info: str, flags: str, n_image
         f"{batch_size}{f' ({native})' if native else ''}, end to end (decode + preprocess + inference + score; the runtime "
         f"overlaps decoding with inference); every path in fresh processes, interleaved over "
         f"{rounds} rounds; images/s = median over rounds (each the median of its passes). "
-        "Model-only = the same session on preprocessed batches. Agreement (cos min, p99 "
+        "Model-only = the same session on the same photos, preprocessed, batch by batch. Agreement (cos min, p99 "
         "|Δscore|, SRCC) vs runtime fp32 on the bench photos; gate = quasar optimize's verdict "
         f"on its own held-out photos (SRCC >= {gate.min_srcc}, p99 |Δscore| <= "
         f"{gate.max_p99_dscore}).",
@@ -758,8 +801,11 @@ def format_variant_report(runs: List[VariantRun], info: str, flags: str, n_image
         lines.append(f"| {r.case} | {r.path} | {r.precision} / {r.backend} | {e2e:.1f} | "
                      f"{ratio} | {mcell} | {share} | {_median(r.cold):.2f} | "
                      f"{_median(r.rss):.0f} | {cos} | {p99} | {srcc} | {g} |")
-    lines += ["", BOUND_NOTE + " Core times: medians over rounds.", "",
-              format_bound_table([(r.case, r.path, median_core(r.core), _median(r.e2e))
+    lines += ["", BOUND_NOTE + " Core times: medians over rounds. e2e % of bound: the "
+              "median over rounds of each round's own e2e / bound (every timed pass is "
+              "followed by the encoder alone over the same inputs, seconds apart).", "",
+              format_bound_table([(r.case, r.path, median_core(r.core), _median(r.e2e),
+                                   _median(r.pct) if r.pct else None)
                                   for r in runs if r.e2e]).rstrip("\n")]
     return "\n".join(lines) + "\n"
 
