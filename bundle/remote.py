@@ -49,7 +49,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Dict, Optional
 from urllib.parse import quote
 
-from quasar.access import denied_message, first_line, is_auth_error
+from quasar.access import denied_message, failed_message, is_auth_error
 from quasar.constants import BUNDLE_JSON
 from quasar.errors import (BundleError, MissingDependencyError, OutputLockedError,
                            RemoteBundleError, install_hint)
@@ -352,9 +352,9 @@ def _missing(u: BundleURL, module: str, exc: Exception) -> MissingDependencyErro
 def _network_error(u: BundleURL, what: str, exc: BaseException) -> RemoteBundleError:
     if is_auth_error(exc):
         return RemoteBundleError(denied_message(u.url, u.scheme, what, exc))
-    err = RemoteBundleError(
-        f"{safe_text(u.url)}: {what} failed ({type(exc).__name__}: {first_line(exc)}); nothing "
-        "was cached - check the network (proxies: HTTPS_PROXY) and the URL, then run again")
+    err = RemoteBundleError(failed_message(
+        u.url, what, exc, "nothing was cached - check the network (proxies: HTTPS_PROXY) and "
+        "the URL, then run again"))
     err.network = True  # a cached copy may stand in (resolve_bundle)
     return err
 

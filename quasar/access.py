@@ -1,6 +1,6 @@
 """Access failures of remote stores, said once for every caller (bundle fetch and push,
-storage inputs and outputs): is an exception an authentication / authorisation refusal, and
-which settings give a scheme its credentials."""
+storage inputs and outputs): is an exception an authentication / authorisation refusal,
+which settings give a scheme its credentials, and the head of the message either way."""
 from __future__ import annotations
 
 from quasar.text import safe_text
@@ -32,6 +32,11 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
     """The exception's first line (its type name when it has no text), made safe to print."""
     raw = str(exc).strip()
     return safe_text(raw.splitlines()[0] if raw else type(exc).__name__)[:limit]
+
+
+def failed_message(url: str, what: str, exc: BaseException, advice: str) -> str:
+    """``URL: what failed (Type: first line); advice`` - a network or service failure."""
+    return f"{safe_text(url)}: {what} failed ({type(exc).__name__}: {first_line(exc)}); {advice}"
 
 
 def denied_message(url: str, scheme: str, what: str, exc: BaseException) -> str:

@@ -22,7 +22,7 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-from quasar.access import denied_message, first_line, is_auth_error
+from quasar.access import denied_message, failed_message, is_auth_error
 from quasar.bundle.atomic import pid_alive
 from quasar.errors import InputError, MissingDependencyError, install_hint
 from quasar.text import safe_text
@@ -135,9 +135,8 @@ def storage_error(url: str, what: str, exc: BaseException, cls: type = InputErro
     scheme = url_scheme(url) or ""
     if is_auth_error(exc):
         return cls(denied_message(url, scheme, what, exc))
-    return cls(f"{safe_text(url)}: {what} failed ({type(exc).__name__}: {first_line(exc)}); "
-               "check the network (proxies: HTTPS_PROXY), the endpoint (AWS_ENDPOINT_URL) "
-               "and the URL, then run again")
+    return cls(failed_message(url, what, exc, "check the network (proxies: HTTPS_PROXY), the "
+                              "endpoint (AWS_ENDPOINT_URL) and the URL, then run again"))
 
 
 def check_client(url: str) -> None:
@@ -330,10 +329,10 @@ class Spooled:
                                 "limit for one remote file (spooled to local disk before "
                                 "reading); not downloaded - split it, or raise "
                                 "QUASAR_SPOOL_MAX_BYTES")
+        except _Refused as r:
+            return r.row
         except Exception as exc:  # noqa: BLE001 - any client failure is this input's row
             return failure(url, exc, what)
-        if isinstance(size, tuple):
-            return size
         d = os.path.dirname(self.path)
         if size:
             free = shutil.disk_usage(d).free
@@ -390,19 +389,27 @@ class Spooled:
         self.close()
 
 
+class _Refused(Exception):
+    """An object that is not read, with its row: ``status`` and ``message``."""
+
+    def __init__(self, status: str, message: str) -> None:
+        super().__init__(message)
+        self.row = (status, message)
+
+
 def _object_size(fs: Any, path: str, url: str, what: str, cap: int, over: str
-                 ) -> Union[Optional[int], Tuple[str, str]]:
-    """The size of the object at ``url`` (None when the store does not say), or the row's
-    ``(status, message)`` for a prefix (``not_a_file``) or an object over ``cap``
-    (``too_large``; ``over`` ends the message). Client errors propagate."""
+                 ) -> Optional[int]:
+    """The size of the object at ``url`` (None when the store does not say). Raises
+    :class:`_Refused` for a prefix (``not_a_file``) or an object over ``cap`` (``too_large``;
+    ``over`` ends the message); client errors propagate."""
     info = fs.info(path)
     if info.get("type") == "directory":
-        return "not_a_file", (f"{safe_text(url)}: a folder (prefix), not a {what}; give the "
-                              "object itself, or end the URL with / to scan the folder")
+        raise _Refused("not_a_file", f"{safe_text(url)}: a folder (prefix), not a {what}; give "
+                       "the object itself, or end the URL with / to scan the folder")
     size = info.get("size")
     if size is not None and size > cap:
-        return "too_large", (f"{safe_text(url)}: the {what} is {size:,} bytes, over the "
-                             f"{cap:,}-byte {over}")
+        raise _Refused("too_large", f"{safe_text(url)}: the {what} is {size:,} bytes, over the "
+                       f"{cap:,}-byte {over}")
     return size
 
 
@@ -414,12 +421,12 @@ def read_object(url: str, cap: int, what: str = "image") -> Union[bytes, Tuple[s
         fs, path = filesystem(url)
         size = _object_size(fs, path, url, what, cap,
                             "limit for one image; not read - re-encode or drop it")
-        if isinstance(size, tuple):
-            return size
         if size == 0:
             return "empty_file", (f"{safe_text(url)}: the object is empty (0 bytes); "
                                   "re-upload it")
         data = fs.cat_file(path, start=0, end=cap + 1)  # never more than the cap
+    except _Refused as r:
+        return r.row
     except Exception as exc:  # noqa: BLE001 - any client failure is this input's row
         return failure(url, exc, what)
     if len(data) > cap:

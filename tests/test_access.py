@@ -42,3 +42,19 @@ def test_message_is_one_safe_line():
     assert msg.startswith("s3://b/k") and "reading the shard: access denied" in msg
     assert "PermissionError: 403 Forbidden" in msg and "AWS_PROFILE" in msg
     assert first_line(ValueError()) == "ValueError"
+
+
+def test_failure_head_is_shared_by_bundle_fetch_and_storage_inputs():
+    """Both callers (bundle/remote.py, runtime/storage.py) say a network failure with the
+    same one-line head and their own advice."""
+    from quasar.bundle.remote import _network_error, parse_bundle_url
+    from quasar.runtime.storage import storage_error
+
+    e = ConnectionResetError(104, "Connection reset by peer\nmore\x1b[0m")
+    head = "s3://b/k: reading the object failed (ConnectionResetError: [Errno 104] Connection " \
+           "reset by peer); "
+    bundle_msg = str(_network_error(parse_bundle_url("s3://b/k"), "reading the object", e))
+    storage_msg = str(storage_error("s3://b/k", "reading the object", e))
+    for msg in (bundle_msg, storage_msg):
+        assert msg.startswith(head) and "\n" not in msg and "\x1b" not in msg
+    assert "nothing was cached" in bundle_msg and "AWS_ENDPOINT_URL" in storage_msg

@@ -138,3 +138,59 @@ def test_interleaved_timing_ranks_by_speed():
     assert fast <= 5 / 0.008 * 1.001 and slow <= 5 / 0.024 * 1.001  # never above the cost
     assert fast > 2 * slow
 
+
+
+def test_timed_warms_up_one_whole_pass_and_reports_true_medians(monkeypatch):
+    """On a fake clock: the warm-up covers every file once, untimed; of two passes (2 s and
+    6 s) the median is 4 s (not the slower one); batch latency the median of 1,1,3,3."""
+    from types import SimpleNamespace
+
+    from quasar import timing
+
+    clock = [0.0]
+    monkeypatch.setattr(timing, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    costs = iter([50.0, 50.0, 1.0, 1.0, 3.0, 3.0])  # warm-up pass, pass 1, pass 2
+    seen = []
+
+    def run(batch):
+        seen.append(list(batch))
+        clock[0] += next(costs)
+
+    out = timing.timed(run, ["a", "b", "c", "d"], 2, first=0.0, repeats=2)
+    assert seen[:2] == [["a", "b"], ["c", "d"]] and len(seen) == 6
+    assert out["images_per_s"] == pytest.approx(4 / 4.0)
+    assert out["batch_latency_s"] == pytest.approx(2.0)
+
+
+def test_model_only_runs_the_pass_own_inputs_as_distinct_batches(tmp_path):
+    """core_times' inference runs on the files' own preprocessed pixels (compared with
+    load_image called here), one new array per batch, grouped as the engine groups them,
+    cycled until at least ``min_images`` images."""
+    import os
+    import sys
+
+    import numpy as np
+    from PIL import Image
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "runtime"))
+    import rt_helpers
+    from quasar.bench.speed import core_times
+    from quasar.runtime.scorer import Scorer
+
+    b = rt_helpers.write_tiny_bundle(tmp_path / "b")
+    files = []
+    for k in range(5):
+        p = tmp_path / f"{k}.jpg"
+        Image.new("RGB", (320 - 16 * k, 240), (40 * k, 90, 200)).save(p)
+        files.append(str(p))
+    s = Scorer.from_bundle(b, device="cpu")
+    calls = []
+    orig = s.encoder.run
+    s.encoder.run = lambda x: (calls.append(x), orig(x))[1]
+    c = core_times(s, files, batch_size=2, min_images=12)
+    want = np.stack([s.load_image(f) for f in files])
+    first = calls[1:4]  # calls[0] warms the encoder up
+    assert [len(x) for x in first] == [2, 2, 1]
+    np.testing.assert_array_equal(np.concatenate(first), want)
+    assert len({id(x) for x in first}) == 3
+    assert sum(len(x) for x in calls[1:]) >= 12 and c["batch_s"] > 0
