@@ -59,6 +59,14 @@ log = logging.getLogger(__name__)
 PathLike = Union[str, Path]
 MIN_HOLDOUT = 8
 CALIBRATION_BATCH = 8  # images per NNCF calibration sample (see build_int8_openvino)
+# Pixels per calibration sample, at most: NNCF materialises every quantised activation of a
+# sample at once - at 1024x768, samples of 8 images took RN50's `quasar optimize` past 22 GB
+# of RSS (OOM-killed on a 24 GB machine). One sample holds 8 images of 224x224 worth; larger
+# images go in smaller samples (one image at native size), with min/max ranges.
+CALIBRATION_PIXELS = CALIBRATION_BATCH * 224 * 224
+# Held-out and speed batches: the user's batch size, capped at 16 images of 224x224 worth of
+# pixels (fp32 RN50 at 1024x768 in batches of 16 holds gigabytes of activations).
+EVAL_PIXELS = 16 * 224 * 224
 # Below this many held-out images the gate's SRCC is coarse (one swapped neighbour pair of
 # n images costs 12 / (n^3 - n): 0.00037 at n = 32) and biased low (the expected sample SRCC
 # of n images grows towards the population value with n; docs/precision.md measures it).
@@ -141,12 +149,23 @@ def _decode_all(loader, paths: Sequence[str]) -> Tuple[List[str], List[np.ndarra
     return ok, arrays
 
 
-def _batches(arrays: Sequence[np.ndarray], batch_size: int) -> List[np.ndarray]:
-    """Consecutive same-shape runs, cut at ``batch_size`` (native sizes differ)."""
+def batch_cap(shape: Sequence[int], batch_size: int, max_pixels: Optional[int]) -> int:
+    """Images of ``shape`` ([3, H, W]) per batch: ``batch_size``, fewer when their pixels
+    exceed ``max_pixels`` (never fewer than one)."""
+    if not max_pixels:
+        return max(1, int(batch_size))
+    return max(1, min(int(batch_size), int(max_pixels) // max(1, shape[-2] * shape[-1])))
+
+
+def _batches(arrays: Sequence[np.ndarray], batch_size: int,
+             max_pixels: Optional[int] = EVAL_PIXELS) -> List[np.ndarray]:
+    """Consecutive same-shape runs, cut at ``batch_size`` images and ``max_pixels`` pixels
+    (:func:`batch_cap`; native sizes differ)."""
     out: List[np.ndarray] = []
     cur: List[np.ndarray] = []
     for a in arrays:
-        if cur and (a.shape != cur[0].shape or len(cur) >= batch_size):
+        if cur and (a.shape != cur[0].shape
+                    or len(cur) >= batch_cap(cur[0].shape, batch_size, max_pixels)):
             out.append(np.stack(cur))
             cur = []
         cur.append(a)
@@ -207,7 +226,8 @@ def build_int8_onnxruntime(bundle, cal: Sequence[np.ndarray], work: Path) -> Tup
     model = onnx.load(str(pre), load_external_data=False)
     exclude = _activation_matmuls(model)
     del model
-    feeds = [{bundle.manifest.encoder.input_name: b} for b in _batches(cal, 4)]
+    feeds = [{bundle.manifest.encoder.input_name: b}
+             for b in _batches(cal, 4, CALIBRATION_PIXELS)]  # MinMax: global extremes
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -240,22 +260,34 @@ def build_int8_openvino(bundle, cal: Sequence[np.ndarray], work: Path,
     ov = _require("openvino", ("int8", "openvino"))
     nncf = _require("nncf", ("int8", "openvino"))
     model = ov.Core().read_model(str(bundle.encoder_path))
-    # Batches of 8 (same-shape runs; at native resolution sizes may differ): NNCF's default
-    # activation ranges average the per-batch extremes, and one image per batch clips every
-    # image above the average - on the bench's RN50 with the head and the first convolution
-    # in fp32 the score error was 4.5x larger fed one at a time (docs/precision.md).
-    batches = _batches(cal, CALIBRATION_BATCH)
-    kw: Dict[str, Any] = {}
-    mode = "default"
-    if _is_transformer(bundle):
-        from nncf.quantization.advanced_parameters import (AdvancedQuantizationParameters,
-                                                           AdvancedSmoothQuantParameters)
+    from nncf.quantization.advanced_parameters import (AdvancedQuantizationParameters,
+                                                       AdvancedSmoothQuantParameters)
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
+    # Samples of 8 images (same-shape runs; at native resolution sizes may differ): NNCF's
+    # default activation ranges average the per-sample extremes, and one image per sample
+    # clips every image above the average - on the bench's RN50 with the head and the first
+    # convolution in fp32 the score error was 4.5x larger fed one at a time. Large images go
+    # in smaller samples (CALIBRATION_PIXELS: memory), and then the ranges are the extremes
+    # over all samples instead: one image per sample with min/max ranges measured as good
+    # as samples of 8 with the default (docs/precision.md, "Calibration batches").
+    batches = _batches(cal, CALIBRATION_BATCH, CALIBRATION_PIXELS)
+    small = min((batch_cap(a.shape, CALIBRATION_BATCH, CALIBRATION_PIXELS) for a in cal),
+                default=CALIBRATION_BATCH) < CALIBRATION_BATCH
+    kw: Dict[str, Any] = {}
+    adv: Dict[str, Any] = {}
+    modes = []
+    if _is_transformer(bundle):
         kw["model_type"] = nncf.ModelType.TRANSFORMER
         # SmoothQuant off: on random ViT-B-32 it lowered held-out SRCC (0.9986 -> 0.9992 off)
-        kw["advanced_parameters"] = AdvancedQuantizationParameters(
-            smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1))
-        mode = "transformer, no SmoothQuant"
+        adv["smooth_quant_alphas"] = AdvancedSmoothQuantParameters(matmul=-1)
+        modes.append("transformer, no SmoothQuant")
+    if small:
+        adv["activations_range_estimator_params"] = RangeEstimatorParametersSet.MINMAX
+        modes.append(f"min/max ranges, samples of {max(len(b) for b in batches)} image(s)")
+    if adv:
+        kw["advanced_parameters"] = AdvancedQuantizationParameters(**adv)
+    mode = ", ".join(modes) or "default"
     if ignored is not None:
         kw["ignored_scope"] = ignored
     q = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(cal), **kw)

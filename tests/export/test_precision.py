@@ -530,3 +530,50 @@ def test_int8_ranges_come_from_batches_not_from_single_images(tiny, tmp_path):
     mean_of_each = float(np.mean([np.abs(a).max() for a in cal]))
     assert span == pytest.approx(largest, rel=0.02), (span, largest, mean_of_each)
     assert span > 1.5 * mean_of_each
+
+
+def test_calibration_samples_are_capped_by_pixels():
+    """Memory: a calibration sample never holds more than CALIBRATION_PIXELS pixels (8 images
+    at 224, one at native size), held-out batches no more than EVAL_PIXELS; runs of one
+    shape stay in order."""
+    from quasar.export.precision import (CALIBRATION_BATCH, CALIBRATION_PIXELS, EVAL_PIXELS,
+                                         _batches)
+
+    small = [np.full((3, 224, 224), k, np.float32) for k in range(10)]
+    big = [np.full((3, 768, 1024), k, np.float32) for k in range(3)]
+    got = _batches(small + big, CALIBRATION_BATCH, CALIBRATION_PIXELS)
+    assert [len(b) for b in got] == [8, 2, 1, 1, 1]
+    assert all(b.shape[0] * b.shape[2] * b.shape[3] <= max(CALIBRATION_PIXELS, 768 * 1024)
+               for b in got)
+    assert [float(b[i, 0, 0, 0]) for b in got for i in range(len(b))] == \
+        [float(k) for k in range(10)] + [0.0, 1.0, 2.0]
+    assert [len(b) for b in _batches([np.zeros((3, 448, 448), np.float32)] * 5, 16)] == [4, 1]
+    assert EVAL_PIXELS // (448 * 448) == 4
+
+
+def test_int8_ranges_of_large_images_are_their_extremes(tiny, tmp_path):
+    """Images too large for samples of 8 (here one per sample) are calibrated with min/max
+    ranges: the input quantiser spans the largest array (numpy), not the mean of each one's
+    extreme (what NNCF's default would give one image at a time)."""
+    pytest.importorskip("nncf")
+    ov = pytest.importorskip("openvino")
+    from quasar.export.precision import CALIBRATION_PIXELS, build_int8_openvino
+
+    bundle = load_bundle(tiny)
+    side = int(np.ceil(np.sqrt(CALIBRATION_PIXELS)))  # one image per sample
+    rng = np.random.default_rng(1)
+    cal = [(rng.standard_normal((3, side, side)) * s).astype(np.float32) for s in range(1, 5)]
+    work = tmp_path / "w"
+    work.mkdir()
+    files, tool, _ = build_int8_openvino(bundle, cal, work)
+    assert "min/max ranges, samples of 1 image(s)" in tool
+    model = ov.Core().read_model(str(files["encoder.xml"]))
+    fq = [op for op in model.get_ordered_ops() if op.get_type_name() == "FakeQuantize"
+          and op.input(0).get_source_output().get_node().get_type_name() == "Parameter"]
+    assert len(fq) == 1
+    span = max(float(np.max(np.abs(fq[0].input(i).get_source_output().get_node().get_data())))
+               for i in (1, 2))
+    largest = max(float(np.abs(a).max()) for a in cal)
+    mean_of_each = float(np.mean([np.abs(a).max() for a in cal]))
+    assert span == pytest.approx(largest, rel=0.02), (span, largest, mean_of_each)
+    assert span > 1.3 * mean_of_each
