@@ -480,7 +480,7 @@ def bench(rn50_bundle: Optional[str] = None, vit_bundle: Optional[str] = None,
           cases: str = "rn50-224,rn50-native,vitb32-224", n_images: int = 16,
           batch_size: int = 8, threads: Optional[int] = None, out: Optional[str] = None,
           workdir: Optional[str] = None, paths: str = "torch,runtime", repeats: int = 3,
-          native_images: int = 4, native_batch_size: int = 2,
+          native_images: Optional[int] = None, native_batch_size: int = 2,
           variants: Optional[str] = None, rounds: int = 3, calibration_images: int = 512,
           native_calibration_images: int = 256, min_srcc: Optional[float] = None,
           max_p99_dscore: Optional[float] = None, device: str = "cpu") -> str:
@@ -491,8 +491,9 @@ def bench(rn50_bundle: Optional[str] = None, vit_bundle: Optional[str] = None,
 
     With --variants (e.g. "int8-openvino,int8-onnxruntime,bf16-openvino,fast-decode"): the
     precision-variant table instead (see :func:`bench_variants`; rn50-native runs on
-    --native-images images in batches of --native-batch-size; --n-images >= 64 recommended, --rounds interleaved rounds, gate thresholds --min-srcc /
-    --max-p99-dscore).
+    --native-images images (default 16; 4 in the plain table) in batches of
+    --native-batch-size; --n-images >= 64 recommended, --rounds interleaved rounds, gate
+    thresholds --min-srcc / --max-p99-dscore).
 
     ``device``: where the runtime paths run (cpu | cuda: ONNX Runtime's CUDA provider, IO
     binding on; the torch path stays the CPU reference)."""
@@ -502,9 +503,11 @@ def bench(rn50_bundle: Optional[str] = None, vit_bundle: Optional[str] = None,
                               repeats=repeats, calibration_images=calibration_images,
                               min_srcc=min_srcc, max_p99_dscore=max_p99_dscore,
                               rn50_bundle=rn50_bundle, vit_bundle=vit_bundle, workdir=workdir,
-                              out=out, device=device, native_images=native_images,
+                              out=out, device=device,
+                              native_images=16 if native_images is None else native_images,
                               native_batch_size=native_batch_size,
                               native_calibration_images=native_calibration_images)
+    n_native = 4 if native_images is None else int(native_images)
     case_list = [c.strip() for c in str(cases).split(",") if c.strip()]
     unknown = [c for c in case_list if c not in CASES]
     if unknown:
@@ -526,7 +529,7 @@ def bench(rn50_bundle: Optional[str] = None, vit_bundle: Optional[str] = None,
         for path in path_list:
             native = res == "native"
             job = {"case": case, "path": path, "resolution": res,
-                   "files": files[:int(native_images)] if native else files,
+                   "files": files[:n_native] if native else files,
                    "batch_size": int(native_batch_size if native else batch_size),
                    "repeats": 2 if native else int(repeats),
                    "threads": threads, "bundle": str(bundle), "device": device}

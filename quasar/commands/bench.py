@@ -34,7 +34,7 @@ COMMAND = Command(
         opt("repeats", "timed passes over the images (224 cases; the median is reported)",
             metavar="N", type=O.integer, minimum=1),
         opt("native_images", "images for the rn50-native case", metavar="N", type=O.integer,
-            minimum=1),
+            minimum=1, default_text="4; 16 with --variants"),
         opt("native_batch_size", "batch size of the rn50-native case", metavar="N",
             type=O.integer, minimum=1),
         opt("variants", "precision-variant table instead: comma-separated variants to build "

@@ -194,3 +194,15 @@ def test_model_only_runs_the_pass_own_inputs_as_distinct_batches(tmp_path):
     np.testing.assert_array_equal(np.concatenate(first), want)
     assert len({id(x) for x in first}) == 3
     assert sum(len(x) for x in calls[1:]) >= 12 and c["batch_s"] > 0
+
+
+def test_variants_table_measures_16_native_images_unless_told(monkeypatch):
+    """`quasar bench --variants` without --native-images runs rn50-native on 16 photos (the
+    plain table's 4 would leave a pass of two batches, whose decodes barely overlap)."""
+    from quasar.bench import speed
+
+    seen = []
+    monkeypatch.setattr(speed, "bench_variants", lambda **kw: seen.append(kw) or "")
+    speed.bench(variants="int8-openvino")
+    speed.bench(variants="int8-openvino", native_images=6)
+    assert [kw["native_images"] for kw in seen] == [16, 6]
