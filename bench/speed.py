@@ -76,23 +76,17 @@ def _worker_runtime(job: Dict[str, Any]) -> Dict[str, Any]:
 def _decoded_batches(s, files: Sequence[str], batch_size: int) -> Tuple[float, List[Any]]:
     """Decode + preprocess CPU seconds per image (``s.load_image`` of every file on this
     thread: Pillow and numpy run here, so the thread's CPU clock is the cost, whatever else
-    the machine does), and the pass's inputs as the engine batches them (consecutive inputs
-    of one shape, at most ``batch_size``)."""
+    the machine does), and the pass's inputs as the engine batches them
+    (:func:`~quasar.runtime.engine.shape_batches`)."""
     import numpy as np
+
+    from quasar.runtime.engine import shape_batches
 
     t0 = time.thread_time()
     arrays = [s.load_image(f) for f in files]
     decode = (time.thread_time() - t0) / max(1, len(arrays))
-    batches: List[np.ndarray] = []
-    by_shape: Dict[Tuple[int, ...], List[np.ndarray]] = {}
-    for a in arrays:
-        group = by_shape.setdefault(a.shape, [])
-        group.append(a)
-        if len(group) == batch_size:
-            batches.append(np.stack(group))
-            group.clear()
-    batches += [np.stack(g) for g in by_shape.values() if g]
-    return decode, batches
+    return decode, [np.stack([arrays[i] for i in idx])
+                    for idx in shape_batches([a.shape for a in arrays], batch_size)]
 
 
 def _model_only(s, batches: Sequence[Any], min_images: int) -> Dict[str, float]:

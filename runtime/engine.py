@@ -36,7 +36,8 @@ import os
 from collections import OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Deque, Iterable, Iterator, List, Optional, Tuple
+from typing import (Any, Callable, Deque, Iterable, Iterator, List, Optional, Sequence,
+                    Tuple)
 
 import numpy as np
 
@@ -128,6 +129,18 @@ def _released(item: Any) -> Any:
     """The input as kept for its row once decoded (a sample without its bytes)."""
     release = getattr(item, "released", None) if not isinstance(item, str) else None
     return release() if release is not None else item
+
+
+def shape_batches(shapes: Sequence[Optional[tuple]], batch_size: int) -> List[List[int]]:
+    """How the engine batches a window: the indices of its inputs grouped by shape (shapes
+    in first-seen order; ``None``, a failed input, in no batch), each group cut into
+    batches of at most ``batch_size``. Nothing is padded or resized."""
+    groups: "OrderedDict[tuple, List[int]]" = OrderedDict()
+    for i, shape in enumerate(shapes):
+        if shape is not None:
+            groups.setdefault(shape, []).append(i)
+    return [idx[s:s + batch_size] for idx in groups.values()
+            for s in range(0, len(idx), batch_size)]
 
 
 def _one_shape(decoded: List[Decoded]) -> bool:
@@ -235,21 +248,15 @@ class Engine:
         n = len(items)
         out = np.full((n, self.dim), np.nan, dtype=np.float32)
         errors: List[Optional[Exception]] = [err for _, err in decoded]
-        groups: "OrderedDict[tuple, List[int]]" = OrderedDict()
-        for i, (arr, err) in enumerate(decoded):
-            if err is None:
-                groups.setdefault(arr.shape, []).append(i)
-        bs = self.cfg.batch_size
-        for idx in groups.values():
-            for s in range(0, len(idx), bs):
-                chunk = idx[s:s + bs]
-                results = self._encode_group([items[i] for i in chunk],
-                                             [decoded[i][0] for i in chunk])
-                for i, (e, err) in zip(chunk, results):
-                    if err is None:
-                        out[i] = e
-                    else:
-                        errors[i] = err
+        shapes = [None if err is not None else arr.shape for arr, err in decoded]
+        for chunk in shape_batches(shapes, self.cfg.batch_size):
+            results = self._encode_group([items[i] for i in chunk],
+                                         [decoded[i][0] for i in chunk])
+            for i, (e, err) in zip(chunk, results):
+                if err is None:
+                    out[i] = e
+                else:
+                    errors[i] = err
         return out, errors
 
     # ---------------------------------------------------------------- streams

@@ -157,3 +157,13 @@ def test_config_validation():
         PipelineConfig(batch_size=0)
     with pytest.raises(ValueError):
         PipelineConfig(workers=0)
+
+
+def test_shape_batches_groups_by_shape_in_first_seen_order():
+    """The engine's batching rule, written out by hand: shapes in first-seen order, failed
+    inputs (None) in no batch, each group cut at the batch size."""
+    from quasar.runtime.engine import shape_batches
+
+    a, b = (3, 224, 224), (3, 768, 1024)
+    assert shape_batches([a, b, a, None, a, b, a], 2) == [[0, 2], [4, 6], [1, 5]]
+    assert shape_batches([None, None], 4) == [] and shape_batches([], 4) == []
