@@ -6,10 +6,14 @@ Nothing else batches or retries.
 
 How a stream of inputs is processed:
 
-* **Decode ahead, bounded.** Inputs are pulled lazily from the iterator and decoded +
-  preprocessed by ``load`` in a thread pool (Pillow and numpy release the GIL), overlapping
-  inference. At most :attr:`EngineConfig.in_flight` inputs are decoded or decoding at once,
-  so memory stays flat on millions of inputs.
+* **Decode ahead, bounded and paced.** Inputs are pulled lazily from the iterator and
+  decoded + preprocessed by ``load`` in a thread pool (Pillow and numpy release the GIL),
+  overlapping inference. At most :attr:`EngineConfig.in_flight` inputs are decoded or
+  decoding at once, so memory stays flat on millions of inputs; at the start the read-ahead
+  is :attr:`EngineConfig.lookahead` and grows by one input per input embedded, so that
+  decoding is spread over the inferences instead of arriving in one burst (a burst of
+  decodes during one inference halves that inference: its threads wait for the one whose
+  core a decode took - measured at native size, see docs/benchmark.md).
 * **Bounded bytes too.** Inputs that carry their encoded bytes (dataset samples: a tar
   member or a Parquet cell may be up to 256 MB) also count against
   :attr:`EngineConfig.max_pending_bytes`: no new input is submitted while the undecoded
@@ -18,10 +22,10 @@ How a stream of inputs is processed:
   pin the bytes in a reference cycle until the cyclic GC runs).
 * **Windows.** Inputs are handed out in *windows* of consecutive inputs (``batch_size``
   when every input has one shape; ``batch_size * group_factor`` when shapes vary, e.g. at
-  ``native`` resolution, so that equal shapes can meet; the first window closes after one
-  batch when that batch already has one shape, so that inference starts after one batch of
-  decodes rather than a whole window), closed early when the decoded pixels exceed
-  ``max_window_bytes``.
+  ``native`` resolution, so that equal shapes can meet; a window closes as soon as its
+  inputs make whole batches of one shape each - one batch when every input has one shape -
+  so that inference starts after one batch of decodes rather than a whole window), closed
+  early when the decoded pixels exceed ``max_window_bytes``.
 * **Batches by shape.** Inside a window, inputs are grouped by H×W and each group is run in
   batches of at most ``batch_size``: nothing is padded or resized behind the user's back.
 * **Failure isolation.** A decode failure is that input's error. A batch that fails in
@@ -98,9 +102,14 @@ class EngineConfig:
         return self.batch_size * (self.group_factor if self.variable_shapes else 1)
 
     @property
+    def lookahead(self) -> int:
+        """Inputs decoded ahead of the batch being assembled (and the read-ahead at start)."""
+        return max(self.batch_size, 2 * self.workers)
+
+    @property
     def in_flight(self) -> int:
-        """Inputs submitted for decoding beyond the window being assembled."""
-        return self.window + max(self.batch_size, 2 * self.workers)
+        """Inputs submitted for decoding and not yet in a window, at most."""
+        return self.window + self.lookahead
 
 
 @dataclass
@@ -143,10 +152,14 @@ def shape_batches(shapes: Sequence[Optional[tuple]], batch_size: int) -> List[Li
             for s in range(0, len(idx), batch_size)]
 
 
-def _one_shape(decoded: List[Decoded]) -> bool:
-    """Did every input decode, to one H×W?"""
-    shapes = {None if d[0] is None else d[0].shape for d in decoded}
-    return len(shapes) == 1 and None not in shapes
+def whole_batches(decoded: Sequence[Decoded], batch_size: int) -> bool:
+    """Do the decoded inputs make whole batches - at least one input decoded, and every
+    H×W met a multiple of ``batch_size`` times (failed inputs need no batch)?"""
+    counts: dict = {}
+    for arr, _ in decoded:
+        if arr is not None:
+            counts[arr.shape] = counts.get(arr.shape, 0) + 1
+    return bool(counts) and all(n % batch_size == 0 for n in counts.values())
 
 
 def drop_tracebacks(exc: BaseException) -> BaseException:
@@ -273,11 +286,13 @@ class Engine:
         pending: Deque[Tuple[Any, Future, int]] = deque()
         exhausted = False
         held = 0  # encoded bytes of the pending inputs
+        embedded = 0  # inputs of earlier windows: the read-ahead grows with them
         pool = ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="quasar-decode")
 
         def top_up() -> None:
             nonlocal exhausted, held
-            while not exhausted and len(pending) < cfg.in_flight and \
+            cap = min(cfg.in_flight, cfg.lookahead + embedded)
+            while not exhausted and len(pending) < cap and \
                     (held < cfg.max_pending_bytes or not pending):
                 try:
                     item = next(it)
@@ -288,7 +303,6 @@ class Engine:
                 held += n
                 pending.append((item, pool.submit(self.decode, item), n))
 
-        first = cfg.window > cfg.batch_size  # see the first-batch check below
         try:
             while True:
                 top_up()
@@ -307,10 +321,10 @@ class Engine:
                     if dec[0] is not None:
                         nbytes += dec[0].nbytes
                     top_up()  # keep the workers busy while this window is built
-                    if first and len(items_w) == cfg.batch_size and _one_shape(decoded):
-                        break  # a full batch of one shape already: start inference now
-                first = False
+                    if whole_batches(decoded, cfg.batch_size):
+                        break  # nothing left to group: start inference now
                 emb, errs = self.embed_decoded(items_w, decoded)
+                embedded += len(items_w)
                 yield Window(items_w, emb, errs)
         finally:
             for _, fut, _ in pending:

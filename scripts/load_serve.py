@@ -75,7 +75,7 @@ def offline(bundle: str, paths: List[Path], args) -> Dict[str, Any]:
     lst.write_text("".join(f"{p}\n" for _ in range(reps) for p in paths))
     r = subprocess.run([QUASAR, "score", f"@{lst}", "--bundle", bundle, "--batch-size",
                         str(args.max_batch_size), "--out", str(Path(args.workdir) / "o.csv"),
-                        "--overwrite",
+                        "--overwrite", *variant_args(args),
                         *(["--threads", str(args.threads)] if args.threads else [])],
                        capture_output=True, text=True)
     m = re.search(r"(\d+) images in ([\d.]+) s \(([\d.]+) images/s\)", r.stderr)
@@ -85,13 +85,19 @@ def offline(bundle: str, paths: List[Path], args) -> Dict[str, Any]:
             "images_per_s": float(m.group(3))}
 
 
+def variant_args(args) -> List[str]:
+    """--precision / --backend, the same for quasar serve and offline quasar score."""
+    return [*(["--precision", args.precision] if args.precision else []),
+            *(["--backend", args.backend] if args.backend else [])]
+
+
 # ------------------------------------------------------------------------- servers
 def start(kind: str, bundle: str, args) -> Tuple[subprocess.Popen, str]:
     """A server of ``kind`` on 127.0.0.1 (quasar: port chosen by the server itself)."""
     b, w = str(args.max_batch_size), str(args.max_batch_wait_ms)
     if kind == "quasar":
         cmd = [QUASAR, "serve", bundle, "--port", "0", "--max-batch-size", b,
-               "--max-batch-wait-ms", w, "--max-queue", "1024", "--quiet",
+               "--max-batch-wait-ms", w, "--max-queue", "1024", "--quiet", *variant_args(args),
                *(["--threads", str(args.threads)] if args.threads else []),
                *args.quasar_args.split()]
     else:
@@ -324,6 +330,10 @@ def parse_args(argv=None):
                     "on a busy machine 1 avoids spinning threads fighting over the cores")
     ap.add_argument("--quasar-args", default="", help="more options of quasar serve, e.g. "
                     "'--threads 1 --workers 2'")
+    ap.add_argument("--precision", help="the variant of quasar serve and of offline quasar "
+                    "score (e.g. int8: one that passed its gate; servers ray / litserve "
+                    "run fp32)")
+    ap.add_argument("--backend", help="their backend (onnxruntime | openvino)")
     ap.add_argument("--out")
     ap.add_argument("--ray-driver", nargs=5, help=argparse.SUPPRESS,
                     metavar=("BUNDLE", "PORT", "B", "WAIT_MS", "THREADS"))

@@ -39,6 +39,13 @@ THREADS = Option("threads", "ONNX Runtime intra-op threads", short="-t", metavar
                  type=integer, minimum=1, default_text="ONNX Runtime's choice")
 WORKERS = Option("workers", "image decoding threads", short="-w", metavar="N", type=integer,
                  minimum=1, default_text="min(4, CPUs)")
+PRECISION = Option("precision", "encoder precision: a variant from `quasar optimize` that "
+                   "passed its agreement gate; auto = the fastest gated variant this hardware "
+                   "runs fast", metavar="P", choices=RUNTIME_PRECISIONS)
+BACKEND = Option("backend", "inference backend", metavar="NAME", choices=BACKENDS,
+                 default_text="the variant's, else onnxruntime")
+FAST_DECODE = Option("fast_decode", "DCT-scaled JPEG decoding, once `quasar optimize "
+                     "--fast-decode` gated it")
 
 # --- output
 OUT = Option("out", "output file", short="-o", metavar="FILE")

@@ -1,5 +1,5 @@
 """``quasar score``: images -> one row per input (CSV on stdout, or --out .csv/.jsonl/.parquet)."""
-from quasar.constants import BACKENDS, ENGINES, INPUT_TYPES, RUNTIME_PRECISIONS
+from quasar.constants import ENGINES, INPUT_TYPES
 
 from . import options as O
 from .base import Command, opt
@@ -40,13 +40,9 @@ COMMAND = Command(
         O.THREADS,
         opt("group_factor", "variable-shape resolutions: group batch-size x N inputs by shape",
             short="-g", metavar="N", type=O.integer, minimum=1),
-        opt("precision", "encoder precision: a variant from `quasar optimize` that passed its "
-            "agreement gate; auto = the fastest gated variant this hardware runs fast",
-            metavar="P", choices=RUNTIME_PRECISIONS),
-        opt("backend", "inference backend", metavar="NAME", choices=BACKENDS,
-            default_text="the variant's, else onnxruntime"),
-        opt("fast_decode", "DCT-scaled JPEG decoding, once `quasar optimize --fast-decode` "
-            "gated it"),
+        O.PRECISION,
+        O.BACKEND,
+        O.FAST_DECODE,
         # dataset files (WebDataset .tar shards, Parquet) - docs/scale.md
         opt("input_type", "how to read input files: auto (by extension: .tar shards, .parquet "
             "files, anything else an image) or force one kind", metavar="KIND",

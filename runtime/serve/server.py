@@ -24,7 +24,8 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 def serve(bundle: str, *, host: str = "127.0.0.1", port: int = 8000, anchors: str = "text",
           resolution: Optional[str] = None, device: str = "auto", precision: str = "fp32",
-          backend: Optional[str] = None, threads: Optional[int] = None, workers: int = 2,
+          backend: Optional[str] = None, fast_decode: bool = False,
+          threads: Optional[int] = None, workers: int = 2,
           max_batch_size: int = 16, max_batch_wait_ms: float = 5.0, max_queue: int = 256,
           timeout: float = 30.0, max_body_mb: float = 32.0, max_images: int = 64,
           max_pixels: Optional[int] = None, quiet: bool = False) -> int:
@@ -44,7 +45,8 @@ def serve(bundle: str, *, host: str = "127.0.0.1", port: int = 8000, anchors: st
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     scorer = load_scorer(bundle, anchors=anchors, resolution=resolution,
-                         device=device, precision=precision, backend=backend, threads=threads,
+                         device=device, precision=precision, backend=backend,
+                         fast_decode=fast_decode, threads=threads,
                          batch_size=max_batch_size, max_pixels=max_pixels)
     app = build_app(scorer, cfg)
     sock = bind(host, int(port))

@@ -76,15 +76,16 @@ def test_variable_shapes_are_grouped_into_full_batches(tmp_path):
     assert max(b[0] for b in ungrouped.batches) <= 2  # without a window, shapes fragment batches
 
 
-def test_first_window_is_one_batch_when_that_batch_has_one_shape(tmp_path):
-    """Inference starts after one batch of decodes when the batch is already of one shape
-    (a folder of equal-sized photos at native resolution), instead of after a whole grouping
-    window; mixed shapes still fill the window so that equal shapes can meet."""
+def test_a_window_closes_as_soon_as_its_inputs_make_whole_batches(tmp_path):
+    """Inference starts after one batch of decodes whenever the inputs so far make whole
+    batches of one shape each (a folder of equal-sized photos at native resolution: every
+    window is one batch), instead of after a whole grouping window; mixed shapes still fill
+    the window until equal shapes meet."""
     from PIL import Image
 
     from quasar.runtime.engine import Engine
 
-    same, mixed = [], []
+    same, mixed, pairs = [], [], []
     for i in range(12):
         p = tmp_path / f"s{i:02d}.png"
         Image.fromarray(hostile._noise(48, 40, i)).save(p)
@@ -92,13 +93,49 @@ def test_first_window_is_one_batch_when_that_batch_has_one_shape(tmp_path):
         q = tmp_path / f"m{i:02d}.png"
         Image.fromarray(hostile._noise(32 if i % 2 else 48, 40, i)).save(q)
         mixed.append(str(q))
+        r = tmp_path / f"p{i:02d}.png"  # shapes in runs of two: A A B B A A ...
+        Image.fromarray(hostile._noise(32 if (i // 2) % 2 else 48, 40, i)).save(r)
+        pairs.append(str(r))
     cfg = PipelineConfig(batch_size=4, workers=2, variable_shapes=True, group_factor=2)
     scorer = hostile.FakeScorer(shape=None)
-    assert [len(w) for w in Engine.for_scorer(scorer, cfg).windows(same)] == [4, 8]
+    assert [len(w) for w in Engine.for_scorer(scorer, cfg).windows(same)] == [4, 4, 4]
     assert [b[0] for b in scorer.batches] == [4, 4, 4]
     scorer = hostile.FakeScorer(shape=None)
     assert [len(w) for w in Engine.for_scorer(scorer, cfg).windows(mixed)] == [8, 4]
     assert sorted(b[0] for b in scorer.batches) == [2, 2, 4, 4]
+    cfg2 = PipelineConfig(batch_size=2, workers=2, variable_shapes=True, group_factor=4)
+    scorer = hostile.FakeScorer(shape=None)
+    assert [len(w) for w in Engine.for_scorer(scorer, cfg2).windows(pairs)] == [2] * 6
+    assert [b[0] for b in scorer.batches] == [2] * 6
+
+
+def test_read_ahead_starts_small_and_grows_with_the_inputs_embedded():
+    """Decoding is paced by inference: before the first window only ``lookahead`` inputs
+    (and the window's own) are submitted - not the whole ``in_flight`` - and the read-ahead
+    grows one input per input embedded until it reaches ``in_flight``. (A burst of decodes
+    during one inference halved that inference at native size: docs/benchmark.md.)"""
+    from quasar.runtime.engine import Engine
+
+    pulled = [0]
+
+    def counted(n):
+        for i in range(n):
+            pulled[0] += 1
+            yield i  # not a path: decoded by ``load`` alone
+    cfg = PipelineConfig(batch_size=2, workers=2, variable_shapes=True, group_factor=8)
+    assert (cfg.window, cfg.in_flight) == (16, 20)  # lookahead: max(2, 2 workers x 2) = 4
+    eng = Engine(lambda item: np.zeros((3, 8, 8), np.float32),  # one shape: windows of 2
+                 lambda x: np.ones((len(x), 6), np.float32), 6, cfg)
+    ahead = []  # inputs pulled beyond those handed out, at each window
+    done = 0
+    for w in eng.windows(counted(200)):
+        assert len(w) == 2 and all(e is None for e in w.errors)
+        ahead.append(pulled[0] - done)
+        done += len(w)
+    assert done == 200
+    assert ahead[0] == 4 + 2  # lookahead + the first window (was in_flight + 2 = 22)
+    assert all(b - a <= cfg.batch_size for a, b in zip(ahead, ahead[1:]))  # grows gently
+    assert max(ahead) == cfg.in_flight + cfg.batch_size  # and reaches the full read-ahead
 
 
 def test_inference_failure_is_isolated(tmp_path):

@@ -411,3 +411,56 @@ def test_failed_warm_up_is_not_ready_and_images_get_their_error(serve_bundle, im
         assert [e["status"] for e in res] == ["inference_error"] * 2
         assert all(e["error"].startswith(p.name + ":") for e, p in zip(res, good))
         assert metrics(s.url)["quasar_ready"] == 0
+
+
+def test_fast_decode_is_gated_and_scores_as_quasar_score(serve_bundle, server_cls, tmp_path):
+    """``--fast-decode`` (DCT-scaled JPEG decoding), as in ``quasar score``: refused (exit 2)
+    until ``quasar optimize --fast-decode`` gated it; then the server's scores equal
+    ``quasar score --fast-decode`` on the same files, its pixels are the draft decode's
+    (numpy reference on them), and /v1/model says so."""
+    import shutil
+
+    from PIL import Image
+
+    from quasar.export.precision import build_and_measure
+    from quasar.runtime.agreement import Gate
+    from quasar.runtime.images import ImageLoader
+    from quasar.runtime.scorer import Scorer
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(serve_bundle, bundle)
+    r = subprocess.run([str(QUASAR), "serve", str(bundle), "--port", "0", "--fast-decode"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "fast decode" in r.stderr and "Traceback" not in r.stderr
+    photos = []
+    for i in range(16):  # large JPEGs: decoded at 1/2 scale by the draft mode
+        rng = np.random.default_rng(i)
+        yy, xx = np.mgrid[0:768, 0:1024]
+        img = np.stack([(xx * rng.uniform(.1, .4) + yy * rng.uniform(.1, .4)) % 256] * 3, -1)
+        img = np.clip(img + rng.normal(0, 12, img.shape), 0, 255).astype(np.uint8)
+        p = tmp_path / f"photo{i}.jpg"
+        Image.fromarray(img).save(p, quality=90)
+        photos.append(p)
+    res = build_and_measure(bundle, fast_decode=True, calibration=[str(p) for p in photos],
+                            gate=Gate(-1.0, 1.0))
+    assert res.passed, res
+    out = tmp_path / "fast.jsonl"
+    r = subprocess.run([str(QUASAR), "score", *map(str, photos), "--bundle", str(bundle),
+                        "--anchors", "all", "--fast-decode", "--out", str(out), "--quiet"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    rows = {json.loads(x)["path"]: json.loads(x) for x in out.read_text().splitlines()}
+    with server_cls(bundle, "--anchors", "all", "--fast-decode", "--quiet") as s:
+        got = post_files(s.url, photos, params={"embeddings": "true"}).json()["results"]
+        assert httpx.get(s.url + "/v1/model").json()["fast_decode"] is True
+    scorer = Scorer.from_bundle(bundle)
+    draft, exact = ImageLoader(scorer.preprocess_cfg, fast_decode=True), \
+        ImageLoader(scorer.preprocess_cfg)
+    for p, e in zip(photos, got):
+        assert e["status"] == "ok", e
+        for a in ALL:
+            assert abs(e["scores"][a] - rows[str(p)][f"score_{a}"]) <= 1e-6, (p, a)
+        want = tiny_reference_embedding(draft(str(p))[None])[0]
+        np.testing.assert_allclose(e["embedding"], want, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(tiny_reference_embedding(exact(str(photos[0]))[None])[0],
+                           got[0]["embedding"], rtol=1e-4, atol=1e-5)  # not the exact decode
