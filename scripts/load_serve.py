@@ -86,9 +86,11 @@ def offline(bundle: str, paths: List[Path], args) -> Dict[str, Any]:
 
 
 def variant_args(args) -> List[str]:
-    """--precision / --backend, the same for quasar serve and offline quasar score."""
+    """--precision / --backend / --fast-decode, the same for quasar serve and offline
+    quasar score."""
     return [*(["--precision", args.precision] if args.precision else []),
-            *(["--backend", args.backend] if args.backend else [])]
+            *(["--backend", args.backend] if args.backend else []),
+            *(["--fast-decode"] if args.fast_decode else [])]
 
 
 # ------------------------------------------------------------------------- servers
@@ -334,6 +336,8 @@ def parse_args(argv=None):
                     "score (e.g. int8: one that passed its gate; servers ray / litserve "
                     "run fp32)")
     ap.add_argument("--backend", help="their backend (onnxruntime | openvino)")
+    ap.add_argument("--fast-decode", action="store_true",
+                    help="DCT-scaled JPEG decoding for both (gated by quasar optimize)")
     ap.add_argument("--out")
     ap.add_argument("--ray-driver", nargs=5, help=argparse.SUPPRESS,
                     metavar=("BUNDLE", "PORT", "B", "WAIT_MS", "THREADS"))
