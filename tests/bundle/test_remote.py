@@ -387,11 +387,19 @@ def test_bundle_replaced_during_download_is_fetched_again(home, bundle, tmp_path
             pass
 
         def do_GET(self):
-            super().do_GET()
             served.append(self.path)
-            if self.path.endswith("/bundle.json") and len(served) == 1:  # the push lands
-                for p in new.iterdir():
-                    shutil.copy(p, tmp_path / "site" / "b" / p.name)
+            if not (self.path.endswith("/bundle.json") and len(served) == 1):
+                return super().do_GET()
+            # The push lands while the old bundle.json is on its way: every later request
+            # sees the new files (done before answering, so no thread can be served first).
+            old = (tmp_path / "site" / "b" / "bundle.json").read_bytes()
+            for p in new.iterdir():
+                shutil.copy(p, tmp_path / "site" / "b" / p.name)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(old)))
+            self.end_headers()
+            self.wfile.write(old)
 
     httpd = http.server.ThreadingHTTPServer(
         ("127.0.0.1", 0), functools.partial(Handler, directory=str(tmp_path / "site")))
