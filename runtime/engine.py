@@ -153,13 +153,11 @@ def shape_batches(shapes: Sequence[Optional[tuple]], batch_size: int) -> List[Li
 
 
 def whole_batches(decoded: Sequence[Decoded], batch_size: int) -> bool:
-    """Do the decoded inputs make whole batches - at least one input decoded, and every
-    H×W met a multiple of ``batch_size`` times (failed inputs need no batch)?"""
-    counts: dict = {}
-    for arr, _ in decoded:
-        if arr is not None:
-            counts[arr.shape] = counts.get(arr.shape, 0) + 1
-    return bool(counts) and all(n % batch_size == 0 for n in counts.values())
+    """Would :func:`shape_batches` run the decoded inputs in full batches only (at least
+    one; failed inputs need no batch)?"""
+    batches = shape_batches([None if arr is None else arr.shape for arr, _ in decoded],
+                            batch_size)
+    return bool(batches) and all(len(b) == batch_size for b in batches)
 
 
 def drop_tracebacks(exc: BaseException) -> BaseException:

@@ -56,10 +56,10 @@ def reference_scores(bundle, path):
     return out, e
 
 
-def quasar_score_rows(bundle, paths, tmp_path):
+def quasar_score_rows(bundle, paths, tmp_path, *options):
     out = tmp_path / "scores.jsonl"
     r = subprocess.run([str(QUASAR), "score", *map(str, paths), "--bundle", str(bundle),
-                        "--anchors", "all", "--out", str(out), "--quiet"],
+                        "--anchors", "all", "--out", str(out), "--quiet", *options],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode in (0, 3), r.stderr
     rows = [json.loads(x) for x in out.read_text().splitlines()]
@@ -444,12 +444,7 @@ def test_fast_decode_is_gated_and_scores_as_quasar_score(serve_bundle, server_cl
     res = build_and_measure(bundle, fast_decode=True, calibration=[str(p) for p in photos],
                             gate=Gate(-1.0, 1.0))
     assert res.passed, res
-    out = tmp_path / "fast.jsonl"
-    r = subprocess.run([str(QUASAR), "score", *map(str, photos), "--bundle", str(bundle),
-                        "--anchors", "all", "--fast-decode", "--out", str(out), "--quiet"],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    rows = {json.loads(x)["path"]: json.loads(x) for x in out.read_text().splitlines()}
+    rows, _ = quasar_score_rows(bundle, photos, tmp_path, "--fast-decode")
     with server_cls(bundle, "--anchors", "all", "--fast-decode", "--quiet") as s:
         got = post_files(s.url, photos, params={"embeddings": "true"}).json()["results"]
         assert httpx.get(s.url + "/v1/model").json()["fast_decode"] is True
